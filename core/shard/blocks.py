@@ -1,0 +1,50 @@
+"""Names and contents of the per-rank block files: the contract between splitter and engine.
+
+A rank's shard dir holds one safetensors file per block plus `manifest.json`. The memory
+scheduler streams blocks in `block_order` (attention then MLP, layer by layer).
+
+Block "L{i:03d}.attn" (rank holding h_kv KV heads, hq = h_kv * group query heads, hd = head_dim,
+D = hidden size), projections fused at split time so a rank does one matmul, not three:
+  norm    [D]                       input RMSNorm weight (replicated)
+  wqkv    [(hq + 2*h_kv) * hd, D]   rows: this rank's q heads, then its k heads, then its v heads
+  bqkv    [(hq + 2*h_kv) * hd]      only when the model has q/k/v bias (Qwen2)
+  wo      [D, hq * hd]              the o_proj columns of this rank's heads (row-parallel)
+  q_norm  [hd], k_norm [hd]         only for Qwen3 (per-head RMSNorm), replicated
+A rank with zero KV heads gets a block holding only `norm`; it adds zeros to the allreduce.
+
+Block "L{i:03d}.mlp" (rank holding C intermediate columns):
+  norm       [D]        post-attention RMSNorm weight (replicated)
+  w_gate_up  [2*C, D]   rows: gate_proj rows of its columns, then up_proj rows
+  w_down     [D, C]     down_proj columns (row-parallel)
+
+Rank 0 only, always resident (not streamed):
+  "embed": embed [V, D]
+  "head":  norm [D] (final RMSNorm), lm_head [V, D] (absent when embeddings are tied)
+"""
+
+from __future__ import annotations
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+EMBED = "embed"
+HEAD = "head"
+
+
+def attn_block(layer: int) -> str:
+    return f"L{layer:03d}.attn"
+
+
+def mlp_block(layer: int) -> str:
+    return f"L{layer:03d}.mlp"
+
+
+def block_order(num_layers: int) -> list[str]:
+    """The order the engine visits (and the scheduler streams) a rank's layer blocks."""
+    out = []
+    for i in range(num_layers):
+        out += [attn_block(i), mlp_block(i)]
+    return out
+
+
+def block_file(name: str) -> str:
+    return f"{name}.safetensors"
