@@ -16,6 +16,7 @@ Block "L{i:03d}.mlp" (rank holding C intermediate columns):
   norm       [D]        post-attention RMSNorm weight (replicated)
   w_gate_up  [2*C, D]   rows: gate_proj rows of its columns, then up_proj rows
   w_down     [D, C]     down_proj columns (row-parallel)
+A rank with zero columns gets empty w_gate_up [0, D] and w_down [D, 0]: the matmuls yield zeros.
 
 Rank 0 only, always resident (not streamed):
   "embed": embed [V, D]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 
 from core.errors import TpiError
@@ -85,7 +86,7 @@ def _col_unit(intermediate: int) -> int:
 def make_plan(cfg: ModelConfig, shares: list[float] | None = None, world_size: int = 1) -> Plan:
     """Plan a split over `len(shares)` ranks (or `world_size` equal ranks)."""
     shares = list(shares) if shares else [1.0] * world_size
-    if not shares or any(x < 0 for x in shares) or sum(shares) <= 0:
+    if not shares or not all(math.isfinite(x) and x >= 0 for x in shares) or sum(shares) <= 0:
         raise TpiError(f"shares must be non-negative and not all zero, got {shares}")
     kv = apportion(cfg.num_kv_heads, shares)
     unit = _col_unit(cfg.intermediate_size)
@@ -102,7 +103,9 @@ def parse_shares(text: str) -> list[float]:
     try:
         vals = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise TpiError(f"--shares takes numbers separated by commas, like 3,1 (got {text!r})")
-    if not vals or any(v < 0 for v in vals) or sum(vals) <= 0:
+        raise TpiError(
+            f"--shares takes numbers separated by commas, like 3,1 (got {text!r})"
+        ) from None
+    if not vals or not all(math.isfinite(v) and v >= 0 for v in vals) or sum(vals) <= 0:
         raise TpiError(f"--shares needs non-negative numbers, not all zero (got {text!r})")
     return vals

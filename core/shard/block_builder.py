@@ -1,0 +1,109 @@
+"""Build one rank's block tensors from a model's HF weights, as core/shard/blocks.py defines.
+
+Each method reads only the rows or columns the rank holds (WeightReader.get_rows/get_cols),
+so building a block costs that block's bytes, not the layer's or the model's.
+Query head h belongs to KV head h // group (the HF repeat_kv convention), so a rank with KV
+heads [ks, ke) holds query heads [ks*group, ke*group).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from core.errors import ModelError
+from core.model.config import ModelConfig
+from core.model.weights import WeightReader
+from core.shard.plan import RankShare
+
+Block = dict[str, torch.Tensor]
+
+
+class BlockBuilder:
+    """Reads HF tensors and fuses them into block dicts for any rank share."""
+
+    def __init__(self, reader: WeightReader, cfg: ModelConfig, dtype: torch.dtype):
+        self.reader = reader
+        self.cfg = cfg
+        self.dtype = dtype
+
+    def embed(self) -> Block:
+        cfg = self.cfg
+        return {"embed": self._full("model.embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size))}
+
+    def head(self) -> Block:
+        cfg = self.cfg
+        out = {"norm": self._full("model.norm.weight", (cfg.hidden_size,))}
+        # Tied models reuse "embed" as the output matrix; storing it twice wastes rank 0's RAM.
+        if not cfg.tie_word_embeddings:
+            out["lm_head"] = self._full("lm_head.weight", (cfg.vocab_size, cfg.hidden_size))
+        return out
+
+    def attn(self, layer: int, share: RankShare) -> Block:
+        cfg = self.cfg
+        d, hd, group = cfg.hidden_size, cfg.head_dim, cfg.group_size
+        p = f"model.layers.{layer}."
+        out = {"norm": self._full(p + "input_layernorm.weight", (d,))}
+        if share.num_kv_heads == 0:
+            return out  # contributes zeros to the allreduce
+        a = p + "self_attn."
+        q0, q1 = share.kv_start * group * hd, share.kv_end * group * hd
+        k0, k1 = share.kv_start * hd, share.kv_end * hd
+        out["wqkv"] = torch.cat(
+            [
+                self._rows(a + "q_proj.weight", q0, q1, d),
+                self._rows(a + "k_proj.weight", k0, k1, d),
+                self._rows(a + "v_proj.weight", k0, k1, d),
+            ]
+        )
+        if cfg.qkv_bias:
+            out["bqkv"] = torch.cat(
+                [
+                    self._rows(a + "q_proj.bias", q0, q1),
+                    self._rows(a + "k_proj.bias", k0, k1),
+                    self._rows(a + "v_proj.bias", k0, k1),
+                ]
+            )
+        out["wo"] = self._cols(a + "o_proj.weight", q0, q1, d)
+        if cfg.qk_norm:
+            out["q_norm"] = self._full(a + "q_norm.weight", (hd,))
+            out["k_norm"] = self._full(a + "k_norm.weight", (hd,))
+        return out
+
+    def mlp(self, layer: int, share: RankShare) -> Block:
+        # A rank with zero columns gets empty [0, D] / [D, 0] matrices: the same matmuls
+        # then yield zeros, so the engine needs no special case.
+        d = self.cfg.hidden_size
+        p = f"model.layers.{layer}."
+        c0, c1 = share.col_start, share.col_end
+        return {
+            "norm": self._full(p + "post_attention_layernorm.weight", (d,)),
+            "w_gate_up": torch.cat(
+                [
+                    self._rows(p + "mlp.gate_proj.weight", c0, c1, d),
+                    self._rows(p + "mlp.up_proj.weight", c0, c1, d),
+                ]
+            ),
+            "w_down": self._cols(p + "mlp.down_proj.weight", c0, c1, d),
+        }
+
+    # -- reads, each checked against the shape config.json implies ------------------------
+
+    def _full(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return self._cast(name, self.reader.get(name), shape)
+
+    def _rows(self, name: str, start: int, end: int, width: int | None = None) -> torch.Tensor:
+        shape = (end - start,) if width is None else (end - start, width)
+        return self._cast(name, self.reader.get_rows(name, start, end), shape)
+
+    def _cols(self, name: str, start: int, end: int, height: int) -> torch.Tensor:
+        return self._cast(name, self.reader.get_cols(name, start, end), (height, end - start))
+
+    def _cast(self, name: str, t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        # A slice past the end comes back short, so this also catches weights smaller
+        # than config.json claims, instead of writing a silently wrong shard.
+        if tuple(t.shape) != shape:
+            raise ModelError(
+                f"tensor {name} does not match config.json (got a slice of shape "
+                f"{tuple(t.shape)}, expected {shape})"
+            )
+        return t.to(self.dtype).contiguous()
