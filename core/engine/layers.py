@@ -1,0 +1,79 @@
+"""The tensor-parallel slices of one decoder layer, as plain functions over block weights.
+
+Each returns this rank's *partial* output [T, D]; the caller allreduces (sums) the partials
+across ranks and adds the residual. Weights come from the block dicts described in
+core/shard/blocks.py, so the memory scheduler can stream them in and out freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from core.engine.kv_cache import KVCache
+from core.engine.norm import rms_norm
+from core.engine.rope import apply_rope
+
+
+@dataclass(frozen=True)
+class LayerShapes:
+    """What a rank needs to cut fused projections apart."""
+
+    n_q: int  # this rank's query heads
+    n_kv: int  # this rank's KV heads
+    head_dim: int
+    eps: float
+
+
+def attention(
+    x: torch.Tensor,  # [T, D] residual stream (identical on all ranks)
+    w: dict[str, torch.Tensor],
+    s: LayerShapes,
+    cache: KVCache,
+    layer: int,
+    pos: int,
+    cos: torch.Tensor,  # [T, hd] for positions pos..pos+T
+    sin: torch.Tensor,
+) -> torch.Tensor:
+    """This rank's heads of self-attention -> partial o_proj output [T, D]."""
+    T, hd = x.shape[0], s.head_dim
+    if s.n_kv == 0:
+        return torch.zeros_like(x)
+    h = rms_norm(x, w["norm"], s.eps)
+    qkv = F.linear(h, w["wqkv"], w.get("bqkv"))  # [T, (n_q + 2 n_kv) * hd]
+    q, k, v = qkv.split([s.n_q * hd, s.n_kv * hd, s.n_kv * hd], dim=-1)
+    q = q.view(T, s.n_q, hd).transpose(0, 1)  # [n_q, T, hd]
+    k = k.view(T, s.n_kv, hd).transpose(0, 1)  # [n_kv, T, hd]
+    v = v.view(T, s.n_kv, hd).transpose(0, 1)
+    if "q_norm" in w:  # Qwen3: per-head RMSNorm before RoPE
+        q = rms_norm(q, w["q_norm"], s.eps)
+        k = rms_norm(k, w["k_norm"], s.eps)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    keys, values = cache.update(layer, pos, k, v)  # [n_kv, pos+T, hd]
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0),
+        attn_mask=_causal_mask(T, pos), enable_gqa=s.n_q != s.n_kv,
+    )  # [1, n_q, T, hd]
+    out = out[0].transpose(0, 1).reshape(T, s.n_q * hd)
+    return F.linear(out, w["wo"])  # [T, D], partial over heads
+
+
+def _causal_mask(T: int, pos: int) -> torch.Tensor | None:
+    """None for one query (it sees every cached key); else [T, pos+T] bool, True = attend."""
+    if T == 1:
+        return None
+    q_pos = torch.arange(pos, pos + T)[:, None]
+    k_pos = torch.arange(pos + T)[None, :]
+    return k_pos <= q_pos
+
+
+def mlp(x: torch.Tensor, w: dict[str, torch.Tensor], eps: float) -> torch.Tensor:
+    """This rank's intermediate columns of the SwiGLU MLP -> partial output [T, D]."""
+    w_down = w.get("w_down")
+    if w_down is None or w_down.shape[1] == 0:
+        return torch.zeros_like(x)
+    h = rms_norm(x, w["norm"], eps)
+    gate, up = F.linear(h, w["w_gate_up"]).chunk(2, dim=-1)  # [T, C] each
+    return F.linear(F.silu(gate) * up, w_down)  # [T, D]

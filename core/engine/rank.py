@@ -1,0 +1,73 @@
+"""One rank's share of every decoder layer: streamed blocks, its KV heads, two allreduces a layer.
+
+Every rank runs this same loop over the same residual stream; rank 0 additionally embeds
+tokens and produces logits (core/engine/head.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from core.engine.kv_cache import KVCache
+from core.engine.layers import LayerShapes, attention, mlp
+from core.engine.rope import rope_tables
+from core.engine.scheduler import MemoryScheduler
+from core.shard.blocks import attn_block, block_order, mlp_block
+from core.shard.manifest import Manifest, load_manifest, read_block
+
+DEFAULT_CONTEXT = 4096
+
+
+class Allreduce(Protocol):
+    """What the layer loop needs from the comm layer."""
+
+    def allreduce_(self, t: torch.Tensor) -> torch.Tensor: ...
+
+
+class RankRuntime:
+    """Runs this rank's slices of all layers for a chunk of positions."""
+
+    def __init__(self, rank_dir: Path, group: Allreduce, window: int | None,
+                 context: int = DEFAULT_CONTEXT):
+        self.rank_dir = Path(rank_dir)
+        self.manifest: Manifest = load_manifest(self.rank_dir)
+        cfg = self.manifest.config
+        share = self.manifest.plan.ranks[self.manifest.rank]
+        self.cfg = cfg
+        self.group = group
+        self.shapes = LayerShapes(
+            n_q=share.num_kv_heads * cfg.group_size, n_kv=share.num_kv_heads,
+            head_dim=cfg.head_dim, eps=cfg.rms_norm_eps,
+        )
+        self.max_seq = min(context, cfg.max_position_embeddings)
+        self.cache = KVCache(cfg.num_layers, share.num_kv_heads, cfg.head_dim, self.max_seq)
+        self.cos, self.sin = rope_tables(cfg, self.max_seq)  # [S, hd] each
+        self.scheduler = MemoryScheduler(
+            block_order(cfg.num_layers),
+            lambda name: read_block(self.rank_dir, self.manifest, name),
+            window,
+        )
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor, pos: int) -> torch.Tensor:
+        """x [T, D] hidden states of positions pos..pos+T -> [T, D] after the last layer."""
+        T = x.shape[0]
+        self.cache.check_room(pos, T)
+        cos, sin = self.cos[pos : pos + T], self.sin[pos : pos + T]
+        sched = self.scheduler
+        for i in range(self.cfg.num_layers):
+            name = attn_block(i)
+            h = attention(x, sched.acquire(name), self.shapes, self.cache, i, pos, cos, sin)
+            sched.release(name)  # before the allreduce, so the next load overlaps comm
+            x = x + self.group.allreduce_(h)
+            name = mlp_block(i)
+            h = mlp(x, sched.acquire(name), self.shapes.eps)
+            sched.release(name)
+            x = x + self.group.allreduce_(h)
+        return x
+
+    def close(self) -> None:
+        self.scheduler.close()
