@@ -1,0 +1,527 @@
+"""Convert a GGUF file (llama, mistral, qwen2, qwen3) into a Hugging Face model dir, once.
+
+The engine only reads HF model dirs (config.json + safetensors + tokenizer), so a GGUF the
+user picks, including the embedded default model, is converted on first use into
+`cache_dir()/models/<name>-<hash>`: weights dequantized to fp32 tensor by tensor (a model
+larger than RAM never has to fit in memory), the tokenizer converted by transformers, the
+chat template kept. The dir is built beside its final place and renamed into it when
+complete, so a half-written dir is never used; a second import of the same file is instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import ModelError
+from core.model.cache import cache_dir
+from core.model.config import ModelConfig
+
+Progress = Callable[[int, int], None]
+
+SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3")  # Mistral GGUFs say "llama"
+SHARD_BYTES = 2 * 1024**3
+_SAMPLE = 1024 * 1024  # bytes hashed at each end of the file for the cache key
+_CHUNK_BYTES = 64 * 1024 * 1024  # fp32 output bytes dequantized at a time
+_STALE_TMP_SECONDS = 24 * 3600
+# Part of the cache key: bump it when the conversion changes, so old dirs are not reused.
+CONVERTER_VERSION = 1
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
+_ROPE_FREQS = "rope_freqs.weight"  # llama 3.1+ RoPE scaling, turned back into config fields
+_HF_CLASSES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+
+def import_gguf(gguf_path: str | Path, progress: Progress | None = None) -> Path:
+    """Convert `gguf_path` into a cached HF model dir (or reuse it) and return the dir."""
+    src = Path(gguf_path).expanduser()
+    _check_magic(src)
+    models = cache_dir() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    name = f"{_safe_stem(src)}-{gguf_cache_key(src)}"
+    final = models / name
+    if (final / "config.json").is_file():
+        return final
+    _remove_stale_tmp(models, name)
+    if final.exists():  # left incomplete by hand: rebuild it
+        shutil.rmtree(final, ignore_errors=True)
+    tmp = models / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _convert(src, tmp, progress)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Another process finished the same import first; its dir is as good as ours.
+            if not (final / "config.json").is_file():
+                raise
+    except OSError as e:
+        raise ModelError(
+            f"cannot write the converted model to {models} ({e.strerror or _one_line(e)})"
+        ) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def gguf_cache_key(path: Path) -> str:
+    """12 hex chars from the size and the first and last MiB (and our converter version).
+
+    Cheap for a 40 GB file and independent of mtime, so copying the file keeps the cache;
+    any re-quantization changes the header, tensor table or data sampled.
+    """
+    size = path.stat().st_size
+    h = hashlib.sha256(f"{CONVERTER_VERSION}:{size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_SAMPLE))
+        f.seek(max(0, size - _SAMPLE))
+        h.update(f.read(_SAMPLE))
+    return h.hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_magic(src: Path) -> None:
+    if not src.is_file():
+        raise ModelError(f"the model file {src} does not exist")
+    with open(src, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelError(f"{src.name} is not a GGUF file")
+
+
+def _open_reader(src: Path):
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(src, "r")
+    except Exception as e:  # the reader raises ValueError, IndexError, struct errors...
+        raise ModelError(
+            f"{src.name} is not a valid GGUF file, it may be truncated ({_one_line(e)})"
+        ) from None
+    size = src.stat().st_size
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size:
+            raise ModelError(f"{src.name} is truncated: tensor {t.name} runs past the end")
+    return reader
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _convert(src: Path, out: Path, progress: Progress | None) -> None:
+    reader = _open_reader(src)
+    meta = _Meta(reader)
+    tensors = {t.name: t for t in reader.tensors}
+    hf_config = _hf_config(meta, tensors, src.name)
+    ModelConfig.from_hf(hf_config)  # refuse what the engine cannot run before the long part
+    plan = _plan(tensors)
+    if progress:
+        progress(0, len(plan))
+    # The tokenizer first: it can fail too, better before minutes of weight writing.
+    _write_tokenizer(src, meta, out)
+    _write_weights(meta.arch, hf_config, plan, out, progress)
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+    gen = {
+        k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf_config
+    }
+    if gen:
+        (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+
+
+class _Meta:
+    """Typed access to the key/value metadata of a GGUF."""
+
+    def __init__(self, reader):
+        self.fields = reader.fields
+        self.arch = str(self.get("general.architecture", ""))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        field = self.fields.get(key)
+        if field is None:
+            return default
+        try:
+            return field.contents()
+        except Exception:  # a malformed field is as good as a missing one
+            return default
+
+    def arch_get(self, key: str, default: Any = None) -> Any:
+        return self.get(f"{self.arch}.{key}", default)
+
+
+def _hf_config(meta: _Meta, tensors: dict, file_name: str) -> dict[str, Any]:
+    arch = meta.arch
+    if arch not in SUPPORTED_GGUF_ARCHS:
+        raise ModelError(
+            f"{file_name} holds a '{arch or 'unknown'}' model; TPI Chat imports GGUF files of "
+            "the llama, mistral, qwen2 and qwen3 architectures"
+        )
+    if "token_embd.weight" not in tensors:
+        raise ModelError(f"{file_name} has no token embedding tensor")
+    try:
+        hidden = int(meta.arch_get("embedding_length"))
+        heads = int(meta.arch_get("attention.head_count"))
+        kv_heads = int(meta.arch_get("attention.head_count_kv") or heads)
+        layers = int(meta.arch_get("block_count"))
+        ffn = int(meta.arch_get("feed_forward_length"))
+    except (TypeError, ValueError):
+        raise ModelError(f"{file_name} lacks the model shape in its metadata") from None
+    head_dim = int(meta.arch_get("attention.key_length") or hidden // heads)
+    rot_dim = int(meta.arch_get("rope.dimension_count") or head_dim)
+    if rot_dim != head_dim:
+        raise ModelError(f"{file_name} uses partial rotary embeddings, which are not supported")
+    theta = _f32(meta.arch_get("rope.freq_base", 10000.0))
+    ctx = int(meta.arch_get("context_length", 2048))
+    vocab = int(tensors["token_embd.weight"].shape[-1])  # GGUF shapes are (cols, rows)
+    cfg: dict[str, Any] = {
+        "architectures": [_HF_CLASSES[arch]],
+        "model_type": arch,
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": ctx,
+        "rms_norm_eps": _f32(meta.arch_get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": theta,
+        "tie_word_embeddings": "output.weight" not in tensors,
+        "attention_bias": "blk.0.attn_q.bias" in tensors,
+        "torch_dtype": "float32",
+    }
+    scaling = _rope_scaling(meta, tensors, head_dim, theta, file_name)
+    if scaling:
+        cfg["rope_scaling"] = scaling
+    for key, gguf_key in (("bos_token_id", "bos"), ("pad_token_id", "padding")):
+        v = meta.get(f"tokenizer.ggml.{gguf_key}_token_id")
+        if v is not None:
+            cfg[key] = int(v)
+    # End-of-turn ids stop a chat reply just like end-of-sequence (llama 3: <|eot_id|>).
+    eos = [meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+    eos_ids = list(dict.fromkeys(int(v) for v in eos if v is not None))
+    if eos_ids:
+        cfg["eos_token_id"] = eos_ids[0] if len(eos_ids) == 1 else eos_ids
+    return cfg
+
+
+def _rope_scaling(
+    meta: _Meta, tensors: dict, head_dim: int, theta: float, file_name: str
+) -> dict[str, Any] | None:
+    kind = str(meta.arch_get("rope.scaling.type", "none") or "none")
+    factor = meta.arch_get("rope.scaling.factor")
+    if kind == "linear" and factor:
+        return {"rope_type": "linear", "factor": float(factor)}
+    if kind not in ("none", "linear"):
+        raise ModelError(f"{file_name} uses '{kind}' RoPE scaling, which is not supported")
+    if _ROPE_FREQS not in tensors:
+        return None
+    from gguf.quants import dequantize
+
+    t = tensors[_ROPE_FREQS]
+    freqs = dequantize(np.asarray(t.data), t.tensor_type).astype(np.float64).reshape(-1)
+    if np.allclose(freqs, 1.0):
+        return None  # an identity table: plain RoPE
+    scaling = _fit_llama3(freqs, head_dim, theta)
+    if scaling is None:
+        raise ModelError(f"{file_name} has a RoPE frequency table TPI Chat cannot reproduce")
+    return scaling
+
+
+def llama3_rope_factors(
+    head_dim: int, theta: float, factor: float, low: float, high: float, orig_ctx: int
+) -> np.ndarray:
+    """The per-frequency divisors llama.cpp stores as `rope_freqs` for llama 3 scaling."""
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < orig_ctx / high:
+            out.append(1.0)
+        elif wavelen > orig_ctx / low:
+            out.append(factor)
+        else:
+            smooth = (orig_ctx / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out)
+
+
+def _fit_llama3(freqs: np.ndarray, head_dim: int, theta: float) -> dict[str, Any] | None:
+    """Recover the llama3 rope_scaling fields that produce `freqs` (None if none do).
+
+    The GGUF keeps only the resulting table, so we try the boundary values Meta's models
+    use and solve the factor from the table, keeping the first combination that reproduces
+    every entry.
+    """
+    if freqs.shape != (head_dim // 2,):
+        return None
+    wavelen = 2 * math.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    for orig in (8192, 4096, 2048, 16384, 32768, 65536, 131072):
+        for low in (1.0, 2.0):
+            for high in (4.0, 2.0, 8.0):
+                factor = _llama3_factor(freqs, wavelen, low, high, orig)
+                if factor is None or factor <= 1.0:
+                    continue
+                table = llama3_rope_factors(head_dim, theta, factor, low, high, orig)
+                if np.allclose(table, freqs, rtol=1e-4, atol=1e-5):
+                    return {
+                        "rope_type": "llama3",
+                        "factor": factor,
+                        "low_freq_factor": low,
+                        "high_freq_factor": high,
+                        "original_max_position_embeddings": orig,
+                    }
+    return None
+
+
+def _llama3_factor(
+    freqs: np.ndarray, wavelen: np.ndarray, low: float, high: float, orig: int
+) -> float | None:
+    """The factor these boundaries imply: read off a fully scaled entry, else solved from a
+    smoothed one (1/r = (1 - s)/factor + s)."""
+    scaled = wavelen > orig / low
+    if scaled.any():
+        factor = float(freqs[scaled][0])
+    else:
+        mid = (wavelen >= orig / high) & ~scaled
+        if not mid.any():
+            return None
+        s = (orig / wavelen[mid][-1] - low) / (high - low)
+        denom = 1.0 / float(freqs[mid][-1]) - s
+        if denom <= 0:
+            return None
+        factor = (1.0 - s) / denom
+    return float(f"{factor:.6g}")  # the table is float32: 8.0000001 was 8
+
+
+# ---------------------------------------------------------------- weights
+
+
+def hf_tensor_name(gguf_name: str) -> str | None:
+    """The HF name of a GGUF tensor; None for tensors HF does not keep (rope_freqs)."""
+    if gguf_name == _ROPE_FREQS:
+        return None
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    m = _BLOCK_RE.match(gguf_name)
+    if m and m.group(2) in _BLOCK_NAMES:
+        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}"
+    raise ModelError(f"the GGUF tensor {gguf_name!r} has no place in a supported architecture")
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's row order for q/k of llama models (interleaved RoPE pairs)."""
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo `permute_qk`: back to HF's half-split (rotate_half) row order."""
+    return (
+        w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def _plan(tensors: dict) -> list[tuple[str, Any, tuple[int, ...]]]:
+    """(HF name, GGUF tensor, numpy shape) of every tensor to write, in file order."""
+    plan = []
+    for t in tensors.values():
+        hf = hf_tensor_name(t.name)
+        if hf is not None:
+            plan.append((hf, t, tuple(int(x) for x in reversed(t.shape))))
+    return plan
+
+
+def _write_weights(
+    arch: str, cfg: dict[str, Any], plan: list, out: Path, progress: Progress | None
+) -> None:
+    shards = _shard(plan)
+    total = len(plan)
+    done = 0
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    for i, shard in enumerate(shards):
+        fname = (
+            "model.safetensors"
+            if len(shards) == 1
+            else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        )
+        with _SafetensorsWriter(out / fname, [(n, s) for n, _, s in shard]) as writer:
+            for hf, t, shape in shard:
+                for chunk in _fp32_chunks(arch, cfg, t, shape):
+                    writer.write(chunk)
+                weight_map[hf] = fname
+                total_size += 4 * math.prod(shape)
+                done += 1
+                if progress:
+                    progress(done, total)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _shard(plan: list) -> list[list]:
+    shards: list[list] = [[]]
+    size = 0
+    for item in plan:
+        nbytes = 4 * math.prod(item[2])
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += nbytes
+    return shards
+
+
+def _fp32_chunks(arch: str, cfg: dict[str, Any], t, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+    """The tensor as contiguous fp32 row blocks, in HF convention."""
+    from gguf.quants import dequantize
+
+    data = t.data
+    is_q, is_k = ".attn_q." in t.name, ".attn_k." in t.name
+    if arch == "llama" and (is_q or is_k):
+        # The q/k row permutation spans whole heads, so these (small) tensors go in one piece.
+        w = dequantize(np.asarray(data), t.tensor_type).reshape(shape)
+        n_head = cfg["num_attention_heads"] if is_q else cfg["num_key_value_heads"]
+        yield np.ascontiguousarray(unpermute_qk(w, n_head), dtype=np.float32)
+        return
+    rows = shape[0] if len(shape) > 1 else 1
+    row_bytes = 4 * math.prod(shape) // rows
+    step = max(1, _CHUNK_BYTES // max(1, row_bytes))
+    if len(shape) == 1:
+        step = rows
+    for r0 in range(0, rows, step):
+        part = data[r0 : r0 + step] if len(shape) > 1 else data
+        w = dequantize(np.asarray(part), t.tensor_type)
+        yield np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
+
+
+class _SafetensorsWriter:
+    """Writes one fp32 safetensors file whose header is known up front, data streamed after."""
+
+    def __init__(self, path: Path, entries: list[tuple[str, tuple[int, ...]]]):
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, shape in entries:
+            n = 4 * math.prod(shape)
+            header[name] = {
+                "dtype": "F32",
+                "shape": list(shape),
+                "data_offsets": [offset, offset + n],
+            }
+            offset += n
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # data must start 8-byte aligned
+        self.expected = offset
+        self.written = 0
+        self.path = path
+        self.f = open(path, "wb")
+        self.f.write(len(raw).to_bytes(8, "little"))
+        self.f.write(raw)
+
+    def write(self, chunk: np.ndarray) -> None:
+        self.f.write(memoryview(chunk.astype("<f4", copy=False)).cast("B"))
+        self.written += chunk.size * 4
+
+    def __enter__(self) -> _SafetensorsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+        if exc[0] is None and self.written != self.expected:
+            raise ModelError(
+                f"internal error: {self.path.name} got {self.written} of {self.expected} bytes"
+            )
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def _write_tokenizer(src: Path, meta: _Meta, out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            str(src.parent), gguf_file=src.name, local_files_only=True
+        )
+    except Exception as e:  # transformers raises many types for a tokenizer it cannot convert
+        raise ModelError(
+            f"the tokenizer in {src.name} cannot be converted ({_one_line(e)})"
+        ) from None
+    template = meta.get("tokenizer.chat_template")
+    if template and not getattr(tok, "chat_template", None):
+        tok.chat_template = str(template)
+    tok.save_pretrained(str(out))
+
+
+# ---------------------------------------------------------------- names and cleanup
+
+
+def _one_line(err: Exception, limit: int = 200) -> str:
+    """A library's (often multi-line) error text squeezed into the middle of our sentence."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _f32(value: Any) -> float:
+    """A float32 metadata value as its shortest decimal (1e-05, not 9.999999747378752e-06)."""
+    return float(str(np.float32(value)))
+
+
+def _safe_stem(src: Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", src.stem).strip("._-")
+    return (stem or "model")[:80]
+
+
+def _remove_stale_tmp(models: Path, name: str) -> None:
+    """Temp dirs of this model left by a crashed import (a day old: surely not in progress)."""
+    now = time.time()
+    for d in models.glob(f".tmp-{name}-*"):
+        with contextlib.suppress(OSError):
+            if now - d.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(d, ignore_errors=True)
