@@ -19,17 +19,21 @@ class Head:
     """Embedding lookup in, logits out."""
 
     def __init__(self, rank_dir: Path, manifest: Manifest):
-        self.embed_w = read_block(rank_dir, manifest, EMBED)["embed"]  # [V, D]
         head = read_block(rank_dir, manifest, HEAD)
         self.norm_w = head["norm"]  # [D]
-        self.lm_head = head.get("lm_head", self.embed_w)  # [V, D]; tied -> the embedding
+        self.lm_head = head["lm_head"]  # [D, V]
         self.eps = manifest.config.rms_norm_eps
+        # Tied models ship no embed block: token t's embedding is column t of lm_head.
+        tied = EMBED not in manifest.block_names()
+        self.embed_w = None if tied else read_block(rank_dir, manifest, EMBED)["embed"]  # [V, D]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [T] int64 -> [T, D]."""
+        if self.embed_w is None:
+            return self.lm_head[:, ids].t().contiguous()
         return F.embedding(ids, self.embed_w)
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, D] after the last layer -> [T, V] fp32 logits."""
-        return F.linear(rms_norm(x, self.norm_w, self.eps), self.lm_head).float()
+        return (rms_norm(x, self.norm_w, self.eps) @ self.lm_head).float()

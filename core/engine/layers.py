@@ -42,7 +42,7 @@ def attention(
     if s.n_kv == 0:
         return torch.zeros_like(x)
     h = rms_norm(x, w["norm"], s.eps)
-    qkv = F.linear(h, w["wqkv"], w.get("bqkv"))  # [T, (n_q + 2 n_kv) * hd]
+    qkv = _mm(h, w["wqkv"], w.get("bqkv"))  # [T, (n_q + 2 n_kv) * hd]
     q, k, v = qkv.split([s.n_q * hd, s.n_kv * hd, s.n_kv * hd], dim=-1)
     q = q.view(T, s.n_q, hd).transpose(0, 1)  # [n_q, T, hd]
     k = k.view(T, s.n_kv, hd).transpose(0, 1)  # [n_kv, T, hd]
@@ -57,7 +57,7 @@ def attention(
         attn_mask=_causal_mask(T, pos), enable_gqa=s.n_q != s.n_kv,
     )  # [1, n_q, T, hd]
     out = out[0].transpose(0, 1).reshape(T, s.n_q * hd)
-    return F.linear(out, w["wo"])  # [T, D], partial over heads
+    return out @ w["wo"]  # [T, D], partial over heads
 
 
 def _causal_mask(T: int, pos: int) -> torch.Tensor | None:
@@ -72,8 +72,13 @@ def _causal_mask(T: int, pos: int) -> torch.Tensor | None:
 def mlp(x: torch.Tensor, w: dict[str, torch.Tensor], eps: float) -> torch.Tensor:
     """This rank's intermediate columns of the SwiGLU MLP -> partial output [T, D]."""
     w_down = w.get("w_down")
-    if w_down is None or w_down.shape[1] == 0:
+    if w_down is None or w_down.shape[0] == 0:
         return torch.zeros_like(x)
     h = rms_norm(x, w["norm"], eps)
-    gate, up = F.linear(h, w["w_gate_up"]).chunk(2, dim=-1)  # [T, C] each
-    return F.linear(F.silu(gate) * up, w_down)  # [T, D]
+    gate, up = (h @ w["w_gate_up"]).chunk(2, dim=-1)  # [T, C] each
+    return (F.silu(gate) * up) @ w_down  # [T, D]
+
+
+def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x [T, in] @ w [in, out] (+ b [out])."""
+    return x @ w if b is None else torch.addmm(b, x, w)

@@ -16,7 +16,7 @@ from core.engine.layers import LayerShapes, attention, mlp
 from core.engine.rope import rope_tables
 from core.engine.scheduler import MemoryScheduler
 from core.shard.blocks import attn_block, block_order, mlp_block
-from core.shard.manifest import Manifest, load_manifest, read_block
+from core.shard.manifest import Manifest, read_block, verify_rank
 
 DEFAULT_CONTEXT = 4096
 
@@ -33,7 +33,9 @@ class RankRuntime:
     def __init__(self, rank_dir: Path, group: Allreduce, window: int | None,
                  context: int = DEFAULT_CONTEXT):
         self.rank_dir = Path(rank_dir)
-        self.manifest: Manifest = load_manifest(self.rank_dir)
+        # Size checks of every block file now: a truncated shard is named at start-up,
+        # not half-way through a reply.
+        self.manifest: Manifest = verify_rank(self.rank_dir)
         cfg = self.manifest.config
         share = self.manifest.plan.ranks[self.manifest.rank]
         self.cfg = cfg

@@ -32,11 +32,13 @@ class BlockBuilder:
 
     def head(self) -> Block:
         cfg = self.cfg
-        out = {"norm": self._full("model.norm.weight", (cfg.hidden_size,))}
-        # Tied models reuse "embed" as the output matrix; storing it twice wastes rank 0's RAM.
-        if not cfg.tie_word_embeddings:
-            out["lm_head"] = self._full("lm_head.weight", (cfg.vocab_size, cfg.hidden_size))
-        return out
+        # Tied models have no lm_head.weight: the embedding is the output matrix, and the
+        # splitter then writes no separate embed block.
+        name = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+        return {
+            "norm": self._full("model.norm.weight", (cfg.hidden_size,)),
+            "lm_head": _t(self._full(name, (cfg.vocab_size, cfg.hidden_size))),
+        }
 
     def attn(self, layer: int, share: RankShare) -> Block:
         cfg = self.cfg
@@ -48,12 +50,14 @@ class BlockBuilder:
         a = p + "self_attn."
         q0, q1 = share.kv_start * group * hd, share.kv_end * group * hd
         k0, k1 = share.kv_start * hd, share.kv_end * hd
-        out["wqkv"] = torch.cat(
-            [
-                self._rows(a + "q_proj.weight", q0, q1, d),
-                self._rows(a + "k_proj.weight", k0, k1, d),
-                self._rows(a + "v_proj.weight", k0, k1, d),
-            ]
+        out["wqkv"] = _t(
+            torch.cat(
+                [
+                    self._rows(a + "q_proj.weight", q0, q1, d),
+                    self._rows(a + "k_proj.weight", k0, k1, d),
+                    self._rows(a + "v_proj.weight", k0, k1, d),
+                ]
+            )
         )
         if cfg.qkv_bias:
             out["bqkv"] = torch.cat(
@@ -63,27 +67,29 @@ class BlockBuilder:
                     self._rows(a + "v_proj.bias", k0, k1),
                 ]
             )
-        out["wo"] = self._cols(a + "o_proj.weight", q0, q1, d)
+        out["wo"] = _t(self._cols(a + "o_proj.weight", q0, q1, d))
         if cfg.qk_norm:
             out["q_norm"] = self._full(a + "q_norm.weight", (hd,))
             out["k_norm"] = self._full(a + "k_norm.weight", (hd,))
         return out
 
     def mlp(self, layer: int, share: RankShare) -> Block:
-        # A rank with zero columns gets empty [0, D] / [D, 0] matrices: the same matmuls
+        # A rank with zero columns gets empty [D, 0] / [0, D] matrices: the same matmuls
         # then yield zeros, so the engine needs no special case.
         d = self.cfg.hidden_size
         p = f"model.layers.{layer}."
         c0, c1 = share.col_start, share.col_end
         return {
             "norm": self._full(p + "post_attention_layernorm.weight", (d,)),
-            "w_gate_up": torch.cat(
-                [
-                    self._rows(p + "mlp.gate_proj.weight", c0, c1, d),
-                    self._rows(p + "mlp.up_proj.weight", c0, c1, d),
-                ]
+            "w_gate_up": _t(
+                torch.cat(
+                    [
+                        self._rows(p + "mlp.gate_proj.weight", c0, c1, d),
+                        self._rows(p + "mlp.up_proj.weight", c0, c1, d),
+                    ]
+                )
             ),
-            "w_down": self._cols(p + "mlp.down_proj.weight", c0, c1, d),
+            "w_down": _t(self._cols(p + "mlp.down_proj.weight", c0, c1, d)),
         }
 
     # -- reads, each checked against the shape config.json implies ------------------------
@@ -107,3 +113,8 @@ class BlockBuilder:
                 f"{tuple(t.shape)}, expected {shape})"
             )
         return t.to(self.dtype).contiguous()
+
+
+def _t(w: torch.Tensor) -> torch.Tensor:
+    """HF's [out, in] to the [in, out] layout the engine multiplies with (see blocks.py)."""
+    return w.t().contiguous()

@@ -3,12 +3,16 @@
 A rank's shard dir holds one safetensors file per block plus `manifest.json`. The memory
 scheduler streams blocks in `block_order` (attention then MLP, layer by layer).
 
+Matrices are stored transposed from HF's nn.Linear layout, as [in, out], so the engine
+computes `x @ w`: for one decode token (a GEMV that streams every weight from RAM) this
+layout measured ~30% faster than F.linear on [out, in] with this torch/MKL on CPU.
+
 Block "L{i:03d}.attn" (rank holding h_kv KV heads, hq = h_kv * group query heads, hd = head_dim,
 D = hidden size), projections fused at split time so a rank does one matmul, not three:
   norm    [D]                       input RMSNorm weight (replicated)
-  wqkv    [(hq + 2*h_kv) * hd, D]   rows: this rank's q heads, then its k heads, then its v heads
+  wqkv    [D, (hq + 2*h_kv) * hd]   columns: this rank's q heads, then its k heads, then its v
   bqkv    [(hq + 2*h_kv) * hd]      only when the model has q/k/v bias (Qwen2)
-  wo      [D, hq * hd]              the o_proj columns of this rank's heads (row-parallel)
+  wo      [hq * hd, D]              the o_proj rows of this rank's heads (row-parallel)
   q_norm  [hd], k_norm [hd]         only for Qwen3 (per-head RMSNorm), replicated
 A rank with zero KV heads gets a block holding only `norm`; it adds zeros to the allreduce.
 
@@ -26,7 +30,7 @@ Rank 0 only, always resident (not streamed):
 from __future__ import annotations
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: matrices stored [in, out]
 EMBED = "embed"
 HEAD = "head"
 

@@ -170,7 +170,8 @@ def _write_ranks(
             tmp[r].mkdir(parents=True)
         b, ranks = job.builder, job.plan.ranks
         if 0 in job.todo:
-            emit(0, EMBED, b.embed)
+            if not job.cfg.tie_word_embeddings:
+                emit(0, EMBED, b.embed)
             emit(0, HEAD, b.head)
         for i in range(job.cfg.num_layers):
             for r in job.todo:

@@ -13,9 +13,11 @@ from tests.fixtures.tiny_models import load_hf_model, make_tiny_model
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
+@pytest.fixture(scope="module", params=["llama", "llama-tied", "qwen2", "qwen3"])
 def tiny(request, tmp_path_factory):
-    d = make_tiny_model(tmp_path_factory.mktemp(request.param), request.param)
+    arch, _, tied = request.param.partition("-")
+    d = make_tiny_model(tmp_path_factory.mktemp(request.param), arch,
+                        tie_word_embeddings=bool(tied))
     return d, load_hf_model(d)
 
 

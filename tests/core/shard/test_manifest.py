@@ -13,7 +13,7 @@ import torch
 
 from core.errors import ShardError
 from core.model.config import load_config
-from core.shard.blocks import MANIFEST, attn_block, mlp_block
+from core.shard.blocks import FORMAT_VERSION, MANIFEST, attn_block, mlp_block
 from core.shard.manifest import load_manifest, read_block, verify_block, verify_rank
 from core.shard.plan import make_plan
 from core.shard.splitter import split_model
@@ -44,7 +44,7 @@ def test_manifest_json_layout(split) -> None:
         "plan",
         "blocks",
     }
-    assert data["format_version"] == 1 and data["rank"] == 1
+    assert data["format_version"] == FORMAT_VERSION and data["rank"] == 1
     assert set(data["blocks"][0]) == {"name", "file", "bytes", "sha256", "tensors"}
 
 
@@ -135,7 +135,8 @@ def test_corrupt_manifest(split, damage) -> None:
 def test_other_format_version(split) -> None:
     path = split[0] / MANIFEST
     path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": 99}))
-    with pytest.raises(ShardError, match="format version 99 but this app reads version 1"):
+    want = f"format version 99 but this app reads version {FORMAT_VERSION}"
+    with pytest.raises(ShardError, match=want):
         load_manifest(split[0])
 
 

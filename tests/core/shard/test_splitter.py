@@ -33,10 +33,11 @@ def _unfuse_attn(m: Manifest, blk: dict[str, torch.Tensor]) -> dict[str, torch.T
     if s.num_kv_heads == 0:
         return {}
     hq, hk = s.num_kv_heads * cfg.group_size * cfg.head_dim, s.num_kv_heads * cfg.head_dim
-    rows = m.block(blk["__name__"]).tensors["wqkv"][0]
-    assert rows == hq + 2 * hk
-    q, k, v = torch.split(blk["wqkv"], [hq, hk, hk])
-    out = {"q": q, "k": k, "v": v, "o": blk["wo"]}
+    # Stored [in, out] (blocks.py): transpose back to HF's [out, in] to compare.
+    cols = m.block(blk["__name__"]).tensors["wqkv"][1]
+    assert cols == hq + 2 * hk
+    q, k, v = torch.split(blk["wqkv"].t(), [hq, hk, hk])
+    out = {"q": q, "k": k, "v": v, "o": blk["wo"].t()}
     if "bqkv" in blk:
         out["bq"], out["bk"], out["bv"] = torch.split(blk["bqkv"], [hq, hk, hk])
     return out
@@ -81,11 +82,11 @@ def test_slices_reconstruct_the_weights(tiny_model, tmp_path, arch, shares) -> N
             for k, t in _unfuse_attn(m, a).items():
                 parts.setdefault(k, []).append(t)
             c = m.share.num_cols
-            assert tuple(f["w_gate_up"].shape) == (2 * c, cfg.hidden_size)
-            gate, up = torch.split(f["w_gate_up"], [c, c])
+            assert tuple(f["w_gate_up"].shape) == (cfg.hidden_size, 2 * c)
+            gate, up = torch.split(f["w_gate_up"].t(), [c, c])
             parts.setdefault("gate", []).append(gate)
             parts.setdefault("up", []).append(up)
-            parts.setdefault("down", []).append(f["w_down"])
+            parts.setdefault("down", []).append(f["w_down"].t())
 
         a = p + "self_attn."
         for key, hf in [("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj")]:
@@ -101,21 +102,24 @@ def test_slices_reconstruct_the_weights(tiny_model, tmp_path, arch, shares) -> N
     assert m0.block_names() == [EMBED, HEAD, *block_order(cfg.num_layers)]
     assert torch.equal(b0[EMBED]["embed"], ref["model.embed_tokens.weight"])
     assert torch.equal(b0[HEAD]["norm"], ref["model.norm.weight"])
-    assert torch.equal(b0[HEAD]["lm_head"], ref["lm_head.weight"])
+    assert torch.equal(b0[HEAD]["lm_head"], ref["lm_head.weight"].t())
     for m, _ in ranks[1:]:
         assert m.block_names() == block_order(cfg.num_layers)
     assert result.bytes_per_rank == [m.total_bytes for m, _ in ranks]
 
 
-def test_tied_embeddings_omit_lm_head(tiny_model, tmp_path) -> None:
+def test_tied_embeddings_are_stored_once(tiny_model, tmp_path) -> None:
+    """Tied: the head holds the embedding transposed, and there is no embed block."""
     model_dir = tiny_model("llama", tie_word_embeddings=True)
     ref = _original(model_dir)
     assert "lm_head.weight" not in ref
     result = _split(model_dir, [1, 1], tmp_path)
     m = load_manifest(result.rank_dirs[0])
-    assert set(m.block(HEAD).tensors) == {"norm"}
+    assert EMBED not in m.block_names()
+    assert set(m.block(HEAD).tensors) == {"norm", "lm_head"}
     head = read_block(result.rank_dirs[0], m, HEAD)
     assert torch.equal(head["norm"], ref["model.norm.weight"])
+    assert torch.equal(head["lm_head"], ref["model.embed_tokens.weight"].t())
 
 
 def test_manifest_records_everything(tiny_model, tmp_path) -> None:
@@ -133,9 +137,9 @@ def test_manifest_records_everything(tiny_model, tmp_path) -> None:
         hk = m.share.num_kv_heads * cfg.head_dim
         assert b.tensors == {
             "norm": (64,),
-            "wqkv": (hq + 2 * hk, 64),
+            "wqkv": (64, hq + 2 * hk),
             "bqkv": (hq + 2 * hk,),
-            "wo": (64, hq),
+            "wo": (hq, 64),
         }
         assert b.bytes == (d / b.file).stat().st_size
 
@@ -151,7 +155,7 @@ def test_half_precision_split(tiny_model, tmp_path, dtype) -> None:
     blk = read_block(result.rank_dirs[1], m, mlp_block(2))
     assert blk["w_down"].dtype == dtype
     want = ref["model.layers.2.mlp.down_proj.weight"][:, m.share.col_start : m.share.col_end]
-    assert torch.equal(blk["w_down"], want.to(dtype))
+    assert torch.equal(blk["w_down"], want.t().to(dtype))
 
 
 def test_plan_of_another_model_is_refused(tiny_model, tmp_path) -> None:

@@ -1,0 +1,139 @@
+"""What each `tpi-chat` subcommand does; argument parsing lives in core/cli.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from argparse import Namespace
+
+from core.engine.chat import ChatSession
+from core.engine.launcher import LocalCluster
+from core.engine.options import RunOptions, parse_window
+from core.engine.sampler import SamplingParams
+from core.errors import TpiError
+from core.model.model_dir import resolve_model
+from core.model.tokenizer import ChatTokenizer
+from core.progress import TermProgress
+from core.shard.plan import parse_shares
+
+
+def _options(args: Namespace) -> RunOptions:
+    try:
+        return RunOptions(
+            ranks=args.ranks,
+            shares=parse_shares(args.shares) if args.shares else None,
+            window=parse_window(args.window),
+            context=args.context,
+            threads=args.threads,
+            link_delay_ms=args.link_delay_ms,
+            link_mbps=args.link_mbps,
+        )
+    except ValueError as e:
+        raise TpiError(str(e)) from None
+
+
+def _sampling(args: Namespace) -> SamplingParams:
+    try:
+        return SamplingParams(
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty, seed=args.seed,
+            max_new_tokens=args.max_new_tokens,
+        )
+    except ValueError as e:
+        raise TpiError(str(e)) from None
+
+
+def _start(args: Namespace) -> tuple[LocalCluster, ChatTokenizer]:
+    opts = _options(args)
+    bar = TermProgress("importing model")
+    model_dir = resolve_model(args.model, progress=bar)
+    bar.close()
+    tokenizer = ChatTokenizer(model_dir)
+    cluster = LocalCluster(model_dir, opts, progress=_stage_progress())
+    return cluster, tokenizer
+
+
+def _stage_progress():
+    bars: dict[str, TermProgress] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        bar = bars.setdefault(stage, TermProgress(stage))
+        bar(done, total)
+
+    return report
+
+
+def cmd_generate(args: Namespace) -> int:
+    params = _sampling(args)
+    cluster, tok = _start(args)
+    try:
+        session = ChatSession(tok, cluster.runner, system=args.system)
+
+        def show(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        send = session.complete_raw if args.raw else session.send
+        reply = send(args.prompt, params, on_text=show)
+        text, result = reply.text, reply.result
+        sys.stdout.write("\n")
+        if args.json:
+            print(json.dumps({
+                "text": text,
+                "token_ids": result.token_ids,
+                "prompt_tokens": result.prompt_tokens,
+                "stop_reason": result.stop_reason,
+                "ttft_ms": round(result.ttft_ms, 3),
+                "decode_ms_per_token": round(result.decode_ms_per_token, 3),
+                "tokens_per_s": round(result.tokens_per_s, 3),
+                "ranks": cluster.world_size,
+                "window": cluster.window_label,
+                "peak_rss_mb": [round(s.peak_rss_mb, 1) for s in cluster.refresh_stats()],
+            }))
+        return 0
+    finally:
+        cluster.close()
+
+
+def cmd_chat(args: Namespace) -> int:
+    params = _sampling(args)
+    cluster, tok = _start(args)
+    session = ChatSession(tok, cluster.runner, system=args.system)
+    print(f"TPI Chat on {cluster.world_size} rank(s). Empty line or Ctrl-D quits.", flush=True)
+    try:
+        while True:
+            try:
+                text = input("\nyou> ").strip()
+            except EOFError:
+                break
+            if not text:
+                break
+            sys.stdout.write("bot> ")
+            reply = session.send(text, params, on_text=lambda p: print(p, end="", flush=True))
+            r = reply.result
+            print(f"\n[{r.tokens_per_s:.1f} tokens/s, first token after {r.ttft_ms:.0f} ms]")
+        return 0
+    finally:
+        cluster.close()
+
+
+def cmd_split(args: Namespace) -> int:
+    from core.shard.split_cli import run_split
+
+    bar = TermProgress("importing model")
+    model_dir = resolve_model(args.model, progress=bar)
+    bar.close()
+    shares = parse_shares(args.shares) if args.shares else [1.0] * args.ranks
+    run_split(model_dir, shares)
+    return 0
+
+
+def run_app() -> int:
+    """The desktop app when its GUI is installed; a terminal chat otherwise."""
+    try:
+        from app.main import main as app_main  # noqa: F401  (the GUI arrives in its own issue)
+    except ImportError:
+        from core.cli import build_parser
+
+        return cmd_chat(build_parser().parse_args(["chat"]))
+    return app_main()

@@ -1,0 +1,47 @@
+"""How to run a model: ranks, shares, window, context, link emulation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunOptions:
+    """Options of one local cluster (rank 0 here plus ranks-1 local worker processes)."""
+
+    ranks: int = 1
+    shares: list[float] | None = None  # relative memory budgets; None = equal
+    window: int | None = None  # resident blocks per rank; None = all
+    context: int = 4096
+    threads: int | None = None  # torch threads per rank; None = cores / ranks
+    link_delay_ms: float = 0.0  # emulated per-link latency (benchmarks)
+    link_mbps: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ranks < 1:
+            raise ValueError("--ranks must be at least 1")
+        if self.shares is not None and len(self.shares) != self.ranks:
+            if self.ranks == 1:
+                self.ranks = len(self.shares)
+            else:
+                raise ValueError(f"--shares lists {len(self.shares)} values for {self.ranks} ranks")
+        if self.window is not None and self.window < 1:
+            raise ValueError("--window must be at least 1 block, or 'all'")
+
+    def threads_per_rank(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 1) // self.ranks)
+
+
+def parse_window(text: str) -> int | None:
+    """'all' -> None, '2' -> 2."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        w = int(text)
+    except ValueError:
+        raise ValueError(f"--window takes a number of blocks or 'all' (got {text!r})") from None
+    if w < 1:
+        raise ValueError("--window must be at least 1 block, or 'all'")
+    return w

@@ -1,0 +1,115 @@
+"""A worker rank's process: join rank 0, load this rank's blocks, run steps until told to stop.
+
+Started by rank 0 for local ranks (`tpi-chat rank --control EP --rank R`); the worker
+daemon on a peer device runs the same loop once its shards have been shipped.
+Control channel (DEALER, to rank 0): hello -> setup -> ready, then stats and error.
+Data plane (CommGroup): step broadcasts and the two allreduces per layer.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+from core.comm.broadcast import StepTimeout
+from core.comm.control import ControlClient
+from core.comm.group import CommGroup
+from core.comm.linkemu import LinkEmulation
+from core.engine.rank import RankRuntime
+from core.engine.rank_stats import collect
+from core.errors import PeerError, TpiError
+
+CONTROL_OPS = ("hello", "setup", "ready", "error", "stats", "bye")
+SETUP_TIMEOUT_S = 60.0
+STATS_EVERY_S = 0.5
+
+
+class _Reporter:
+    """Sends to rank 0 from the main loop and the stats thread (one socket, one lock)."""
+
+    def __init__(self, client: ControlClient):
+        self.client = client
+        self.lock = threading.Lock()
+
+    def send(self, op: str, meta: dict) -> None:
+        with self.lock:
+            self.client.send(op, meta)
+
+
+def main(control: str, rank: int) -> int:
+    client = ControlClient(control, ops=CONTROL_OPS)
+    try:
+        return _run(client, rank)
+    finally:
+        client.close()
+
+
+def _run(client: ControlClient, rank: int) -> int:
+    client.send("hello", {"rank": rank, "pid": os.getpid()})
+    msg = client.recv(timeout=SETUP_TIMEOUT_S)
+    if msg is None or msg.op != "setup":
+        print(f"rank {rank}: rank 0 sent no setup within {SETUP_TIMEOUT_S:g} s", file=sys.stderr)
+        return 1
+    setup = msg.meta
+    torch.set_num_threads(int(setup["threads"]))
+    reporter = _Reporter(client)
+    try:
+        link = LinkEmulation(**setup["link"]) if setup.get("link") else None
+        group = CommGroup.worker(rank, int(setup["world_size"]), setup["endpoints"], link)
+        runtime = RankRuntime(Path(setup["rank_dir"]), group, setup.get("window"),
+                              int(setup["context"]))
+        if runtime.scheduler.keep_all:
+            runtime.scheduler.wait_all_loaded()
+    except TpiError as e:
+        reporter.send("error", {"message": str(e)})
+        return 1
+    reporter.send("ready", collect(runtime, rank).to_dict())
+    try:
+        return _serve(runtime, group, reporter, rank)
+    finally:
+        runtime.close()
+        group.close()
+
+
+def _serve(runtime: RankRuntime, group: CommGroup, reporter: _Reporter, rank: int) -> int:
+    parent = os.getppid()
+    stop = threading.Event()
+    threading.Thread(target=_push_stats, args=(runtime, reporter, rank, stop),
+                     daemon=True).start()
+    try:
+        while True:
+            try:
+                meta, x = group.recv_step(timeout=1.0)
+            except StepTimeout:
+                if os.getppid() != parent:  # rank 0's process is gone: nobody to serve
+                    return 0
+                continue
+            except PeerError:
+                return 0  # rank 0 closed the group or died
+            op = meta.get("op")
+            if op == "step":
+                try:
+                    runtime.forward(x, int(meta["pos"]))
+                except TpiError as e:
+                    reporter.send("error", {"message": f"rank {rank}: {e}"})
+                    return 1
+            elif op == "stats":
+                reporter.send("stats", collect(runtime, rank).to_dict())
+            elif op == "stop":
+                return 0
+    finally:
+        stop.set()
+
+
+def _push_stats(runtime: RankRuntime, reporter: _Reporter, rank: int,
+                stop: threading.Event) -> None:
+    """Live numbers for the Devices panel, even while a long step runs."""
+    while not stop.wait(STATS_EVERY_S):
+        try:
+            reporter.send("stats", collect(runtime, rank).to_dict())
+        except Exception:  # the socket closes under us at shutdown
+            return
