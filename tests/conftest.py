@@ -1,0 +1,17 @@
+"""Test-wide set-up: no hub access, and a cache dir of the test session's own."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(tmp_path_factory):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    # Keep an explicit TPI_CHAT_CACHE (CI points it at a reusable dir); else a fresh one.
+    if "TPI_CHAT_CACHE" not in os.environ:
+        os.environ["TPI_CHAT_CACHE"] = str(tmp_path_factory.mktemp("tpi-cache"))
+    yield
