@@ -1,0 +1,286 @@
+"""The engine thread: loads a model, owns the ChatSession, streams replies as Qt signals.
+
+`EngineWorker` is a QObject moved to its own QThread (see app/engine_host.py); the GUI
+thread never runs torch and never waits on it. Loading goes through a *loader* callable so
+tests (and the networking layer, later) can plug in another backend:
+
+    loader(model: str | None, opts: RunOptions, progress(stage, done, total)) -> LoadedModel
+
+`stop()` and `cancel_load()` are plain thread-safe methods meant to be called directly from
+the GUI thread (a queued slot could not run while the engine thread is busy generating).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import shiboken6
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+
+from app.device_status import DeviceStatus, from_rank_stats
+from core.engine.options import RunOptions
+from core.engine.sampler import SamplingParams
+from core.errors import TpiError
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+STATS_INTERVAL_S = 1.0
+
+Progress = Callable[[str, int, int], None]
+
+
+class SessionLike(Protocol):
+    """The part of core.engine.chat.ChatSession the worker uses."""
+
+    system: str | None
+    messages: list[dict]
+
+    def send(self, text: str, params: SamplingParams, on_text=None, should_stop=None) -> Any: ...
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to chat: either tokenizer + runner (a real engine) or a session factory."""
+
+    name: str
+    world_size: int
+    close: Callable[[], None]
+    rank_stats: Callable[[], list] = field(default=lambda: [])
+    tokenizer: Any = None
+    runner: Any = None
+    session_factory: Callable[[], SessionLike] | None = None
+
+
+Loader = Callable[[str | None, RunOptions, Progress], LoadedModel]
+
+
+@dataclass
+class ReplyStats:
+    """What the GUI shows about a finished reply."""
+
+    text: str
+    stop_reason: str
+    new_tokens: int
+    prompt_tokens: int
+    ttft_ms: float
+    tokens_per_s: float
+
+
+class LoadCancelled(Exception):
+    """Raised from a progress callback when the user cancelled the load."""
+
+
+def model_display_name(model: str | None) -> str:
+    if model is None:
+        return DEFAULT_MODEL_NAME
+    p = Path(model)
+    return p.stem if p.suffix.lower() == ".gguf" else p.name
+
+
+def default_loader(model: str | None, opts: RunOptions, progress: Progress) -> LoadedModel:
+    """resolve_model (GGUF import with progress) + tokenizer + LocalCluster."""
+    from core.engine.launcher import LocalCluster
+    from core.model.model_dir import resolve_model
+    from core.model.tokenizer import ChatTokenizer
+
+    model_dir = resolve_model(model, lambda d, t: progress("Importing model", d, t))
+    progress("Loading tokenizer", 0, 1)
+    tokenizer = ChatTokenizer(model_dir)
+    cluster = LocalCluster(model_dir, opts, progress=progress)
+    return LoadedModel(
+        name=model_display_name(model),
+        world_size=cluster.world_size,
+        close=cluster.close,
+        rank_stats=cluster.rank_stats,
+        tokenizer=tokenizer,
+        runner=cluster.runner,
+    )
+
+
+class _RecordingRunner:
+    """A StepRunner proxy that records which thread runs each forward step."""
+
+    def __init__(self, runner: Any, record: Callable[[], None]):
+        self._runner, self._record = runner, record
+
+    @property
+    def max_seq(self) -> int:
+        return self._runner.max_seq
+
+    def step(self, ids: list[int], pos: int):
+        self._record()
+        return self._runner.step(ids, pos)
+
+
+class EngineWorker(QObject):
+    """Owns the model and the chat session; lives in the engine thread."""
+
+    loading_progress = Signal(str, int, int)  # stage, done, total
+    ready = Signal(str, int)  # model name, world size
+    load_failed = Signal(str)
+    load_cancelled = Signal()
+    token = Signal(str)
+    finished = Signal(object)  # ReplyStats
+    failed = Signal(str)
+    stats = Signal(list)  # list[DeviceStatus]
+
+    def __init__(self, loader: Loader = default_loader):
+        super().__init__()
+        self._loader = loader
+        self._model: LoadedModel | None = None
+        self._session: SessionLike | None = None
+        self._stop = threading.Event()
+        self._cancelled_seq = -1
+        self._lock = threading.Lock()
+        self._busy = False
+        self._last_stats = 0.0
+        self._last_tps: float | None = None
+        self._timer: QTimer | None = None
+        #: thread ids that ran generate / a forward step (tests assert the GUI thread is absent)
+        self.torch_thread_ids: set[int] = set()
+
+    # thread-safe, called directly from the GUI thread ----------------------------------
+    def stop(self) -> None:
+        """Ask the running reply to end after its current token."""
+        self._stop.set()
+
+    def cancel_load(self, seq: int) -> None:
+        """Discard the result of load number `seq` (and abort its import if still running)."""
+        with self._lock:
+            self._cancelled_seq = max(self._cancelled_seq, seq)
+
+    def _is_cancelled(self, seq: int) -> bool:
+        with self._lock:
+            return self._cancelled_seq >= seq
+
+    def _record_thread(self) -> None:
+        self.torch_thread_ids.add(threading.get_ident())
+
+    # slots, run in the engine thread -------------------------------------------------
+    @Slot()
+    def start(self) -> None:
+        """Start the once-a-second stats timer (called when the thread starts)."""
+        self._timer = QTimer(self)
+        self._timer.setInterval(int(STATS_INTERVAL_S * 1000))
+        self._timer.timeout.connect(self._emit_stats)
+        self._timer.start()
+
+    @Slot(int, object, object)
+    def load(self, seq: int, model: str | None, opts: RunOptions) -> None:
+        """Load `model` (None = the default model), replacing the current one."""
+        self._close_model()
+        if self._is_cancelled(seq):
+            self.load_cancelled.emit()
+            return
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if self._is_cancelled(seq):
+                raise LoadCancelled
+            self.loading_progress.emit(stage, int(done), int(total))
+
+        try:
+            self._record_thread()
+            loaded = self._loader(model, opts, progress)
+        except LoadCancelled:
+            self.load_cancelled.emit()
+            return
+        except TpiError as e:
+            self.load_failed.emit(str(e))
+            return
+        except Exception as e:  # a bug, but the app must survive it
+            traceback.print_exc()
+            self.load_failed.emit(f"Loading the model failed: {e}")
+            return
+        if self._is_cancelled(seq):
+            loaded.close()
+            self.load_cancelled.emit()
+            return
+        self._model = loaded
+        if loaded.session_factory is not None:
+            self._session = loaded.session_factory()
+        else:
+            from core.engine.chat import ChatSession
+
+            runner = _RecordingRunner(loaded.runner, self._record_thread)
+            self._session = ChatSession(loaded.tokenizer, runner)
+        self.ready.emit(loaded.name, loaded.world_size)
+        self._emit_stats()
+
+    @Slot(list, str, object)
+    def send(self, messages: list[dict], system: str, params: SamplingParams) -> None:
+        """Reply to `messages` (role/content dicts ending with the user's turn)."""
+        session = self._session
+        if session is None:
+            self.failed.emit("No model is loaded yet.")
+            return
+        if not messages or messages[-1].get("role") != "user":
+            self.failed.emit("There is no user message to reply to.")
+            return
+        self._stop.clear()
+        # A conversation switch, regenerate or edit just rewrites the history: the
+        # Generator reuses the KV cache of whatever prefix is unchanged.
+        session.system = system or None
+        session.messages = [dict(role=m["role"], content=m["content"]) for m in messages[:-1]]
+        self._busy = True
+        self._record_thread()
+
+        def on_text(piece: str) -> None:
+            self.token.emit(piece)
+            if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
+                self._emit_stats()
+
+        try:
+            reply = session.send(messages[-1]["content"], params, on_text, self._stop.is_set)
+        except TpiError as e:
+            self._busy = False
+            self.failed.emit(str(e))
+            return
+        except Exception as e:
+            traceback.print_exc()
+            self._busy = False
+            self.failed.emit(f"The reply failed: {e}")
+            return
+        self._busy = False
+        r = reply.result
+        self._last_tps = r.tokens_per_s
+        self.finished.emit(ReplyStats(
+            text=reply.text, stop_reason=r.stop_reason, new_tokens=len(r.token_ids),
+            prompt_tokens=r.prompt_tokens, ttft_ms=r.ttft_ms, tokens_per_s=r.tokens_per_s,
+        ))
+        self._emit_stats()
+
+    @Slot()
+    def shutdown(self) -> None:
+        """Close the model, drop the timer and end the engine thread's event loop."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.stop()
+            shiboken6.delete(timer)  # timers must die in the thread that owns them
+        self._close_model()
+        QThread.currentThread().quit()
+
+    # internals -----------------------------------------------------------------------
+    def _close_model(self) -> None:
+        model, self._model, self._session = self._model, None, None
+        if model is not None:
+            try:
+                model.close()
+            except Exception:
+                traceback.print_exc()
+
+    @Slot()
+    def _emit_stats(self) -> None:
+        self._last_stats = time.monotonic()
+        if self._model is None:
+            return
+        try:
+            raw = self._model.rank_stats()
+        except Exception:
+            return
+        devices: list[DeviceStatus] = from_rank_stats(raw, self._busy, self._last_tps)
+        self.stats.emit(devices)

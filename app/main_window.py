@@ -1,0 +1,352 @@
+"""The main window: conversations on the left, the chat in the middle, settings and devices on
+the right, menus and a status bar. Chat logic lives in ChatController, model work in the
+engine thread (EngineHost)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, Qt
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QMainWindow,
+    QMessageBox,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.chat_controller import ChatController
+from app.chat_view import ChatView
+from app.conversation_list import ConversationList
+from app.devices_panel import DevicesPanel
+from app.engine_host import EngineHost
+from app.engine_worker import DEFAULT_MODEL_NAME, ReplyStats
+from app.input_box import InputBox
+from app.settings_panel import SettingsPanel
+from app.status_bar import StatusBar
+from app.store import Store
+from app.theme import app_icon
+from core.engine.options import RunOptions
+
+MAX_LOCAL_RANKS = 4
+
+
+class MainWindow(QMainWindow):
+    """TPI Chat's window. `autoload` loads the saved (or default) model at once."""
+
+    def __init__(self, store: Store, engine: EngineHost, autoload: bool = True,
+                 parent: QWidget | None = None):
+        super().__init__(parent)
+        self.store, self.engine = store, engine
+        self.confirm_delete = True  # tests turn the confirmation dialog off
+        self._closed = False
+        self.setWindowTitle("TPI Chat")
+        self.setWindowIcon(app_icon())
+        self.resize(1280, 820)
+        self.setMinimumSize(760, 480)
+
+        self.conversations = ConversationList()
+        self.chat_view = ChatView()
+        self.composer = InputBox()
+        self.settings = SettingsPanel()
+        self.devices = DevicesPanel()
+        self.status = StatusBar(self)
+        self.setStatusBar(self.status)
+
+        center = QWidget()
+        cl = QVBoxLayout(center)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.setSpacing(0)
+        cl.addWidget(self.chat_view, 1)
+        cl.addWidget(self.composer)
+        self.right = QTabWidget()
+        self.right.setObjectName("RightPanel")
+        self.right.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
+        self.right.addTab(self.settings, "Settings")
+        self.right.addTab(self.devices, "Devices")
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.setHandleWidth(1)
+        for w in (self.conversations, center, self.right):
+            self.splitter.addWidget(w)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setStretchFactor(2, 0)
+        self.splitter.setSizes([260, 720, 300])
+        self.splitter.setCollapsible(1, False)
+        self.setCentralWidget(self.splitter)
+
+        self.controller = ChatController(store, engine, self.chat_view, self.composer,
+                                         self.settings.params)
+        self._wire()
+        self._build_menus()
+        self._restore_settings()
+        self.refresh_conversations()
+        ids = self.conversations.ids()
+        self.open_conversation(ids[0] if ids else None)
+        self.model_path: str | None = store.get_setting("model", None)
+        if autoload:
+            self.load_model(self.model_path)
+        self.composer.focus()
+
+    # wiring --------------------------------------------------------------------------
+    def _wire(self) -> None:
+        cl = self.conversations
+        cl.selected.connect(self.open_conversation)
+        cl.new_requested.connect(self.new_chat)
+        cl.rename_requested.connect(self.rename_conversation)
+        cl.delete_requested.connect(self.delete_conversation)
+        cl.export_requested.connect(self.export_conversation)
+        self.controller.conversation_created.connect(self._created)
+        self.controller.conversations_changed.connect(self.refresh_conversations)
+        self.controller.reply_finished.connect(self._reply_finished)
+        self.controller.busy_changed.connect(self._busy_changed)
+        self.settings.system_prompt_changed.connect(self._system_prompt_changed)
+        self.settings.params_changed.connect(lambda p: self.store.set_setting("sampling", p))
+        w = self.engine.worker
+        w.loading_progress.connect(self.status.show_progress)
+        w.ready.connect(self._model_ready)
+        w.load_failed.connect(self._load_failed)
+        w.load_cancelled.connect(self._load_cancelled)
+        w.stats.connect(self.devices.update_devices)
+        self.status.cancel_requested.connect(self.cancel_load)
+
+    def _action(self, menu, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+        a = QAction(text, self)
+        if shortcut is not None:
+            a.setShortcut(QKeySequence(shortcut))
+        if tip:
+            a.setStatusTip(tip)
+        a.triggered.connect(slot)
+        menu.addAction(a)
+        return a
+
+    def _build_menus(self) -> None:
+        mb = self.menuBar()
+        f = mb.addMenu("&File")
+        self._action(f, "New chat", self.new_chat, QKeySequence.StandardKey.New)
+        self._action(f, "Export chat as Markdown\u2026", lambda: self.export_conversation(
+            self.controller.conv_id), "Ctrl+E")
+        f.addSeparator()
+        self._action(f, "Quit", self.close, QKeySequence.StandardKey.Quit)
+
+        c = mb.addMenu("&Chat")
+        self.stop_action = self._action(c, "Stop", self._escape, "Esc")
+        self.stop_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        self._action(c, "Regenerate", self.controller.regenerate, "Ctrl+R")
+        self._action(c, "Edit last message", self.controller.edit_last, "Ctrl+Shift+E")
+        c.addSeparator()
+        self._action(c, "Rename chat", lambda: self.conversations.start_rename(
+            self.controller.conv_id), "F2")
+        self._action(c, "Delete chat", lambda: self.delete_conversation(
+            self.controller.conv_id), "Ctrl+Shift+Backspace")
+        self._action(c, "Search chats", self.conversations.search.setFocus, "Ctrl+K")
+
+        m = mb.addMenu("&Model")
+        self._action(m, "Open model folder\u2026", self.open_model_folder)
+        self._action(m, "Open GGUF file\u2026", self.open_gguf)
+        self._action(m, f"Use the default model ({DEFAULT_MODEL_NAME})",
+                     lambda: self.load_model(None))
+        m.addSeparator()
+        ranks = m.addMenu("Local ranks")
+        group = QActionGroup(self)
+        self.rank_actions: dict[int, QAction] = {}
+        for n in range(1, MAX_LOCAL_RANKS + 1):
+            a = QAction(f"{n} rank" + ("s" if n > 1 else ""), self, checkable=True)
+            a.triggered.connect(lambda _c=False, n=n: self.set_local_ranks(n))
+            group.addAction(a)
+            ranks.addAction(a)
+            self.rank_actions[n] = a
+        self._action(m, "Reload model", lambda: self.load_model(self.model_path))
+
+        v = mb.addMenu("&View")
+        self.panel_action = self._action(v, "Show side panel", self._toggle_panel, "Ctrl+B")
+        self.panel_action.setCheckable(True)
+        self.panel_action.setChecked(True)
+        self._action(v, "Settings", lambda: self._show_tab(0), "Ctrl+,")
+        self._action(v, "Devices", lambda: self._show_tab(1), "Ctrl+D")
+
+        h = mb.addMenu("&Help")
+        self._action(h, "About TPI Chat", self._about)
+
+    def _restore_settings(self) -> None:
+        self.settings.set_params(self.store.get_setting("sampling", {}))
+        ranks = int(self.store.get_setting("ranks", 1) or 1)
+        self.rank_actions.get(ranks, self.rank_actions[1]).setChecked(True)
+        geometry = self.store.get_setting("geometry")
+        if geometry:
+            self.restoreGeometry(QByteArray.fromHex(geometry.encode()))
+        if self.store.get_setting("panel_visible", True) is False:
+            self.panel_action.setChecked(False)
+            self.right.hide()
+
+    # conversations -------------------------------------------------------------------
+    def refresh_conversations(self) -> None:
+        self.conversations.set_conversations(self.store.conversations(), self.controller.conv_id)
+
+    def open_conversation(self, conv_id: int | None) -> None:
+        self.settings.flush()
+        self.controller.open(conv_id)
+        conv = self.store.conversation(conv_id) if conv_id is not None else None
+        self.settings.set_system_prompt(conv.system_prompt if conv else "")
+        if conv_id is not None:
+            self.conversations.select(conv_id)
+
+    def new_chat(self) -> None:
+        """Ctrl+N: a fresh conversation (reuses the current one if it is still empty)."""
+        cid = self.controller.conv_id
+        if cid is None or self.store.messages(cid):
+            cid = self.store.create_conversation()
+            self.refresh_conversations()
+        self.conversations.search.clear()
+        self.open_conversation(cid)
+        self.composer.focus()
+
+    def _created(self, conv_id: int) -> None:
+        self.refresh_conversations()
+        self.conversations.select(conv_id)
+        prompt = self.settings.system_prompt.toPlainText()
+        if prompt:
+            self.store.set_system_prompt(conv_id, prompt)
+
+    def rename_conversation(self, conv_id: int, title: str) -> None:
+        self.store.rename_conversation(conv_id, title)
+        self.refresh_conversations()
+
+    def delete_conversation(self, conv_id: int | None) -> None:
+        if conv_id is None:
+            return
+        conv = self.store.conversation(conv_id)
+        if conv is None:
+            return
+        if self.confirm_delete:
+            question = f"Delete \u201c{conv.title}\u201d? This cannot be undone."
+            answer = QMessageBox.question(self, "Delete chat", question)
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        s = self.controller.stream
+        if s is not None and s.conv_id == conv_id:
+            self.controller.stop()
+        self.store.delete_conversation(conv_id)
+        was_current = conv_id == self.controller.conv_id
+        if was_current:
+            self.controller.conv_id = None
+        self.refresh_conversations()
+        if was_current:
+            ids = self.conversations.ids()
+            self.open_conversation(ids[0] if ids else None)
+
+    def export_conversation(self, conv_id: int | None, path: str | None = None) -> Path | None:
+        """Write the conversation as Markdown to `path` (asks for one when None)."""
+        if conv_id is None or self.store.conversation(conv_id) is None:
+            return None
+        if path is None:
+            title = self.store.conversation(conv_id).title
+            safe = "".join(ch if ch.isalnum() or ch in " -_" else "_" for ch in title).strip()
+            path, _ = QFileDialog.getSaveFileName(self, "Export chat", f"{safe or 'chat'}.md",
+                                                  "Markdown (*.md)")
+            if not path:
+                return None
+        out = Path(path)
+        out.write_text(self.store.export_markdown(conv_id), encoding="utf-8")
+        self.status.note(f"Exported to {out}")
+        return out
+
+    def _system_prompt_changed(self, text: str) -> None:
+        if self.controller.conv_id is not None:
+            self.store.set_system_prompt(self.controller.conv_id, text)
+
+    # model ---------------------------------------------------------------------------
+    def run_options(self) -> RunOptions:
+        return RunOptions(ranks=int(self.store.get_setting("ranks", 1) or 1))
+
+    def load_model(self, path: str | None) -> None:
+        """Load `path` (None = the default model) in the engine thread."""
+        self.model_path = path
+        self.store.set_setting("model", path)
+        self.controller.model_ready(False)
+        self.status.model.setText("Loading\u2026")
+        self.status.cluster.clear()
+        self.status.set_loading(True, "Loading model\u2026")
+        self.engine.load(path, self.run_options())
+
+    def cancel_load(self) -> None:
+        self.engine.cancel_load()
+        self.status.set_loading(False, "Model loading cancelled.")
+        self.status.model.setText("No model")
+
+    def open_model_folder(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Open a Hugging Face model folder")
+        if d:
+            self.load_model(d)
+
+    def open_gguf(self) -> None:
+        f, _ = QFileDialog.getOpenFileName(self, "Open a GGUF file", "", "GGUF (*.gguf)")
+        if f:
+            self.load_model(f)
+
+    def set_local_ranks(self, n: int) -> None:
+        if n != int(self.store.get_setting("ranks", 1) or 1):
+            self.store.set_setting("ranks", n)
+            self.load_model(self.model_path)
+
+    def _model_ready(self, name: str, world_size: int) -> None:
+        self.status.set_loading(False, "Ready")
+        self.status.set_model(name, world_size)
+        self.controller.model_ready(True)
+
+    def _load_cancelled(self) -> None:
+        self.status.note("Model loading cancelled.")
+
+    def _load_failed(self, message: str) -> None:
+        self.status.set_loading(False, "")
+        self.status.model.setText("No model")
+        self.status.note("Model not loaded")
+        QMessageBox.warning(self, "Could not load the model", message)
+
+    def _reply_finished(self, stats: ReplyStats) -> None:
+        self.status.set_reply_stats(stats.ttft_ms, stats.tokens_per_s)
+
+    def _busy_changed(self, busy: bool) -> None:
+        self.status.note("Generating\u2026 (Esc to stop)" if busy else "Ready")
+
+    # view ----------------------------------------------------------------------------
+    def _escape(self) -> None:
+        """Esc stops a reply, or cancels editing the last message."""
+        if self.controller.busy or self.controller.queued:
+            self.controller.stop()
+        elif self.composer.editing:
+            self.composer.editor.clear()
+            self.composer.set_editing(False)
+
+    def _toggle_panel(self) -> None:
+        visible = not self.right.isVisible()
+        self.right.setVisible(visible)
+        self.panel_action.setChecked(visible)
+        self.store.set_setting("panel_visible", visible)
+
+    def _show_tab(self, index: int) -> None:
+        if not self.right.isVisible():
+            self._toggle_panel()
+        self.right.setCurrentIndex(index)
+
+    def _about(self) -> None:
+        QMessageBox.about(self, "About TPI Chat", (
+            "<b>TPI Chat</b><br>One language model across the devices of your home, with "
+            "tensor parallelism (after TPI-LLM, Li et al. 2024).<br><br>Your prompts, tokens "
+            "and replies never leave this device; other devices only see hidden states."))
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt API)
+        if self._closed:
+            super().closeEvent(event)
+            return
+        self._closed = True
+        self.settings.flush()
+        s = self.controller.stream
+        if s is not None:
+            self.store.update_message(s.msg_id, s.text)
+        self.store.set_setting("geometry", bytes(self.saveGeometry().toHex()).decode())
+        self.engine.shutdown()
+        super().closeEvent(event)

@@ -1,0 +1,61 @@
+"""The status bar: loading progress (cancellable), model name, cluster size, last reply speed."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QStatusBar, QWidget
+
+
+class StatusBar(QStatusBar):
+    """Permanent labels on the right; a progress bar with Cancel while a model loads."""
+
+    cancel_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setSizeGripEnabled(False)
+        self.stage = QLabel(self)
+        self.progress = QProgressBar(self)
+        self.progress.setFixedWidth(160)
+        self.progress.setTextVisible(False)
+        self.cancel = QPushButton("Cancel", self)
+        self.cancel.setToolTip("Stop waiting for this model")
+        self.cancel.clicked.connect(self.cancel_requested)
+        self.addWidget(self.stage)
+        self.addWidget(self.progress)
+        self.addWidget(self.cancel)
+        self.model = QLabel("No model", self)
+        self.cluster = QLabel(self)
+        self.speed = QLabel(self)
+        for w in (self.speed, self.cluster, self.model):
+            self.addPermanentWidget(w)
+        self.set_loading(False)
+
+    def set_loading(self, loading: bool, text: str = "") -> None:
+        self.progress.setVisible(loading)
+        self.cancel.setVisible(loading)
+        self.stage.setText(text)
+        if loading:
+            self.progress.setRange(0, 0)
+
+    def show_progress(self, stage: str, done: int, total: int) -> None:
+        if total > 0:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(1000 * min(done, total) / total))
+            self.stage.setText(f"{stage}\u2026 {100 * done / total:.0f}%")
+        else:
+            self.progress.setRange(0, 0)
+            self.stage.setText(f"{stage}\u2026")
+
+    def set_model(self, name: str, world_size: int) -> None:
+        self.model.setText(name)
+        self.model.setToolTip(f"Model: {name}")
+        self.cluster.setText(f"{world_size} rank" + ("s" if world_size != 1 else ""))
+        self.cluster.setToolTip("Tensor-parallel ranks (this device + workers)")
+
+    def set_reply_stats(self, ttft_ms: float, tokens_per_s: float) -> None:
+        self.speed.setText(f"TTFT {ttft_ms:.0f} ms \u00b7 {tokens_per_s:.1f} tok/s")
+
+    def note(self, text: str) -> None:
+        """A short message on the left (replaced by the next one)."""
+        self.stage.setText(text)

@@ -1,0 +1,197 @@
+"""Conversations, messages and settings in SQLite (stdlib sqlite3, WAL mode).
+
+The database lives in platformdirs' user data dir for "tpi-chat", or in the folder named by
+the environment variable `TPI_CHAT_DATA` (tests point it at a temp dir). Every write is its
+own transaction, so killing the app loses at most the tokens streamed since the last update
+of the assistant message row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_data_dir
+
+ENV_VAR = "TPI_CHAT_DATA"
+DB_NAME = "chats.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    title TEXT NOT NULL,
+    system_prompt TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, position);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+def data_dir() -> Path:
+    """The folder holding the database, created if missing."""
+    override = os.environ.get(ENV_VAR)
+    path = Path(override).expanduser() if override else Path(user_data_dir("tpi-chat"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Conversation:
+    """One chat: its title, system prompt and timestamps (seconds since the epoch)."""
+
+    id: int
+    title: str
+    system_prompt: str
+    created: float
+    updated: float
+
+
+@dataclass
+class Message:
+    """One turn of a conversation."""
+
+    id: int
+    conversation_id: int
+    role: str  # "user" | "assistant"
+    content: str
+    position: int
+
+
+class Store:
+    """All persistent state of the app. Used from the GUI thread only."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else data_dir() / DB_NAME
+        self.db = sqlite3.connect(str(self.path), isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # conversations -------------------------------------------------------------------
+    def create_conversation(self, title: str = "New chat", system_prompt: str = "") -> int:
+        now = time.time()
+        cur = self.db.execute(
+            "INSERT INTO conversations (title, system_prompt, created, updated) VALUES (?,?,?,?)",
+            (title, system_prompt, now, now),
+        )
+        return int(cur.lastrowid)
+
+    def conversations(self) -> list[Conversation]:
+        """All conversations, most recently updated first."""
+        rows = self.db.execute(
+            "SELECT id, title, system_prompt, created, updated FROM conversations "
+            "ORDER BY updated DESC, id DESC"
+        ).fetchall()
+        return [Conversation(*r) for r in rows]
+
+    def conversation(self, conv_id: int) -> Conversation | None:
+        row = self.db.execute(
+            "SELECT id, title, system_prompt, created, updated FROM conversations WHERE id=?",
+            (conv_id,),
+        ).fetchone()
+        return Conversation(*row) if row else None
+
+    def rename_conversation(self, conv_id: int, title: str) -> None:
+        self.db.execute("UPDATE conversations SET title=? WHERE id=?", (title, conv_id))
+
+    def set_system_prompt(self, conv_id: int, prompt: str) -> None:
+        self.db.execute("UPDATE conversations SET system_prompt=? WHERE id=?", (prompt, conv_id))
+
+    def delete_conversation(self, conv_id: int) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM messages WHERE conversation_id=?", (conv_id,))
+            self.db.execute("DELETE FROM conversations WHERE id=?", (conv_id,))
+
+    def touch(self, conv_id: int) -> None:
+        self.db.execute("UPDATE conversations SET updated=? WHERE id=?", (time.time(), conv_id))
+
+    # messages ------------------------------------------------------------------------
+    def messages(self, conv_id: int) -> list[Message]:
+        rows = self.db.execute(
+            "SELECT id, conversation_id, role, content, position FROM messages "
+            "WHERE conversation_id=? ORDER BY position",
+            (conv_id,),
+        ).fetchall()
+        return [Message(*r) for r in rows]
+
+    def add_message(self, conv_id: int, role: str, content: str) -> int:
+        """Append a message; returns its id."""
+        with self.db:
+            self.db.execute("BEGIN")
+            (pos,) = self.db.execute(
+                "SELECT COALESCE(MAX(position), -1) + 1 FROM messages WHERE conversation_id=?",
+                (conv_id,),
+            ).fetchone()
+            cur = self.db.execute(
+                "INSERT INTO messages (conversation_id, role, content, position) "
+                "VALUES (?,?,?,?)",
+                (conv_id, role, content, pos),
+            )
+            self.db.execute(
+                "UPDATE conversations SET updated=? WHERE id=?", (time.time(), conv_id)
+            )
+        return int(cur.lastrowid)
+
+    def update_message(self, msg_id: int, content: str) -> None:
+        self.db.execute("UPDATE messages SET content=? WHERE id=?", (content, msg_id))
+
+    def delete_message(self, msg_id: int) -> None:
+        self.db.execute("DELETE FROM messages WHERE id=?", (msg_id,))
+
+    def delete_messages_from(self, conv_id: int, position: int) -> None:
+        """Drop the messages at `position` and after (regenerate, edit and resend)."""
+        self.db.execute(
+            "DELETE FROM messages WHERE conversation_id=? AND position>=?", (conv_id, position)
+        )
+
+    # settings ------------------------------------------------------------------------
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return default
+        try:
+            return json.loads(row[0])
+        except ValueError:
+            return default
+
+    def set_setting(self, key: str, value: Any) -> None:
+        self.db.execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    # export --------------------------------------------------------------------------
+    def export_markdown(self, conv_id: int) -> str:
+        """The conversation as a Markdown document."""
+        conv = self.conversation(conv_id)
+        if conv is None:
+            raise KeyError(conv_id)
+        out = [f"# {conv.title}", ""]
+        if conv.system_prompt.strip():
+            out += ["> **System:** " + conv.system_prompt.strip().replace("\n", "\n> "), ""]
+        for m in self.messages(conv_id):
+            out += [f"## {'You' if m.role == 'user' else 'Assistant'}", "", m.content.rstrip(), ""]
+        return "\n".join(out)

@@ -1,0 +1,59 @@
+"""App tests run offscreen with their data and cache in temp dirs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _app_dirs(tmp_path, monkeypatch):
+    """Every test gets its own database and cache folder."""
+    monkeypatch.setenv("TPI_CHAT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("TPI_CHAT_CACHE", str(tmp_path / "cache"))
+    yield
+
+
+@pytest.fixture
+def themed(qapp):
+    """The QApplication with the app's name and theme applied."""
+    from app.main import create_app
+
+    return create_app([])
+
+
+def open_window(qtbot, loader, db_path=None, wait_ready=True, **settings):
+    """A MainWindow on a fresh (or the given) database, driven by `loader`."""
+    from app.engine_host import EngineHost
+    from app.main_window import MainWindow
+    from app.store import Store
+
+    store = Store(db_path) if db_path else Store()
+    for key, value in settings.items():
+        store.set_setting(key, value)
+    engine = EngineHost(loader)
+    window = MainWindow(store, engine)
+    window.confirm_delete = False
+    qtbot.addWidget(window)
+    window.show()
+    if wait_ready:
+        qtbot.waitUntil(lambda: window.controller.ready, timeout=60000)
+    return window
+
+
+def close_window(window) -> None:
+    window.close()
+    window.store.close()
+
+
+def send(qtbot, window, text: str, timeout: int = 10000) -> None:
+    """Type `text`, press Enter, wait for the reply to finish."""
+    from PySide6.QtCore import Qt
+
+    window.composer.editor.setPlainText(text)
+    qtbot.keyClick(window.composer.editor, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: not window.controller.busy and not window.controller.queued,
+                    timeout=timeout)

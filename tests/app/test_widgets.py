@@ -1,0 +1,65 @@
+"""Theme, devices panel and composer keys, without an engine."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+
+from app.device_status import DeviceStatus, from_rank_stats
+from app.devices_panel import SPARK_SAMPLES, DevicesPanel
+from app.input_box import InputBox
+from app.theme import style_sheet, theme
+from tests.app.fake_engine import FakeRankStats
+
+
+def test_both_themes_fill_every_colour(themed):
+    for mode in ("dark", "light"):
+        qss = style_sheet(mode)
+        assert "@" not in qss
+        theme().apply(themed, mode)
+        assert theme().mode == mode
+        assert not theme().icon("send", color="accent_text").isNull()
+    assert themed.applicationName() == "TPI Chat" and not themed.windowIcon().isNull()
+
+
+def test_devices_panel_cards_and_sparkline(qtbot, themed):
+    panel = DevicesPanel()
+    qtbot.addWidget(panel)
+    devices = [DeviceStatus("laptop", "master", resident_blocks=2, budget_blocks=4),
+               DeviceStatus("mini-pc", rtt_ms=3.0, tokens_per_s=9.5)]
+    for i in range(SPARK_SAMPLES + 10):
+        devices[1].rtt_ms = 1.0 + i
+        panel.update_devices(devices)
+    assert list(panel.cards) == ["laptop", "mini-pc"]
+    assert len(panel.cards["mini-pc"].spark.samples) == SPARK_SAMPLES
+    assert "9.5 tok/s" in panel.cards["mini-pc"].rtt_label.text()
+    assert panel.cards["laptop"].memory.fraction == 0.5
+    panel.update_devices(devices[:1])
+    assert list(panel.cards) == ["laptop"]
+    panel.grab()  # paints bars and sparklines without error
+
+
+def test_rank_stats_become_device_statuses():
+    out = from_rank_stats([FakeRankStats(0), FakeRankStats(1)], busy=True, tokens_per_s=4.0)
+    assert [d.role for d in out] == ["master", "worker"]
+    assert out[0].state == "busy" and out[0].budget_bytes == 6 << 20
+    assert "2 KV heads" in out[1].share
+
+
+def test_enter_sends_and_shift_enter_adds_a_line(qtbot, themed):
+    box = InputBox()
+    qtbot.addWidget(box)
+    sent: list[str] = []
+    box.submitted.connect(sent.append)
+    qtbot.keyClicks(box.editor, "line one")
+    qtbot.keyClick(box.editor, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.keyClicks(box.editor, "line two")
+    qtbot.keyClick(box.editor, Qt.Key.Key_Return)
+    assert sent == ["line one\nline two"] and box.text() == ""
+    box.set_busy(True)
+    stops: list[bool] = []
+    box.stop_requested.connect(lambda: stops.append(True))
+    qtbot.keyClicks(box.editor, "more")
+    qtbot.keyClick(box.editor, Qt.Key.Key_Return)
+    assert sent == ["line one\nline two"]  # no sending while a reply streams
+    qtbot.keyClick(box.editor, Qt.Key.Key_Escape)
+    assert stops == [True]
