@@ -1,0 +1,264 @@
+"""Data-plane set-up: rank 0 binds, workers join with a hello, everyone wires the ring.
+
+Sequence (all on the data-plane sockets, each message = wire header + codec message):
+
+    worker -> 0     HELLO {rank, world_size, token, ring, pid}   (refused: REFUSE text)
+    0 -> worker     WELCOME {ring: [ring endpoint of every rank], algorithm}
+    r -> r+1        RING_HELLO {rank, token}    on the ring sockets
+    worker -> 0     READY                       once its ring neighbours are wired
+    0 -> worker     GO                          once every worker is READY
+
+The token is a random secret from rank 0's `endpoints`, handed to workers over the
+control channel; without it a stranger's hello is refused, so it can never take a
+rank's place. Strangers are refused or dropped and never make set-up fail: set-up only
+fails when the real peers do not show up in time, and the error then quotes the last
+refusal (e.g. a version mismatch) so the user learns why.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import time
+from typing import Any
+
+import zmq
+
+from core.comm import wire
+from core.comm.codec import DEFAULT_LIMITS, PROTOCOL_VERSION, CodecLimits, decode, encode
+from core.comm.linkemu import LinkEmulation
+from core.comm.plane import ALGORITHMS, DataPlane
+from core.comm.transport import bind_random, configure, wait_for
+from core.errors import PeerError, ProtocolError
+
+_HEADER_MARGIN = 64 * 1024  # codec header and wire header on top of the tensor bytes
+
+
+def _socket(ctx: zmq.Context, kind: int, limits: CodecLimits, op_timeout: float) -> zmq.Socket:
+    s = ctx.socket(kind)
+    configure(s, limits.max_total_bytes + _HEADER_MARGIN, op_timeout)
+    if kind == zmq.ROUTER:
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer is an error
+    return s
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def open_master(world_size: int, host: str, link: LinkEmulation | None, algorithm: str,
+                op_timeout: float, limits: CodecLimits = DEFAULT_LIMITS
+                ) -> tuple[DataPlane, dict[str, Any]]:
+    """Rank 0: bind the star and ring sockets; returns the plane and the workers' endpoints."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown allreduce algorithm {algorithm!r}")
+    p = DataPlane(0, world_size, link=link, op_timeout=op_timeout, limits=limits,
+                  algorithm=algorithm)
+    if world_size == 1:
+        return p, {}
+    p.ctx = zmq.Context(io_threads=1)
+    p.star = _socket(p.ctx, zmq.ROUTER, limits, op_timeout)
+    p.ring_in = _socket(p.ctx, zmq.ROUTER, limits, op_timeout)
+    p.token = secrets.token_hex(16)
+    endpoints = {"protocol": PROTOCOL_VERSION, "world_size": world_size, "token": p.token,
+                 "star": bind_random(p.star, host), "ring0": bind_random(p.ring_in, host)}
+    p.watch.watch(p.star)  # index 0: fd -> rank learnt from hellos
+    p.watch.watch(p.ring_in)  # index 1
+    return p, endpoints
+
+
+def _refuse(sock: zmq.Socket, ident: bytes, reason: str) -> None:
+    try:
+        sock.send_multipart([ident, wire.pack(wire.Kind.REFUSE), reason.encode()],
+                            flags=zmq.NOBLOCK)
+    except zmq.ZMQError:
+        pass  # the stranger is gone or not reading: nothing more to tell it
+
+
+def _check_hello(p: DataPlane, frames: list[zmq.Frame], joined: dict[int, Any]) -> dict:
+    """Meta of a valid hello; ProtocolError (sent back as the refusal) otherwise."""
+    msg = decode(frames, ops={"hello"}, limits=p.limits)
+    m = msg.meta
+    rank, ws, token = m.get("rank"), m.get("world_size"), m.get("token")
+    if not isinstance(token, str) or not hmac.compare_digest(token, p.token):
+        raise ProtocolError("This peer does not hold the session token of this group.")
+    if ws != p.world_size:
+        raise ProtocolError(f"This peer expects {ws} ranks, the group has {p.world_size}.")
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 < rank < p.world_size:
+        raise ProtocolError(f"Rank {rank!r} is not a worker rank of this group.")
+    if rank in joined:
+        raise ProtocolError(f"Rank {rank} has already joined this group.")
+    if not isinstance(m.get("ring"), str) or not m["ring"].startswith("tcp://"):
+        raise ProtocolError("This peer's hello has no valid ring endpoint.")
+    return m
+
+
+def master_wait_ready(p: DataPlane, ring0: str, timeout: float) -> None:
+    """Rank 0: admit the world_size-1 workers, then wire the ring; PeerError on timeout."""
+    if p.world_size == 1:
+        return
+    deadline = time.monotonic() + timeout
+    joined: dict[int, dict] = {}
+    refusal = ""
+    sock = p.star
+
+    def missing() -> str:
+        return _ranks([r for r in range(1, p.world_size) if r not in joined])
+
+    def timed_out() -> PeerError:
+        why = f" The last peer refused: {refusal}" if refusal else ""
+        return PeerError(f"{missing()} did not join within {timeout:g} s.{why}")
+
+    while len(joined) < p.world_size - 1:
+        frames = wait_for(lambda: sock.recv_multipart(copy=False), timeout=_left(deadline),
+                          closing=p.closing, watch=p.watch, on_timeout=timed_out)
+        if len(frames) < 2:
+            p.dropped += 1
+            continue
+        ident = frames[0].bytes
+        kind = wire.peek_kind(frames[1].bytes)
+        if kind is None:
+            p.dropped += 1  # not our protocol at all: say nothing
+            continue
+        try:
+            ver = frames[1].bytes[2]
+            if ver != PROTOCOL_VERSION:
+                raise ProtocolError(f"rank 0 speaks protocol {PROTOCOL_VERSION} and refused a "
+                                    f"peer speaking protocol {ver}.")
+            if kind != wire.Kind.HELLO:
+                raise ProtocolError("Expected a hello from a joining peer.")
+            meta = _check_hello(p, frames[2:], joined)
+        except ProtocolError as e:
+            refusal = str(e)
+            _refuse(sock, ident, refusal)
+            continue
+        joined[meta["rank"]] = meta
+        p.ident_of[meta["rank"]] = ident
+        p.rank_of[ident] = meta["rank"]
+        p.watch.learn(0, frames[0], meta["rank"])
+
+    ring = [ring0] + [joined[r]["ring"] for r in range(1, p.world_size)]
+    welcome = encode("welcome", {"ring": ring, "algorithm": p.algorithm})
+    for r in range(1, p.world_size):
+        p.send(sock, [p.ident_of[r], wire.pack(wire.Kind.WELCOME), *welcome], [])
+    _wire_ring(p, ring, deadline)
+
+    ready: set[int] = set()
+    while len(ready) < p.world_size - 1:
+        ident = wait_for(sock.recv, timeout=_left(deadline), closing=p.closing, watch=p.watch,
+                         on_timeout=lambda: PeerError(
+                             f"{_ranks([r for r in joined if r not in ready])} did not finish "
+                             f"joining within {timeout:g} s."))
+        r = p.rank_of.get(ident)
+        frames = sock.recv_multipart() if sock.rcvmore else []
+        if r is None:
+            if frames and wire.peek_kind(frames[0]) == wire.Kind.HELLO:
+                _refuse(sock, ident, "This group is already complete.")
+            p.dropped += 1
+            continue
+        if len(frames) != 1 or wire.unpack(frames[0])[0] != wire.Kind.READY:
+            raise ProtocolError(f"rank {r} sent something other than READY while joining.")
+        ready.add(r)
+    go = wire.pack(wire.Kind.GO)
+    for r in range(1, p.world_size):
+        p.send(sock, [p.ident_of[r], go], [])
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, sorted(ranks)))
+
+
+def _wire_ring(p: DataPlane, ring: list[str], deadline: float) -> None:
+    """Connect to the next rank's ring socket and accept the previous rank's hello."""
+    p.ring_out = _socket(p.ctx, zmq.DEALER, p.limits, p.op_timeout)
+    p.ring_out.connect(ring[p.next])
+    p.watch.watch(p.ring_out, rank=p.next)
+    hello = encode("ring_hello", {"rank": p.rank, "token": p.token})
+    p.send(p.ring_out, [wire.pack(wire.Kind.RING_HELLO), *hello], [])
+    ring_index = 1
+    while True:
+        frames = wait_for(
+            lambda: p.ring_in.recv_multipart(copy=False), timeout=_left(deadline),
+            closing=p.closing, watch=p.watch,
+            on_timeout=lambda: PeerError(f"rank {p.prev} did not connect its ring link in "
+                                         "time."))
+        try:
+            if len(frames) < 3:
+                raise ProtocolError("short ring hello")
+            kind, _, _ = wire.unpack(frames[1].bytes)
+            if kind != wire.Kind.RING_HELLO:
+                raise ProtocolError("not a ring hello")
+            m = decode(frames[2:], ops={"ring_hello"}, limits=p.limits).meta
+            tok = m.get("token")
+            if (not isinstance(tok, str) or not hmac.compare_digest(tok, p.token)
+                    or m.get("rank") != p.prev):
+                raise ProtocolError("ring hello from a stranger")
+        except ProtocolError:
+            p.dropped += 1  # a stranger on our ring socket: ignore it
+            continue
+        p.ring_prev_ident = frames[0].bytes
+        p.watch.learn(ring_index, frames[0], p.prev)
+        return
+
+
+def open_worker(rank: int, world_size: int, endpoints: dict[str, Any], host: str,
+                link: LinkEmulation | None, op_timeout: float, join_timeout: float,
+                limits: CodecLimits = DEFAULT_LIMITS) -> DataPlane:
+    """Rank r > 0: join rank 0's group and wire the ring; returns when fully connected."""
+    if not 0 < rank < world_size:
+        raise ValueError(f"worker rank must be in 1..{world_size - 1}, got {rank}")
+    if not isinstance(endpoints, dict) or not isinstance(endpoints.get("star"), str):
+        raise ProtocolError("The data-plane endpoints from rank 0 are malformed.")
+    if endpoints.get("protocol") != PROTOCOL_VERSION:
+        raise ProtocolError(f"peer speaks protocol {endpoints.get('protocol')}, we speak "
+                            f"{PROTOCOL_VERSION}.")
+    if endpoints.get("world_size") != world_size:
+        raise ProtocolError(f"rank 0 set up {endpoints.get('world_size')} ranks, this worker "
+                            f"expects {world_size}.")
+    p = DataPlane(rank, world_size, link=link, op_timeout=op_timeout, limits=limits,
+                  token=str(endpoints.get("token", "")))
+    p.ctx = zmq.Context(io_threads=1)
+    try:
+        _join(p, endpoints["star"], host, join_timeout)
+    except BaseException:
+        p.close()
+        raise
+    return p
+
+
+def _join(p: DataPlane, star: str, host: str, join_timeout: float) -> None:
+    deadline = time.monotonic() + join_timeout
+    p.star = _socket(p.ctx, zmq.DEALER, p.limits, p.op_timeout)
+    p.star.connect(star)
+    p.watch.watch(p.star, rank=0)  # index 0
+    p.ring_in = _socket(p.ctx, zmq.ROUTER, p.limits, p.op_timeout)
+    ring_ep = bind_random(p.ring_in, host)
+    p.watch.watch(p.ring_in)  # index 1
+    hello = encode("hello", {"rank": p.rank, "world_size": p.world_size, "token": p.token,
+                             "ring": ring_ep, "pid": os.getpid()})
+    p.send(p.star, [wire.pack(wire.Kind.HELLO), *hello], [])
+    frames = wait_for(lambda: p.star.recv_multipart(copy=False), timeout=_left(deadline),
+                      closing=p.closing, watch=p.watch,
+                      on_timeout=lambda: PeerError(
+                          f"rank 0 did not welcome rank {p.rank} within {join_timeout:g} s."))
+    if wire.peek_kind(frames[0].bytes) == wire.Kind.REFUSE:
+        text = frames[1].bytes.decode("utf-8", "replace")[:500] if len(frames) > 1 else ""
+        raise ProtocolError(f"rank 0 refused rank {p.rank}: {text}")
+    kind, _, _ = wire.unpack(frames[0].bytes)
+    if kind != wire.Kind.WELCOME:
+        raise ProtocolError("rank 0 answered our hello with something other than a welcome.")
+    m = decode(frames[1:], ops={"welcome"}, limits=p.limits).meta
+    ring, algo = m.get("ring"), m.get("algorithm")
+    if (not isinstance(ring, list) or len(ring) != p.world_size
+            or not all(isinstance(e, str) for e in ring) or algo not in ALGORITHMS):
+        raise ProtocolError("rank 0's welcome is malformed.")
+    p.algorithm = algo
+    _wire_ring(p, ring, deadline)
+    p.send(p.star, [wire.pack(wire.Kind.READY)], [])
+    # Wait for GO: a collective sent before rank 0 saw every READY would be mistaken
+    # for a broken handshake.
+    n = wait_for(lambda: p.star.recv_into(p.hdr), timeout=_left(deadline), closing=p.closing,
+                 watch=p.watch, on_timeout=lambda: PeerError(
+                     f"rank 0 did not start the group within {join_timeout:g} s."))
+    p.check_hot(p.star, n, wire.Kind.GO, 0, 0)

@@ -1,0 +1,177 @@
+"""State of one rank's data plane: sockets, who is who, and the send/receive primitives.
+
+Topology (all TCP, ephemeral ports):
+- star: rank 0 binds a ROUTER, each worker connects a DEALER. Rank 0 learns each
+  worker's (libzmq-assigned, unguessable) routing id from its authenticated hello, so
+  frames from anyone else are dropped and counted, never mixed into a sum.
+- ring: every rank binds a ROUTER "ring_in" and connects a DEALER "ring_out" to the next
+  rank's ring_in; the next rank learns our routing id from a ring hello likewise.
+
+The collectives (core/comm/allreduce.py, core/comm/broadcast.py) are functions of a
+DataPlane; set-up lives in core/comm/handshake.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import zmq
+
+from core.comm import wire
+from core.comm.codec import DEFAULT_LIMITS, CodecLimits
+from core.comm.linkemu import LinkEmulation
+from core.comm.transport import PeerWatch, wait_for
+from core.errors import PeerError, ProtocolError
+
+# Below this, pyzmq's copy=True send (one memcpy into a libzmq message) beats the
+# zero-copy path, whose Frame bookkeeping and release notification cost tens of us.
+ZERO_COPY_MIN = 64 * 1024
+
+ALGORITHMS = ("star", "ring")
+
+
+def flat_array(t: torch.Tensor) -> np.ndarray:
+    """Writable zero-copy 1-D numpy view of a contiguous CPU tensor.
+
+    numpy has no bfloat16: those are viewed as int16 (raw bits), fine for the wire;
+    arithmetic on them goes through torch.
+    """
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    try:
+        return t.numpy().reshape(-1)
+    except RuntimeError:  # requires_grad: detach costs a little, only pay it then
+        return t.detach().numpy().reshape(-1)
+
+
+@dataclass
+class DataPlane:
+    """Everything a collective needs; one per rank process."""
+
+    rank: int
+    world_size: int
+    ctx: zmq.Context | None = None
+    star: zmq.Socket | None = None  # ROUTER at rank 0, DEALER at workers
+    ring_in: zmq.Socket | None = None
+    ring_out: zmq.Socket | None = None
+    link: LinkEmulation | None = None
+    op_timeout: float = 60.0
+    limits: CodecLimits = DEFAULT_LIMITS
+    algorithm: str = "star"
+    token: str = ""
+    ident_of: dict[int, bytes] = field(default_factory=dict)  # rank 0: worker rank -> id
+    rank_of: dict[bytes, int] = field(default_factory=dict)  # rank 0: id -> worker rank
+    ring_prev_ident: bytes = b""
+    watch: PeerWatch = field(default_factory=PeerWatch)
+    closing: threading.Event = field(default_factory=threading.Event)
+    seq: int = 0
+    dropped: int = 0  # frames from unknown senders, dropped
+    hdr: bytearray = field(default_factory=lambda: bytearray(wire.HOT_SIZE))
+    _scratch: np.ndarray | None = None
+
+    @property
+    def prev(self) -> int:
+        return (self.rank - 1) % self.world_size
+
+    @property
+    def next(self) -> int:
+        return (self.rank + 1) % self.world_size
+
+    def next_seq(self) -> int:
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        return self.seq
+
+    def scratch(self, count: int, dtype: np.dtype) -> np.ndarray:
+        """A reusable receive buffer of `count` elements (grown, never shrunk)."""
+        nbytes = count * dtype.itemsize
+        if self._scratch is None or self._scratch.nbytes < nbytes:
+            self._scratch = np.empty(max(nbytes, 4096), dtype=np.uint8)
+        return self._scratch[:nbytes].view(dtype)
+
+    # -- sending -------------------------------------------------------------------
+
+    def send(self, sock: zmq.Socket, parts: list, trackers: list) -> None:
+        """Send one multipart message; big buffers go zero-copy with a tracker.
+
+        The caller waits on `trackers` before it lets anyone modify those buffers.
+        """
+        if self.link is not None:
+            self.link.before_send(sum(len(p) if type(p) is bytes else p.nbytes for p in parts))
+        last = len(parts) - 1
+        try:
+            for i, p in enumerate(parts):
+                flags = zmq.SNDMORE if i < last else 0
+                if type(p) is not bytes and p.nbytes >= ZERO_COPY_MIN:
+                    trackers.append(sock.send(p, flags, copy=False, track=True))
+                else:
+                    sock.send(p, flags)
+        except zmq.Again as e:
+            raise PeerError(f"A peer did not take our data within {self.op_timeout:g} s.") from e
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                raise PeerError("A peer is no longer connected.") from e
+            raise
+
+    def wait_sent(self, trackers: list) -> None:
+        for tr in trackers:
+            tr.wait(self.op_timeout)
+        trackers.clear()
+
+    # -- receiving -----------------------------------------------------------------
+
+    def wait_first(self, sock: zmq.Socket, fn, who: str, timeout: float | None):
+        """Run the first receive of a message with deadline, close and liveness checks."""
+        try:
+            return fn()  # the common case: it arrives within one slice
+        except zmq.Again:
+            pass
+        return wait_for(
+            fn, timeout=timeout, closing=self.closing, watch=self.watch,
+            on_timeout=lambda: PeerError(f"{who} did not answer within {timeout:g} s."))
+
+    def drain(self, sock: zmq.Socket) -> None:
+        """Discard the rest of a multipart message."""
+        while sock.getsockopt(zmq.RCVMORE):
+            sock.recv_into(bytearray())
+
+    def recv_hot(self, sock: zmq.Socket, expect: int, seq: int, nbytes: int) -> None:
+        """Receive and check the 16-byte header frame (the first part was ours)."""
+        if not sock.getsockopt(zmq.RCVMORE):
+            raise ProtocolError("A data-plane message ended early.")
+        self.check_hot(sock, sock.recv_into(self.hdr), expect, seq, nbytes)
+
+    def check_hot(self, sock: zmq.Socket, n: int, expect: int, seq: int, nbytes: int) -> None:
+        """Check the header just received into self.hdr (n = its reported size)."""
+        try:
+            kind, s, nb = wire.unpack(self.hdr, n)
+        except ProtocolError:
+            self.drain(sock)
+            raise
+        if kind != expect or s != seq or nb != nbytes:
+            self.drain(sock)
+            raise ProtocolError(
+                f"Expected a {wire.Kind(expect).name} message #{seq} of {nbytes} bytes, got "
+                f"kind {kind} #{s} of {nb} bytes; the ranks are out of step.")
+
+    def recv_payload(self, sock: zmq.Socket, into: np.ndarray | memoryview) -> None:
+        """Receive the last frame of a message straight into `into`; sizes must match."""
+        if not sock.getsockopt(zmq.RCVMORE):
+            raise ProtocolError("A data-plane message has no payload.")
+        n = sock.recv_into(into)
+        if n != into.nbytes or sock.getsockopt(zmq.RCVMORE):
+            self.drain(sock)
+            raise ProtocolError(f"A payload of {n} bytes arrived where {into.nbytes} were "
+                                "expected.")
+
+    def close(self) -> None:
+        self.closing.set()
+        self.watch.close()
+        for s in (self.star, self.ring_in, self.ring_out):
+            if s is not None:
+                s.close(linger=0)
+        if self.ctx is not None:
+            self.ctx.term()
+        self.star = self.ring_in = self.ring_out = self.ctx = None
