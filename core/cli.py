@@ -4,7 +4,9 @@
   tpi-chat chat                 interactive chat in the terminal
   tpi-chat generate --prompt T  one reply, streamed to stdout (--json for numbers)
   tpi-chat split                pre-split a model for a plan
+  tpi-chat worker               serve this device to a master (pairing code on the console)
   tpi-chat rank ...             internal: a local worker rank process
+  tpi-chat --self-test          check this installation on a tiny model, 1 vs 2 ranks
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tpi-chat", description=__doc__.splitlines()[0])
+    parser.add_argument("--self-test", action="store_true",
+                        help="check this installation: a tiny model on 1 and 2 ranks, offline")
     sub = parser.add_subparsers(dest="cmd")
 
     g = sub.add_parser("generate", help="generate one reply to --prompt")
@@ -61,12 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rank", help=argparse.SUPPRESS)
     r.add_argument("--control", required=True)
     r.add_argument("--rank", type=int, required=True)
+    r.add_argument("--curve-stdin", action="store_true")
+
+    w = sub.add_parser("worker", help="serve this device to a TPI Chat master (peer daemon)")
+    w.add_argument("--name", default=None, help="device name shown to masters")
+    w.add_argument("--host", default=None,
+                   help="bind and advertise only on this address (default: all interfaces)")
+    w.add_argument("--port", type=int, default=0, help="pairing/info port (default: any)")
+    w.add_argument("--data-dir", default=None, help="identity, trusted masters and shards")
+    w.add_argument("--memory-budget", default=None, help="memory offered to masters, e.g. 3GB")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.self_test:
+            from core.selftest import main as self_test
+
+            return self_test()
         if args.cmd is None:
             from core.cli_commands import run_app
 
@@ -74,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "rank":
             from core.engine.rank_process import main as rank_main
 
-            return rank_main(args.control, args.rank)
+            return rank_main(args.control, args.rank, args.curve_stdin)
+        if args.cmd == "worker":
+            from core.worker import main as worker_main
+
+            return worker_main(args)
         from core import cli_commands
 
         return getattr(cli_commands, f"cmd_{args.cmd}")(args)

@@ -3,6 +3,9 @@
 Generic on purpose: the engine and the cluster layer define the ops ("hello", "setup",
 "ready", "error", "bye", ...) and pass them as the allow-list; anything else is refused
 as a ProtocolError. Each object owns its sockets and must be used from one thread.
+With `curve=` (see core/comm/curve.py) the channel is CurveZMQ-encrypted and the server
+admits only the keys its allow-list accepts; `ControlServer.last_peer_key` then names
+the (authenticated) key of the last message's sender.
 
     server = ControlServer(ops={"hello", "ready", "error", "bye"})
     client = ControlClient(server.endpoint, ops={"setup", "bye"})
@@ -20,6 +23,14 @@ import torch
 import zmq
 
 from core.comm.codec import DEFAULT_LIMITS, CodecLimits, Message, decode, encode
+from core.comm.curve import (
+    CurveClientConfig,
+    CurveServerConfig,
+    ZapGuard,
+    make_curve_client,
+    make_curve_server,
+    peer_key,
+)
 from core.comm.plane import ZERO_COPY_MIN
 from core.comm.transport import bind_random, configure
 from core.errors import PeerError, ProtocolError
@@ -71,11 +82,14 @@ class _Endpoint:
         self.sock = self._ctx.socket(kind)
         configure(self.sock, limits.max_total_bytes + _HEADER_MARGIN, _SEND_TIMEOUT_S)
         self.sock.rcvtimeo = -1  # we poll before receiving
+        self._guard: ZapGuard | None = None
 
     def close(self) -> None:
         """Release the socket at once (linger 0)."""
         if self._ctx is not None:
             self.sock.close(linger=0)
+            if self._guard is not None:
+                self._guard.close()
             self._ctx.term()
             self._ctx = None
 
@@ -90,10 +104,25 @@ class ControlServer(_Endpoint):
     """Rank 0's side: many workers, each addressed by its routing identity."""
 
     def __init__(self, host: str = "127.0.0.1", ops: Collection[str] = (),
-                 limits: CodecLimits = DEFAULT_LIMITS):
+                 limits: CodecLimits = DEFAULT_LIMITS, *,
+                 curve: CurveServerConfig | None = None, port: int = 0):
         super().__init__(zmq.ROUTER, ops, limits)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.endpoint = bind_random(self.sock, host)
+        self.last_peer_key: str | None = None
+        if curve is not None:
+            self._guard = make_curve_server(self.sock, curve.identity, curve.allow)
+        if ":" in host:
+            self.sock.ipv6 = True
+        try:
+            if port:
+                h = f"[{host}]" if ":" in host else host
+                self.sock.bind(f"tcp://{h}:{port}")
+                self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            else:
+                self.endpoint = bind_random(self.sock, host)
+        except zmq.ZMQError:
+            self.close()
+            raise
 
     def recv(self, timeout: float | None = None) -> tuple[bytes, Message] | None:
         """Next (peer identity, message); None after `timeout` s; BadMessage if malformed."""
@@ -101,6 +130,8 @@ class ControlServer(_Endpoint):
             return None
         frames = self.sock.recv_multipart(copy=False)
         ident = frames[0].bytes
+        if self._guard is not None and len(frames) > 1:
+            self.last_peer_key = peer_key(frames[1])
         try:
             return ident, decode(frames[1:], self.ops, self.limits)
         except ProtocolError as e:
@@ -116,8 +147,13 @@ class ControlClient(_Endpoint):
     """A worker's side: one connection to rank 0."""
 
     def __init__(self, endpoint: str, ops: Collection[str] = (),
-                 limits: CodecLimits = DEFAULT_LIMITS):
+                 limits: CodecLimits = DEFAULT_LIMITS, *,
+                 curve: CurveClientConfig | None = None):
         super().__init__(zmq.DEALER, ops, limits)
+        if curve is not None:
+            make_curve_client(self.sock, curve.identity, curve.server_public_key)
+        if endpoint.startswith("tcp://["):
+            self.sock.ipv6 = True
         self.sock.connect(endpoint)
 
     def send(self, op: str, meta: dict[str, Any] | None = None,

@@ -29,6 +29,7 @@ import torch
 
 from core.comm import allreduce, broadcast, handshake
 from core.comm.codec import DEFAULT_LIMITS, CodecLimits
+from core.comm.curve import CurveClientConfig, CurveServerConfig
 from core.comm.linkemu import LinkEmulation
 from core.comm.plane import DataPlane
 from core.errors import PeerError, TpiError
@@ -54,12 +55,16 @@ class CommGroup:
     def master(cls, world_size: int, host: str = "127.0.0.1",
                link: LinkEmulation | None = None, *, algorithm: str = "star",
                op_timeout: float = DEFAULT_OP_TIMEOUT,
-               limits: CodecLimits = DEFAULT_LIMITS) -> CommGroup:
-        """Rank 0: bind on ephemeral ports of `host`; hand `endpoints` to the workers."""
+               limits: CodecLimits = DEFAULT_LIMITS,
+               curve: CurveServerConfig | None = None) -> CommGroup:
+        """Rank 0: bind on ephemeral ports of `host`; hand `endpoints` to the workers.
+
+        With `curve`, every link is CurveZMQ: the star admits only `curve.allow`ed keys.
+        """
         if world_size < 1:
             raise ValueError("world_size must be >= 1")
         plane, endpoints = handshake.open_master(world_size, host, link, algorithm,
-                                                 op_timeout, limits)
+                                                 op_timeout, limits, curve)
         return cls(plane, endpoints)
 
     @classmethod
@@ -67,13 +72,16 @@ class CommGroup:
                link: LinkEmulation | None = None, *, host: str = "127.0.0.1",
                op_timeout: float = DEFAULT_OP_TIMEOUT,
                join_timeout: float = DEFAULT_JOIN_TIMEOUT,
-               limits: CodecLimits = DEFAULT_LIMITS) -> CommGroup:
+               limits: CodecLimits = DEFAULT_LIMITS,
+               curve: CurveClientConfig | None = None) -> CommGroup:
         """Rank r > 0: join the group; returns once rank 0 admitted us and the ring is wired.
+
+        `curve` is required when rank 0 made an encrypted group (its key is the server key).
 
         `host` is the local address our ring socket binds to (reachable by rank r - 1).
         """
         plane = handshake.open_worker(rank, world_size, endpoints, host, link, op_timeout,
-                                      join_timeout, limits)
+                                      join_timeout, limits, curve)
         return cls(plane)
 
     def wait_ready(self, timeout: float = DEFAULT_JOIN_TIMEOUT) -> None:

@@ -10,9 +10,12 @@ Sequence (all on the data-plane sockets, each message = wire header + codec mess
 
 The token is a random secret from rank 0's `endpoints`, handed to workers over the
 control channel; without it a stranger's hello is refused, so it can never take a
-rank's place. Strangers are refused or dropped and never make set-up fail: set-up only
-fails when the real peers do not show up in time, and the error then quotes the last
-refusal (e.g. a version mismatch) so the user learns why.
+rank's place. With CURVE (`curve=`), the star is a CurveZMQ server admitting only the
+allow-listed keys (paired devices and the master's ephemeral local-rank keys), and the
+ring links use a key pair generated per group and handed out in `endpoints` (so only
+members can even complete a ring handshake). Strangers are refused or dropped and
+never make set-up fail: set-up only fails when the real peers do not show up in time,
+and the error then quotes the last refusal (e.g. a version mismatch) so the user learns why.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ import zmq
 
 from core.comm import wire
 from core.comm.codec import DEFAULT_LIMITS, PROTOCOL_VERSION, CodecLimits, decode, encode
+from core.comm.curve import (
+    CurveClientConfig,
+    CurveServerConfig,
+    Keys,
+    make_curve_client,
+    make_curve_server,
+)
 from core.comm.linkemu import LinkEmulation
 from core.comm.plane import ALGORITHMS, DataPlane
 from core.comm.transport import bind_random, configure, wait_for
@@ -47,8 +57,21 @@ def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
+def _ring_server(p: DataPlane, sock: zmq.Socket) -> None:
+    if p.ring_curve is not None:
+        keys = Keys(p.ring_curve["public"], p.ring_curve["secret"])
+        p.guards.append(make_curve_server(sock, keys, lambda k: k == keys.public_key))
+
+
+def _ring_client(p: DataPlane, sock: zmq.Socket) -> None:
+    if p.ring_curve is not None:
+        keys = Keys(p.ring_curve["public"], p.ring_curve["secret"])
+        make_curve_client(sock, keys, keys.public_key)
+
+
 def open_master(world_size: int, host: str, link: LinkEmulation | None, algorithm: str,
-                op_timeout: float, limits: CodecLimits = DEFAULT_LIMITS
+                op_timeout: float, limits: CodecLimits = DEFAULT_LIMITS,
+                curve: CurveServerConfig | None = None
                 ) -> tuple[DataPlane, dict[str, Any]]:
     """Rank 0: bind the star and ring sockets; returns the plane and the workers' endpoints."""
     if algorithm not in ALGORITHMS:
@@ -61,8 +84,18 @@ def open_master(world_size: int, host: str, link: LinkEmulation | None, algorith
     p.star = _socket(p.ctx, zmq.ROUTER, limits, op_timeout)
     p.ring_in = _socket(p.ctx, zmq.ROUTER, limits, op_timeout)
     p.token = secrets.token_hex(16)
+    if curve is not None:
+        p.guards.append(make_curve_server(p.star, curve.identity, curve.allow))
+        ring = Keys.generate()
+        p.ring_curve = {"public": ring.public_key, "secret": ring.secret_key}
+        _ring_server(p, p.ring_in)
+    if ":" in host:
+        p.star.ipv6 = p.ring_in.ipv6 = True
+    h = f"[{host}]" if ":" in host else host
     endpoints = {"protocol": PROTOCOL_VERSION, "world_size": world_size, "token": p.token,
-                 "star": bind_random(p.star, host), "ring0": bind_random(p.ring_in, host)}
+                 "star": bind_random(p.star, h), "ring0": bind_random(p.ring_in, h)}
+    if p.ring_curve is not None:
+        endpoints["ring_curve"] = dict(p.ring_curve)
     p.watch.watch(p.star)  # index 0: fd -> rank learnt from hellos
     p.watch.watch(p.ring_in)  # index 1
     return p, endpoints
@@ -172,6 +205,9 @@ def _ranks(ranks: list[int]) -> str:
 def _wire_ring(p: DataPlane, ring: list[str], deadline: float) -> None:
     """Connect to the next rank's ring socket and accept the previous rank's hello."""
     p.ring_out = _socket(p.ctx, zmq.DEALER, p.limits, p.op_timeout)
+    _ring_client(p, p.ring_out)
+    if ring[p.next].startswith("tcp://["):
+        p.ring_out.ipv6 = True
     p.ring_out.connect(ring[p.next])
     p.watch.watch(p.ring_out, rank=p.next)
     hello = encode("ring_hello", {"rank": p.rank, "token": p.token})
@@ -204,7 +240,8 @@ def _wire_ring(p: DataPlane, ring: list[str], deadline: float) -> None:
 
 def open_worker(rank: int, world_size: int, endpoints: dict[str, Any], host: str,
                 link: LinkEmulation | None, op_timeout: float, join_timeout: float,
-                limits: CodecLimits = DEFAULT_LIMITS) -> DataPlane:
+                limits: CodecLimits = DEFAULT_LIMITS, curve: CurveClientConfig | None = None
+                ) -> DataPlane:
     """Rank r > 0: join rank 0's group and wire the ring; returns when fully connected."""
     if not 0 < rank < world_size:
         raise ValueError(f"worker rank must be in 1..{world_size - 1}, got {rank}")
@@ -218,22 +255,39 @@ def open_worker(rank: int, world_size: int, endpoints: dict[str, Any], host: str
                             f"expects {world_size}.")
     p = DataPlane(rank, world_size, link=link, op_timeout=op_timeout, limits=limits,
                   token=str(endpoints.get("token", "")))
+    rc = endpoints.get("ring_curve")
+    if curve is not None:
+        if not (isinstance(rc, dict) and all(isinstance(rc.get(k), str) and len(rc[k]) == 40
+                                             for k in ("public", "secret"))):
+            raise ProtocolError("rank 0 set up a group without CURVE keys for its ring links; "
+                                "the devices run different TPI Chat versions?")
+        p.ring_curve = {"public": rc["public"], "secret": rc["secret"]}
+    elif rc is not None:
+        raise ProtocolError("rank 0 set up an encrypted group; join it with curve=...")
     p.ctx = zmq.Context(io_threads=1)
     try:
-        _join(p, endpoints["star"], host, join_timeout)
+        _join(p, endpoints["star"], host, join_timeout, curve)
     except BaseException:
         p.close()
         raise
     return p
 
 
-def _join(p: DataPlane, star: str, host: str, join_timeout: float) -> None:
+def _join(p: DataPlane, star: str, host: str, join_timeout: float,
+          curve: CurveClientConfig | None = None) -> None:
     deadline = time.monotonic() + join_timeout
     p.star = _socket(p.ctx, zmq.DEALER, p.limits, p.op_timeout)
+    if curve is not None:
+        make_curve_client(p.star, curve.identity, curve.server_public_key)
+    if star.startswith("tcp://["):
+        p.star.ipv6 = True
     p.star.connect(star)
     p.watch.watch(p.star, rank=0)  # index 0
     p.ring_in = _socket(p.ctx, zmq.ROUTER, p.limits, p.op_timeout)
-    ring_ep = bind_random(p.ring_in, host)
+    _ring_server(p, p.ring_in)
+    if ":" in host:
+        p.ring_in.ipv6 = True
+    ring_ep = bind_random(p.ring_in, f"[{host}]" if ":" in host else host)
     p.watch.watch(p.ring_in)  # index 1
     hello = encode("hello", {"rank": p.rank, "world_size": p.world_size, "token": p.token,
                              "ring": ring_ep, "pid": os.getpid()})

@@ -71,6 +71,8 @@ class DataPlane:
     dropped: int = 0  # frames from unknown senders, dropped
     hdr: bytearray = field(default_factory=lambda: bytearray(wire.HOT_SIZE))
     _scratch: np.ndarray | None = None
+    guards: list = field(default_factory=list)  # ZAP registrations (CURVE), closed last
+    ring_curve: dict | None = None  # {"public", "secret"}: the group's ring key pair
 
     @property
     def prev(self) -> int:
@@ -172,6 +174,9 @@ class DataPlane:
         for s in (self.star, self.ring_in, self.ring_out):
             if s is not None:
                 s.close(linger=0)
+        for g in self.guards:
+            g.close()
+        self.guards.clear()
         if self.ctx is not None:
             self.ctx.term()
         self.star = self.ring_in = self.ring_out = self.ctx = None

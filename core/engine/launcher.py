@@ -1,14 +1,16 @@
 """A cluster on this machine: rank 0 in this process plus ranks-1 local worker processes.
 
 Plans the split, splits (cached), starts the workers (`tpi-chat rank`), hands each its
-setup over the control channel, and keeps listening for their stats and errors. Peer
-devices will join through the same control/data protocol later.
+setup over the control channel, and keeps listening for their stats and errors.
+Peer devices join through the same path: pass `hosts` (one RankHost per worker rank,
+see core/engine/rank_host.py; core/cluster/remote_rank.py ships and starts a rank on a
+paired worker) plus `bind_host` and `curve` so every socket is CurveZMQ on the LAN.
+With `curve`, local rank processes get an ephemeral key pair (added to the allow-list
+for this cluster's lifetime) over their stdin.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,12 +19,14 @@ from pathlib import Path
 import torch
 
 from core.comm.control import BadMessage, ControlServer
+from core.comm.curve import CurveServerConfig, Keys
 from core.comm.group import CommGroup
 from core.comm.linkemu import LinkEmulation
 from core.engine.head import Head
 from core.engine.master import MasterRunner, SoloGroup
 from core.engine.options import RunOptions
 from core.engine.rank import RankRuntime
+from core.engine.rank_host import LocalRankHost, RankHost, rank_command  # noqa: F401
 from core.engine.rank_process import CONTROL_OPS
 from core.engine.rank_stats import RankStats, collect
 from core.errors import PeerError, TpiError
@@ -36,19 +40,28 @@ Progress = Callable[[str, int, int], None]
 START_TIMEOUT_S = 120.0
 
 
-def rank_command(control: str, rank: int) -> list[str]:
-    """How to start a worker rank: the frozen app re-runs itself, else `python -m core.cli`."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable, "rank", "--control", control, "--rank", str(rank)]
-    return [sys.executable, "-m", "core.cli", "rank", "--control", control, "--rank", str(rank)]
-
-
 class LocalCluster:
     """Owns the ranks of one model on this machine; `runner` steps the whole cluster."""
 
-    def __init__(self, model_dir: Path, opts: RunOptions, progress: Progress | None = None):
+    def __init__(self, model_dir: Path, opts: RunOptions, progress: Progress | None = None,
+                 *, hosts: list[RankHost | None] | None = None, bind_host: str = "127.0.0.1",
+                 curve: CurveServerConfig | None = None):
         self.opts = opts
         self.world_size = opts.ranks
+        self.bind_host = bind_host
+        self._local_keys: set[str] = set()
+        self.curve = curve
+        if curve is not None:  # also admit the ephemeral keys of our own local ranks
+            outer = curve.allow
+            self.curve = CurveServerConfig(
+                curve.identity, lambda k: k in self._local_keys or outer(k))
+        self._logs = cache_dir() / "logs"
+        if hosts is not None and len(hosts) != self.world_size - 1:
+            raise ValueError(f"{len(hosts)} rank hosts for {self.world_size} ranks")
+        hosts = hosts if hosts is not None else [None] * (self.world_size - 1)
+        # None = a local rank process (the default); else e.g. a rank on a paired worker
+        self.hosts: list[RankHost] = [h if h is not None else self._local_host(r)
+                                      for r, h in enumerate(hosts, start=1)]
         self.window_label = "all" if opts.window is None else str(opts.window)
         report = progress or (lambda stage, done, total: None)
         cfg = load_config(model_dir)
@@ -57,10 +70,12 @@ class LocalCluster:
                             model_hash=model_hash(model_dir),
                             progress=lambda d, t: report("splitting model", d, t))
         self.rank_dirs = split.rank_dirs
-        self.procs: list[subprocess.Popen] = []
+        self.split_dir = Path(split.rank_dirs[0]).parent
+        self.started: list[RankHost] = []
         self.control: ControlServer | None = None
         self._stats: dict[int, RankStats] = {}
         self._errors: dict[int, str] = {}
+        self.failed_rank: int | None = None  # which rank a failed step blamed, if known
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one step (or stats round) at a time
         self._idents: dict[int, bytes] = {}
@@ -83,22 +98,30 @@ class LocalCluster:
 
     # --- start-up -----------------------------------------------------------------------
 
+    def _local_host(self, rank: int) -> LocalRankHost:
+        if self.curve is None:
+            return LocalRankHost(self._logs, rank=rank)
+        keys = Keys.generate()
+        self._local_keys.add(keys.public_key)
+        return LocalRankHost(self._logs, keys, self.curve.identity.public_key, rank)
+
+    def host_name(self, rank: int) -> str:
+        return "this device" if rank == 0 else self.hosts[rank - 1].name
+
     def _make_group(self):
         if self.world_size == 1:
             return SoloGroup()
         link = None
         if self.opts.link_delay_ms or self.opts.link_mbps:
             link = LinkEmulation(self.opts.link_delay_ms, self.opts.link_mbps)
-        return CommGroup.master(self.world_size, link=link)
+        return CommGroup.master(self.world_size, self.bind_host, link=link, curve=self.curve)
 
     def _start_workers(self, report: Progress) -> None:
-        self.control = ControlServer(ops=CONTROL_OPS)
-        self._logs = cache_dir() / "logs"
+        self.control = ControlServer(self.bind_host, ops=CONTROL_OPS, curve=self.curve)
         self._logs.mkdir(parents=True, exist_ok=True)
-        for r in range(1, self.world_size):
-            log = open(self._logs / f"rank{r}.log", "wb")  # noqa: SIM115 (lives with the proc)
-            self.procs.append(subprocess.Popen(rank_command(self.control.endpoint, r),
-                                               stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+        for r, host in enumerate(self.hosts, start=1):
+            self.started.append(host)
+            host.start(r, self.control.endpoint, Path(self.rank_dirs[r]), report)
         self._handshake(report)
         self._listener = threading.Thread(target=self._listen, name="control-listen",
                                           daemon=True)
@@ -122,8 +145,9 @@ class LocalCluster:
         while ready != need:
             self._check_procs()
             if time.monotonic() > deadline:
-                raise PeerError(f"local ranks {sorted(need - ready)} did not start within "
-                                f"{START_TIMEOUT_S:g} s; see {self._logs}")
+                names = ", ".join(self.host_name(r) for r in sorted(need - ready))
+                raise PeerError(f"{names} did not start within {START_TIMEOUT_S:g} s; see "
+                                f"{self._logs}")
             if greeted == need and not joined:
                 self._join_data_plane()
                 joined = True
@@ -137,7 +161,8 @@ class LocalCluster:
                 self.control.send(ident, "setup", self._setup_for(rank))
                 greeted.add(rank)
             elif msg.op == "error":
-                raise TpiError(f"rank {rank} could not start: {msg.meta.get('message')}")
+                raise TpiError(f"{self.host_name(rank) if rank > 0 else 'a rank'} could not "
+                               f"start: {msg.meta.get('message')}")
             elif msg.op == "ready":
                 ready.add(rank)
                 self._stats[rank] = RankStats.from_dict(msg.meta)
@@ -149,7 +174,7 @@ class LocalCluster:
 
         def watchdog() -> None:
             while not done.wait(0.2):
-                if any(p.poll() is not None for p in self.procs):
+                if any(h.exit_reason() is not None for h in self.started):
                     self.group.close()  # interrupts wait_ready at once
                     return
 
@@ -175,19 +200,11 @@ class LocalCluster:
             return None  # not from one of our ranks, or garbled: ignore it
 
     def _check_procs(self) -> None:
-        for r, p in enumerate(self.procs, start=1):
-            code = p.poll()
-            if code is not None and r not in self._errors:
-                self._errors[r] = f"exited with code {code}"
-                raise PeerError(f"local rank {r} exited with code {code} during start-up: "
-                                f"{self._log_tail(r)}")
-
-    def _log_tail(self, rank: int) -> str:
-        try:
-            lines = (self._logs / f"rank{rank}.log").read_text(errors="replace").strip()
-            return lines.splitlines()[-1] if lines else "no output"
-        except OSError:
-            return "no log"
+        for r, h in enumerate(self.started, start=1):
+            why = h.exit_reason()
+            if why is not None and r not in self._errors:
+                self._errors[r] = why
+                raise PeerError(f"{h.name} (rank {r}) stopped during start-up: {why}")
 
     # --- running ------------------------------------------------------------------------
 
@@ -203,6 +220,11 @@ class LocalCluster:
                 self._stats[rank] = RankStats.from_dict(msg.meta)
             elif msg.op == "error":
                 self._errors[rank] = str(msg.meta.get("message"))
+
+    @property
+    def procs(self) -> list:
+        """The Popen objects of the local rank processes (tests, benchmarks)."""
+        return [h.proc for h in self.started if getattr(h, "proc", None) is not None]
 
     @property
     def runner(self) -> LocalCluster:
@@ -234,21 +256,23 @@ class LocalCluster:
     def close(self) -> None:
         """Stop the workers (politely, then firmly) and free everything. Safe to repeat."""
         self._stop.set()
-        if self.procs:
+        if self.started:
             try:
                 self.group.broadcast_step({"op": "stop"}, None)
             except TpiError:
                 pass
-        for p in self.procs:
+        for h in self.started:
             try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.procs = []
+                h.stop()
+            except TpiError:
+                pass  # a peer we cannot reach any more: its rank stops when our sockets close
+        self.started = []
         if hasattr(self, "rank0"):
             self.rank0.close()
         self.group.close()
+        listener = getattr(self, "_listener", None)
+        if listener is not None and listener is not threading.current_thread():
+            listener.join(timeout=1.0)  # it polls the control socket we are about to close
         if self.control is not None:
             self.control.close()
             self.control = None
@@ -276,9 +300,12 @@ class _ReportingGroup:
     def _explain(self, e: PeerError) -> PeerError:
         time.sleep(0.3)  # let the listener pick up the worker's own last words
         for r, msg in sorted(self.c._errors.items()):
-            return PeerError(f"rank {r} failed: {msg}")
-        for r, p in enumerate(self.c.procs, start=1):
-            if p.poll() is not None:
-                return PeerError(f"rank {r} stopped (exit code {p.returncode}); the reply "
-                                 "was cut short")
+            self.c.failed_rank = r
+            return PeerError(f"{self.c.host_name(r)} (rank {r}) failed: {msg}")
+        for r, h in enumerate(self.c.started, start=1):
+            why = h.exit_reason()
+            if why is not None:
+                self.c.failed_rank = r
+                return PeerError(f"{h.name} (rank {r}) stopped ({why}); the reply was cut "
+                                 "short")
         return e

@@ -2,21 +2,28 @@
 
 Started by rank 0 for local ranks (`tpi-chat rank --control EP --rank R`); the worker
 daemon on a peer device runs the same loop once its shards have been shipped.
+With `--curve-stdin` the process first reads one JSON line from stdin (never argv or the
+environment, which other users can see): {"public_key", "secret_key", "server_key"} for
+CURVE on the control channel and data plane, plus optional "rank_dir" (overrides the
+master's path: a peer device has its own copy) and "host" (address our ring link binds).
 Control channel (DEALER, to rank 0): hello -> setup -> ready, then stats and error.
 Data plane (CommGroup): step broadcasts and the two allreduces per layer.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from core.comm.broadcast import StepTimeout
 from core.comm.control import ControlClient
+from core.comm.curve import CurveClientConfig, Keys
 from core.comm.group import CommGroup
 from core.comm.linkemu import LinkEmulation
 from core.engine.rank import RankRuntime
@@ -40,15 +47,40 @@ class _Reporter:
             self.client.send(op, meta)
 
 
-def main(control: str, rank: int) -> int:
-    client = ControlClient(control, ops=CONTROL_OPS)
+@dataclass(frozen=True)
+class RankSecrets:
+    """What a rank reads from stdin with --curve-stdin."""
+
+    curve: CurveClientConfig
+    rank_dir: Path | None = None
+    host: str = "127.0.0.1"
+
+    def to_json(self) -> str:
+        k = self.curve.identity
+        return json.dumps({"public_key": k.public_key, "secret_key": k.secret_key,
+                           "server_key": self.curve.server_public_key,
+                           "rank_dir": str(self.rank_dir) if self.rank_dir else None,
+                           "host": self.host}) + "\n"
+
+    @classmethod
+    def read(cls, stream) -> RankSecrets:
+        d = json.loads(stream.readline())
+        curve = CurveClientConfig(Keys(d["public_key"], d["secret_key"]), d["server_key"])
+        rd = d.get("rank_dir")
+        return cls(curve, Path(rd) if rd else None, d.get("host") or "127.0.0.1")
+
+
+def main(control: str, rank: int, curve_stdin: bool = False) -> int:
+    secrets = RankSecrets.read(sys.stdin) if curve_stdin else None
+    client = ControlClient(control, ops=CONTROL_OPS,
+                           curve=secrets.curve if secrets else None)
     try:
-        return _run(client, rank)
+        return _run(client, rank, secrets)
     finally:
         client.close()
 
 
-def _run(client: ControlClient, rank: int) -> int:
+def _run(client: ControlClient, rank: int, secrets: RankSecrets | None = None) -> int:
     client.send("hello", {"rank": rank, "pid": os.getpid()})
     msg = client.recv(timeout=SETUP_TIMEOUT_S)
     if msg is None or msg.op != "setup":
@@ -59,8 +91,11 @@ def _run(client: ControlClient, rank: int) -> int:
     reporter = _Reporter(client)
     try:
         link = LinkEmulation(**setup["link"]) if setup.get("link") else None
-        group = CommGroup.worker(rank, int(setup["world_size"]), setup["endpoints"], link)
-        runtime = RankRuntime(Path(setup["rank_dir"]), group, setup.get("window"),
+        group = CommGroup.worker(rank, int(setup["world_size"]), setup["endpoints"], link,
+                                 host=secrets.host if secrets else "127.0.0.1",
+                                 curve=secrets.curve if secrets else None)
+        rank_dir = secrets.rank_dir if secrets and secrets.rank_dir else Path(setup["rank_dir"])
+        runtime = RankRuntime(rank_dir, group, setup.get("window"),
                               int(setup["context"]))
         if runtime.scheduler.keep_all:
             runtime.scheduler.wait_all_loaded()

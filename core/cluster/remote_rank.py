@@ -1,0 +1,53 @@
+"""A rank on a paired worker: ship its shard dir, ask the worker to run it, watch it.
+
+The RankHost LocalCluster uses for remote ranks (core/engine/rank_host.py): the rank
+process then connects to the master's CURVE control channel like a local rank does.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from core.cluster.ship_sender import ShipProgress, split_id_for
+from core.cluster.worker_link import WorkerLink
+from core.engine.rank_host import Progress
+from core.errors import TpiError
+
+
+class RemoteRankHost:
+    def __init__(self, link: WorkerLink):
+        self.link = link
+        self.name = f"'{link.name}'"
+        self.rank = 0
+        self.started_at = float("inf")
+
+    def start(self, rank: int, control: str, rank_dir: Path, report: Progress) -> None:
+        self.rank = rank
+        split_id = split_id_for(rank_dir)
+        stage = f"sending shards to {self.name}"
+
+        def progress(p: ShipProgress) -> None:
+            report(stage, p.bytes_done, p.bytes_total)
+
+        self.link.ship(rank_dir, split_id, progress)
+        self.started_at = time.monotonic()
+        self.link.request("run_rank", {"split_id": split_id, "rank": rank, "control": control},
+                          {"rank_started"})
+
+    def exit_reason(self) -> str | None:
+        if self.link.dead:
+            return f"the device stopped answering ({self.link.dead})"
+        if self.link.ranks_asked_at < self.started_at:
+            return None  # the worker's last report predates this rank
+        code = self.link.ranks.get(str(self.rank), -1)
+        return None if code == -1 else f"its rank process exited with code {code}"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.link.dead:
+            return
+        try:
+            self.link.request("stop_rank", {"rank": self.rank}, {"rank_stopped"},
+                              timeout=timeout)
+        except TpiError:
+            pass

@@ -1,0 +1,242 @@
+"""A master's session: this device (rank 0, optional extra local ranks) + paired workers.
+
+    s = Session(model_dir, identity, [WorkerSpec(...)], opts=RunOptions(context=512))
+    s.start()                         # plan by memory budgets, split, ship, run, load
+    ChatSession(tok, s.runner)        # s.step(ids, pos) like a LocalCluster
+    s.device_status()                 # live rows for the Devices panel
+    s.close()
+
+Every socket is CURVE (ZAP allow-list = the session's workers plus the ephemeral keys
+of our own local ranks). A worker that dies or drops off mid-reply makes that step raise
+PeerError naming the device (within ~1.5 s, see README of the issue note); the session
+then re-plans over the devices still answering on the next step (or on `recover()`),
+re-ships what the new plan needs and replays the conversation's tokens so the KV cache
+matches again: the caller's conversation is untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import torch
+
+from core.cluster.device_status import DeviceStatus
+from core.cluster.remote_rank import RemoteRankHost
+from core.cluster.worker_link import WorkerLink
+from core.comm.curve import CurveServerConfig, KeyPair
+from core.engine.launcher import LocalCluster
+from core.engine.options import RunOptions
+from core.errors import PeerError, TpiError
+
+Progress = Callable[[str, int, int], None]
+STATUS_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """A paired worker the user added: where its control port is and what it may use."""
+
+    name: str
+    endpoint: str  # its CURVE control port, tcp://host:port (PeerInfo.control_port)
+    public_key: str
+    memory_budget: int  # bytes; sets its share of the model
+
+
+class Session:
+    """Plan -> ship -> run -> generate over this device and its paired workers."""
+
+    def __init__(self, model_dir: Path, identity: KeyPair, workers: list[WorkerSpec], *,
+                 opts: RunOptions | None = None, local_ranks: int = 0,
+                 master_budget: int | None = None, host: str = "127.0.0.1",
+                 progress: Progress | None = None,
+                 on_status: Callable[[list[DeviceStatus]], None] | None = None):
+        self.model_dir = Path(model_dir)
+        self.identity = identity
+        self.workers = list(workers)
+        self.opts = opts or RunOptions()
+        self.local_ranks = local_ranks
+        self.master_budget = master_budget or int(psutil.virtual_memory().available)
+        self.host = host
+        self.progress = progress
+        self.on_status = on_status
+        self.links: dict[str, WorkerLink] = {}
+        self.cluster: LocalCluster | None = None
+        self._members: list[WorkerSpec] = []  # workers in the current plan, by rank order
+        self._allow = {w.public_key for w in self.workers}
+        self._history: list[int] = []  # ids at positions 0.. fed to the model so far
+        self._on_cluster = 0  # how many of them the current cluster's KV cache holds
+        self._tps: float | None = None
+        self._busy = False
+        self._stop = threading.Event()
+        self._status_thread: threading.Thread | None = None
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def start(self) -> Session:
+        for w in self.workers:
+            self.links[w.public_key] = WorkerLink(w.name, w.endpoint, w.public_key,
+                                                  self.identity, on_dead=self._link_died)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        if self.on_status is not None:
+            self._status_thread = threading.Thread(target=self._push_status,
+                                                   name="session-status", daemon=True)
+            self._status_thread.start()
+        return self
+
+    def _alive(self) -> list[WorkerSpec]:
+        return [w for w in self.workers if self.links[w.public_key].dead is None]
+
+    def _build(self) -> None:
+        members = self._alive()
+        n = 1 + self.local_ranks + len(members)
+        shares = [float(self.master_budget)] * (1 + self.local_ranks)
+        shares += [float(w.memory_budget) for w in members]
+        opts = dataclasses.replace(self.opts, ranks=n, shares=shares)
+        hosts = [None] * self.local_ranks + [RemoteRankHost(self.links[w.public_key])
+                                             for w in members]
+        curve = CurveServerConfig(self.identity, self._allow.__contains__)
+        self.cluster = LocalCluster(self.model_dir, opts, self.progress, hosts=hosts,
+                                    bind_host=self.host, curve=curve)
+        self._members = members
+        self._on_cluster = 0
+
+    def recover(self) -> None:
+        """Drop the current plan and start a new one over the devices still answering."""
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+        for link in self.links.values():
+            if link.dead is None:
+                link.probe()
+        self._build()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+        for link in self.links.values():
+            link.close()
+
+    def __enter__(self) -> Session:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- generating ----------------------------------------------------------------
+
+    @property
+    def runner(self) -> Session:
+        return self
+
+    @property
+    def max_seq(self) -> int:
+        if self.cluster is None:
+            self.recover()
+        return self.cluster.max_seq
+
+    @property
+    def world_size(self) -> int:
+        return self.cluster.world_size if self.cluster else 0
+
+    def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
+        """One forward step over the current plan (re-planned first after a failure)."""
+        if self.cluster is None:
+            self.recover()
+        del self._history[pos:]
+        if pos > len(self._history):
+            raise TpiError(f"step at position {pos} but only {len(self._history)} tokens known")
+        self._history.extend(ids)
+        self._busy = True
+        t0 = time.perf_counter()
+        try:
+            if pos > self._on_cluster:  # a new plan: rebuild its KV cache from the history
+                self.cluster.step(self._history[self._on_cluster:pos], self._on_cluster)
+                self._on_cluster = pos
+            self._on_cluster = min(self._on_cluster, pos)
+            out = self.cluster.step(ids, pos, all_logits)
+            self._on_cluster = pos + len(ids)
+        except PeerError as e:
+            del self._history[pos:]
+            raise self._failed(e) from None
+        finally:
+            self._busy = False
+        if len(ids) == 1:
+            dt = time.perf_counter() - t0
+            self._tps = 1 / dt if self._tps is None else 0.8 * self._tps + 0.2 / dt
+        return out
+
+    def _failed(self, e: PeerError) -> PeerError:
+        """Name the device that failed; the next step re-plans without it."""
+        blamed = [w.name for w in self._members if self.links[w.public_key].dead]
+        if not blamed:
+            for w in self._members:
+                if not self.links[w.public_key].probe():
+                    blamed.append(w.name)
+        cluster, self.cluster = self.cluster, None
+        if cluster is not None:
+            threading.Thread(target=cluster.close, daemon=True).start()
+        if blamed:
+            who = ", ".join(f"'{n}'" for n in blamed)
+            left = len(self._alive())
+            return PeerError(f"device {who} stopped answering, so the reply was cut short. "
+                             f"The next message runs on this device and {left} other "
+                             f"device(s). ({e})")
+        return PeerError(f"{e} The next message starts the devices again.")
+
+    def _link_died(self, link: WorkerLink) -> None:
+        """Heartbeat lost: interrupt a step waiting on that device (its group is done)."""
+        c = self.cluster
+        if c is not None and link.worker_key in {w.public_key for w in self._members}:
+            c.group.close()
+
+    # -- live view -----------------------------------------------------------------
+
+    def device_status(self) -> list[DeviceStatus]:
+        """One row per device of the plan (workers that left show as offline)."""
+        c = self.cluster
+        stats = {s.rank: s for s in c.rank_stats()} if c is not None else {}
+        total = sum(s.kv_heads for s in stats.values()) or 1
+        rows: list[DeviceStatus] = []
+        names = (["This device"] + [f"Local rank {r}" for r in range(1, 1 + self.local_ranks)]
+                 + [w.name for w in self._members])
+        for rank, name in enumerate(names):
+            s = stats.get(rank)
+            link = self.links[self._members[rank - 1 - self.local_ranks].public_key] \
+                if rank > self.local_ranks else None
+            state = ("offline" if link is not None and link.dead else
+                     "starting" if c is None or s is None else "busy" if self._busy else "ready")
+            row = DeviceStatus(name=name, role="master" if rank == 0 else "worker",
+                               state=state, tokens_per_s=self._tps,
+                               rtt_ms=link.last_rtt_ms if link is not None else None)
+            if s is not None:
+                per_block = s.total_bytes / s.total_blocks if s.total_blocks else 0
+                row.share = (f"{s.kv_heads} KV heads ({100 * s.kv_heads / total:.0f}%) "
+                             f"\u00b7 {s.mlp_cols} MLP columns")
+                row.resident_blocks, row.budget_blocks = s.resident_blocks, s.budget_blocks
+                row.resident_bytes = s.resident_bytes
+                row.budget_bytes = int(per_block * min(s.budget_blocks, s.total_blocks))
+                row.rss_mb = s.rss_mb
+            rows.append(row)
+        for w in self.workers:
+            if w not in self._members:
+                rows.append(DeviceStatus(name=w.name, state="offline"))
+        return rows
+
+    def _push_status(self) -> None:
+        while not self._stop.wait(STATUS_EVERY_S):
+            try:
+                self.on_status(self.device_status())
+            except Exception:  # the listener's bug must not stop the session
+                pass

@@ -1,0 +1,142 @@
+"""The master's link to one paired worker's CURVE control port: requests and heartbeat.
+
+Two DEALERs, so a long shard transfer never delays a heartbeat: `request`/`ship` use the
+command socket (one caller at a time), a background thread pings on its own socket
+every second and keeps the round-trip time (last RTT_HISTORY values) and the worker's
+report on its ranks. No pong for DEAD_AFTER_S marks the link dead and calls `on_dead`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.cluster.ship_sender import ShipProgress, ship_rank
+from core.cluster.worker_protocol import TO_MASTER
+from core.comm.codec import Message
+from core.comm.control import BadMessage, ControlClient
+from core.comm.curve import CurveClientConfig, KeyPair
+from core.errors import PeerError, ProtocolError
+
+PING_EVERY_S = 1.0
+DEAD_AFTER_S = 2.5
+RTT_HISTORY = 60
+
+
+class WorkerLink:
+    """Commands and liveness of one worker, as seen from the master."""
+
+    def __init__(self, name: str, endpoint: str, worker_key: str, identity: KeyPair,
+                 on_dead: Callable[[WorkerLink], None] | None = None):
+        self.name, self.endpoint, self.worker_key = name, endpoint, worker_key
+        self._curve = CurveClientConfig(identity, worker_key)
+        self._cmd = ControlClient(endpoint, ops=TO_MASTER, curve=self._curve)
+        self._lock = threading.Lock()
+        self.on_dead = on_dead
+        self.rtt_ms: deque[float] = deque(maxlen=RTT_HISTORY)
+        self.ranks: dict[str, int] = {}
+        self.ranks_asked_at = 0.0  # when the ping behind `ranks` was sent
+        self.last_pong = time.monotonic()
+        self.dead: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{name}",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- commands ------------------------------------------------------------------
+
+    def request(self, op: str, meta: dict[str, Any], expect: set[str],
+                timeout: float = 10.0) -> Message:
+        with self._lock:
+            self._cmd.send(op, meta)
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    msg = self._cmd.recv(timeout=left)
+                except BadMessage as e:
+                    raise ProtocolError(f"worker '{self.name}' sent a malformed answer: {e}"
+                                        ) from None
+                if msg is None:
+                    break
+                if msg.op == "refused":
+                    raise ProtocolError(f"worker '{self.name}' refused {op}: "
+                                        f"{msg.meta.get('message')}")
+                if msg.op in expect:
+                    return msg
+            raise PeerError(f"worker '{self.name}' did not answer {op} within {timeout:g} s; "
+                            "is it still running and paired with this device?")
+
+    def ship(self, rank_dir: Path, split_id: str,
+             progress: Callable[[ShipProgress], None] | None = None) -> None:
+        with self._lock:
+            ship_rank(lambda op, meta, t: self._cmd.send(op, meta, t),
+                      lambda timeout: self._cmd.recv(timeout=timeout), rank_dir, split_id,
+                      progress)
+
+    # -- health --------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        hb = ControlClient(self.endpoint, ops=TO_MASTER, curve=self._curve)
+        try:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    hb.send("ping", {"t": t0})
+                    got = self._pong(hb, t0, t0 + PING_EVERY_S)
+                except (PeerError, BadMessage):
+                    got = False
+                if got:
+                    self.rtt_ms.append((time.monotonic() - t0) * 1000)
+                    self.last_pong = time.monotonic()
+                elif self.dead is None and time.monotonic() - self.last_pong > DEAD_AFTER_S:
+                    self._mark_dead(f"no answer for {DEAD_AFTER_S:g} s")
+                self._stop.wait(max(0.0, t0 + PING_EVERY_S - time.monotonic()))
+        finally:
+            hb.close()
+
+    def _pong(self, hb: ControlClient, t0: float, deadline: float) -> bool:
+        while (left := deadline - time.monotonic()) > 0:
+            msg = hb.recv(timeout=left)
+            if msg is None:
+                return False
+            if msg.op == "pong" and msg.meta.get("t") == t0:
+                ranks = msg.meta.get("ranks")
+                if isinstance(ranks, dict):
+                    self.ranks = {str(k): int(v) for k, v in list(ranks.items())[:256]
+                                  if isinstance(v, int)}
+                    self.ranks_asked_at = t0
+                return True
+        return False
+
+    def _mark_dead(self, why: str) -> None:
+        self.dead = why
+        if self.on_dead is not None:
+            self.on_dead(self)
+
+    def probe(self, timeout: float = 1.0) -> bool:
+        """Ask now, on a fresh socket, whether the worker answers; marks the link dead if not."""
+        c = ControlClient(self.endpoint, ops=TO_MASTER, curve=self._curve)
+        try:
+            t0 = time.monotonic()
+            c.send("ping", {"t": t0})
+            ok = self._pong(c, t0, t0 + timeout)
+        except (PeerError, BadMessage):
+            ok = False
+        finally:
+            c.close()
+        if not ok and self.dead is None:
+            self.dead = f"no answer within {timeout:g} s"
+        return ok
+
+    @property
+    def last_rtt_ms(self) -> float | None:
+        return self.rtt_ms[-1] if self.rtt_ms else None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=3)
+        self._cmd.close()

@@ -1,0 +1,89 @@
+"""Who runs a worker rank: a local process here, or (core/cluster) a peer device.
+
+LocalCluster starts every rank r > 0 through a `RankHost`, then runs the same control
+handshake and data plane with all of them, so local and remote ranks share one code path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from core.comm.curve import CurveClientConfig, Keys
+from core.engine.rank_process import RankSecrets
+
+Progress = Callable[[str, int, int], None]
+
+
+class RankHost(Protocol):
+    """One worker rank's home; `name` is what error messages and the Devices panel show."""
+
+    name: str
+
+    def start(self, rank: int, control: str, rank_dir: Path, report: Progress) -> None:
+        """Start rank `rank` (connecting to `control`) on the shards of `rank_dir`."""
+
+    def exit_reason(self) -> str | None:
+        """None while the rank runs; else why it stopped, for a user ("exited with code 1")."""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the rank (it was sent "stop" already): wait, then force. Safe to repeat."""
+
+
+def rank_command(control: str, rank: int, curve_stdin: bool = False) -> list[str]:
+    """How to start a worker rank: the frozen app re-runs itself, else `python -m core.cli`."""
+    base = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m",
+                                                                  "core.cli"]
+    cmd = [*base, "rank", "--control", control, "--rank", str(rank)]
+    return cmd + ["--curve-stdin"] if curve_stdin else cmd
+
+
+class LocalRankHost:
+    """A rank process on this machine; with CURVE it gets an ephemeral key pair on stdin."""
+
+    def __init__(self, logs: Path, keys: Keys | None = None, server_key: str = "",
+                 rank: int = 0):
+        self.name = f"local rank {rank}" if rank else "local rank"
+        self.keys = keys
+        self.server_key = server_key
+        self.logs = logs
+        self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    def start(self, rank: int, control: str, rank_dir: Path, report: Progress) -> None:
+        self.name = f"local rank {rank}"
+        self.log_path = self.logs / f"rank{rank}.log"
+        curve = self.keys is not None
+        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(rank_command(control, rank, curve),
+                                         stdin=subprocess.PIPE if curve else subprocess.DEVNULL,
+                                         stdout=log, stderr=log)
+        if curve:
+            secrets = RankSecrets(CurveClientConfig(self.keys, self.server_key))
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(secrets.to_json().encode())
+            self.proc.stdin.close()
+
+    def exit_reason(self) -> str | None:
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        return f"exited with code {self.proc.returncode}: {self._log_tail()}"
+
+    def _log_tail(self) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip() if self.log_path else ""
+            return text.splitlines()[-1] if text else "no output"
+        except OSError:
+            return "no log"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

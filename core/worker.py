@@ -1,0 +1,193 @@
+"""`tpi-chat worker`: the headless peer daemon on a device that lends its memory and CPU.
+
+It keeps its identity and trusted masters in --data-dir, shows a pairing code on the
+console, answers pairing and info on its plaintext port (--port), advertises itself
+over mDNS on --host only, and serves paired masters on a CURVE control port (ZAP
+allow-list = trusted masters, checked at each connect, so unpairing is live): ping,
+info, shard shipping into DIR/shards, run_rank / stop_rank, unpair. See
+core/cluster/worker_protocol.py. SIGINT/SIGTERM stop the ranks and unregister mDNS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+
+from core.cluster.discovery import Advertiser
+from core.cluster.identity import default_data_dir, load_or_create
+from core.cluster.pairing import PairingServer
+from core.cluster.peer_info import PeerInfo, local_peer_info
+from core.cluster.rank_runner import RankRunner
+from core.cluster.shard_cache import ShardCache
+from core.cluster.ship_messages import REQUEST_OPS
+from core.cluster.ship_receiver import serve_shipping
+from core.cluster.trust import TrustStore
+from core.cluster.worker_protocol import TO_WORKER, RunRank, parse_size
+from core.comm.codec import CodecLimits, Message
+from core.comm.control import BadMessage, ControlServer
+from core.comm.curve import CurveServerConfig
+from core.errors import PeerError, ProtocolError, TpiError
+
+log = logging.getLogger(__name__)
+REFRESH_S = 5.0  # how often free memory / paired state is re-advertised
+# Shipping chunks are the largest control messages (see ship_messages.MAX_CHUNK).
+LIMITS = CodecLimits(max_header_bytes=256 * 1024, max_total_bytes=8 * 2**20 + 2**20,
+                     max_tensors=1)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _lan_address() -> str:
+    """Without --host: the first non-loopback IPv4 address of this device, for mDNS."""
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return a.address
+    return "127.0.0.1"
+
+
+class WorkerDaemon:
+    """Everything `tpi-chat worker` runs; `serve(stop)` blocks until stop is set."""
+
+    def __init__(self, data_dir: Path, name: str | None = None, host: str | None = None,
+                 port: int = 0, memory_budget: int | None = None):
+        self.data_dir = Path(data_dir)
+        self.identity = load_or_create(self.data_dir, name=name or socket.gethostname())
+        self.trust = TrustStore.open("master", self.data_dir)
+        self.bind = host or "0.0.0.0"
+        self.address = host or _lan_address()
+        self.budget = memory_budget
+        self.cache = ShardCache(self.data_dir / "shards")
+        self.ranks = RankRunner(self.identity, self.address, self.data_dir / "logs")
+        self.refused = 0  # bad control messages seen (strangers never get this far)
+        self.ctl = ControlServer(self.bind, ops=TO_WORKER, limits=LIMITS,
+                                 curve=CurveServerConfig(self.identity, self.trust.contains))
+        self.ctl_port = int(self.ctl.endpoint.rsplit(":", 1)[1])
+        try:
+            self.pairing = PairingServer(self.identity, self.trust, self.bind, port,
+                                         on_new_code=lambda c: _say(f"pairing code: {c}"),
+                                         on_paired=lambda p: _say(f"paired with '{p.name}'"),
+                                         describe=self.describe)
+        except BaseException:
+            self.ctl.close()
+            raise
+        self.advertiser: Advertiser | None = None
+
+    def describe(self) -> PeerInfo:
+        info = local_peer_info(self.identity, self.address, self.pairing.port,
+                               bool(self.trust.list()), self.ctl_port)
+        if self.budget:  # offer what the user granted, not the whole device
+            from dataclasses import replace
+            info = replace(info, mem_total=min(info.mem_total, self.budget),
+                           mem_free=min(info.mem_free, self.budget))
+        return info
+
+    def announce(self) -> None:
+        _say(f"worker '{self.identity.name}' ({self.identity.fingerprint}) on "
+             f"{self.address}:{self.pairing.port}, control port {self.ctl_port}")
+        _say(f"pairing code: {self.pairing.code}")
+
+    def serve(self, stop: threading.Event) -> None:
+        self.advertiser = Advertiser(self.describe(), self.address, self.pairing.port)
+        threading.Thread(target=self._refresh, args=(stop,), name="advertise-refresh",
+                         daemon=True).start()
+        while not stop.is_set():
+            try:
+                got = self.ctl.recv(timeout=0.2)
+            except BadMessage as e:
+                self.refused += 1
+                if e.identity is not None:
+                    self._reply(e.identity, "refused", {"message": str(e)[:200]})
+                continue
+            if got is None:
+                continue
+            ident, msg = got
+            key = self.ctl.last_peer_key or ""
+            try:
+                op, meta = self._handle(key, msg)
+            except (ProtocolError, RuntimeError, OSError) as e:
+                op, meta = "refused", {"message": str(e)[:300]}
+            self._reply(ident, op, meta)
+
+    def _handle(self, key: str, msg: Message) -> tuple[str, dict]:
+        if msg.op == "ping":
+            t = msg.meta.get("t")
+            return "pong", {"t": t if isinstance(t, int | float) else 0,
+                            "ranks": self.ranks.status(key)}
+        if msg.op in REQUEST_OPS:
+            return serve_shipping(self.cache, msg)
+        if msg.op == "info":
+            return "info", {"txt": self.describe().to_txt()}
+        if msg.op == "run_rank":
+            req = RunRank.from_meta(msg.meta)
+            if not self.cache.is_complete(req.split_id):
+                raise ProtocolError(f"shard {req.split_id} is not on this worker; ship it first")
+            self.ranks.start(key, req.rank, req.control, self.cache.rank_dir(req.split_id))
+            _say(f"running rank {req.rank} of {req.split_id}")
+            return "rank_started", {"rank": req.rank}
+        if msg.op == "stop_rank":
+            rank = msg.meta.get("rank")
+            self.ranks.stop(key, rank if isinstance(rank, int) else None)
+            return "rank_stopped", {"rank": rank if isinstance(rank, int) else -1}
+        if msg.op == "unpair":
+            self.ranks.stop(key)
+            removed = self.trust.remove(key)
+            for p in removed:
+                _say(f"unpaired '{p.name}'")
+            return "unpaired", {}
+        raise ProtocolError(f"unknown op {msg.op}")
+
+    def _reply(self, ident: bytes, op: str, meta: dict) -> None:
+        try:
+            self.ctl.send(ident, op, meta)
+        except PeerError:
+            pass  # the master left before its answer
+
+    def _refresh(self, stop: threading.Event) -> None:
+        while not stop.wait(REFRESH_S):
+            info = self.describe()
+            try:
+                if self.advertiser is not None:
+                    self.advertiser.update(mem_free=info.mem_free, paired=info.paired)
+            except Exception:  # zeroconf closing under us at shutdown
+                log.debug("advertiser refresh failed", exc_info=True)
+
+    def close(self) -> None:
+        self.ranks.stop_all()
+        if self.advertiser is not None:
+            self.advertiser.close()
+        self.pairing.close()
+        self.ctl.close()
+        self.cache.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    budget = parse_size(args.memory_budget) if args.memory_budget else None
+    try:
+        daemon = WorkerDaemon(Path(args.data_dir) if args.data_dir else default_data_dir(),
+                              args.name, args.host, args.port, budget)
+    except (OSError, ValueError) as e:
+        raise TpiError(f"cannot start the worker: {e}") from e
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        daemon.announce()
+        daemon.serve(stop)
+    finally:
+        daemon.close()
+        _say("worker stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(0)

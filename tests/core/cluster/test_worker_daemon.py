@@ -1,0 +1,118 @@
+"""`tpi-chat worker` as a real process: discovery, pairing by the printed code, and
+strangers who get nothing (plaintext, pickle, unknown CURVE keys, random bytes, ../)."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import time
+
+import pytest
+import zmq
+
+from core.cluster.discovery import Browser
+from core.cluster.identity import Identity
+from core.cluster.pairing import PairingError, pair_with
+from core.cluster.worker_protocol import TO_MASTER
+from core.comm.control import ControlClient
+from core.comm.curve import CurveClientConfig
+from tests.core.cluster.devices import make_device
+from tests.core.cluster.worker_proc import WorkerProc
+
+WAIT_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    base = tmp_path_factory.mktemp("workers")
+    ws = [WorkerProc(base / n, n) for n in ("alpha", "beta")]
+    yield ws
+    for w in ws:
+        w.stop()
+
+
+def _wait(cond, timeout=WAIT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _files(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_discovered_paired_by_printed_code_wrong_code_refused(workers, tmp_path):
+    alpha, beta = workers
+    seen = {}
+    with Browser(lambda e: seen.__setitem__(e.peer.name, e.peer), interfaces=["127.0.0.1"]):
+        assert _wait(lambda: {"alpha", "beta"} <= set(seen)), seen
+    assert seen["alpha"].control_port == alpha.ctl_port
+    assert seen["alpha"].mem_total <= 2**30  # the budget is what it offers
+
+    master = make_device(tmp_path, "master", "worker")
+    with pytest.raises(PairingError, match="tries left"):
+        wrong = "000-000" if alpha.codes()[-1] != "000-000" else "111-111"
+        pair_with(alpha.endpoint, wrong, master.identity, trust=master.trust)
+    spec = alpha.pair(master.identity, master.trust)
+    assert master.trust.contains(spec.public_key)
+    assert _wait(lambda: any("paired with 'master'" in x for x in alpha.lines))
+    # paired: the control port answers ping over CURVE with our key
+    c = ControlClient(spec.endpoint, ops=TO_MASTER,
+                      curve=CurveClientConfig(master.identity, spec.public_key))
+    try:
+        c.send("ping", {"t": 1.5})
+        msg = c.recv(timeout=5)
+        assert msg is not None and msg.op == "pong" and msg.meta["t"] == 1.5
+    finally:
+        c.close()
+
+
+@pytest.mark.slow
+def test_strangers_get_nothing(workers, tmp_path):
+    beta = workers[1]
+    before = _files(beta.data_dir)
+    ctx = zmq.Context()
+    try:
+        # plaintext and pickle frames to the CURVE control port: the handshake fails
+        for frames in ([b"ping"], [pickle.dumps({"op": "run_rank"})]):
+            s = ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.connect(f"tcp://127.0.0.1:{beta.ctl_port}")
+            s.send_multipart(frames)
+            assert not s.poll(500)
+            s.close()
+        # a CURVE client whose key the worker never paired
+        stranger = Identity.generate("stranger")
+        c = ControlClient(f"tcp://127.0.0.1:{beta.ctl_port}", ops=TO_MASTER,
+                          curve=CurveClientConfig(stranger, _worker_key(beta)))
+        c.send("run_rank", {"split_id": "../../x", "rank": 1, "control": "tcp://1.2.3.4:5"})
+        assert c.recv(timeout=1.0) is None
+        c.close()
+        # pickle and garbage on the plaintext pairing port
+        s = ctx.socket(zmq.DEALER)
+        s.linger = 0
+        s.connect(beta.endpoint)
+        s.send_multipart([pickle.dumps(object), b"\x00" * 10])
+        s.close()
+    finally:
+        ctx.destroy(linger=0)
+    for port in (beta.port, beta.ctl_port):  # random bytes straight onto TCP
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+            raw.sendall(bytes(range(256)) * 8)
+    time.sleep(0.5)
+    assert beta.proc.poll() is None
+    assert not any("running rank" in x for x in beta.lines)
+    seen = {}
+    with Browser(lambda e: seen.__setitem__(e.peer.name, e.peer), interfaces=["127.0.0.1"]):
+        assert _wait(lambda: "beta" in seen)  # still advertised
+    after = _files(beta.data_dir)
+    assert set(after) == set(before)  # wrote nothing (and nothing outside: no new files)
+
+
+def _worker_key(w: WorkerProc) -> str:
+    import json
+    return json.loads((w.data_dir / "identity.json").read_text())["public_key"]
