@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-done
 
-.PHONY: setup run test test-fast lint bench clean
+.PHONY: setup run test test-fast lint bench bundle clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,18 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+# A onedir bundle for people without Python: dist/tpi-chat/tpi-chat (see packaging/README.md).
+PYINSTALLER_VERSION := 6.22.3
+bundle: setup
+	$(BIN)/python -c "import PyInstaller, sys; sys.exit(PyInstaller.__version__ != '$(PYINSTALLER_VERSION)')" 2>/dev/null \
+		|| $(BIN)/python -m pip install -q pyinstaller==$(PYINSTALLER_VERSION)
+	$(BIN)/python -m PyInstaller --noconfirm --clean --log-level WARN \
+		--distpath dist --workpath build/pyinstaller packaging/tpi-chat.spec
+	# libtorch ships its symbol table (~90 MB); its dynamic symbols stay, so this is safe.
+	! command -v strip >/dev/null || strip --strip-unneeded dist/tpi-chat/_internal/torch/lib/*.so
+	cp packaging/tpi-chat.desktop packaging/tpi-chat.png packaging/install-linux.sh dist/tpi-chat/
+	@du -sh dist/tpi-chat
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
