@@ -2,30 +2,44 @@
 
 The cluster layer feeds it with `update_devices(list[DeviceStatus])`; cards appear,
 update and disappear by device name. Each card keeps the last SPARK_SAMPLES round-trip
-times for its sparkline.
+times for its sparkline. The "This computer" card is always there (the master's status
+goes into it) and offers extra local worker processes. Enrolled devices
+(`set_enrolled`) the running model does not use yet show as "paired, share pending";
+their cards have a Remove button and context menu (`remove_device_requested(key)`).
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QPoint, QPointF, QRectF, QSignalBlocker, Qt, Signal
 from PySide6.QtGui import QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QPushButton,
     QScrollArea,
     QSizePolicy,
+    QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
+from app.device_roster import EnrolledDevice
 from app.device_status import DeviceStatus
 from app.theme import theme
 
 SPARK_SAMPLES = 60
+MAX_EXTRA_LOCAL_WORKERS = 3
+THIS_COMPUTER = "This computer"
+
+
+def _nb(text: str) -> str:
+    """Keep "12.5 MB" on one line when a label wraps."""
+    return text.replace(" ", "\u00a0")
 
 
 def human_bytes(n: float) -> str:
@@ -95,12 +109,19 @@ class Sparkline(QWidget):
 
 
 class DeviceCard(QFrame):
-    """One device: name, role, state, share, memory window, RTT sparkline, tokens/s."""
+    """One device: name, role, state, share, memory window, RTT sparkline, tokens/s.
+
+    `set_removable(key)` adds a Remove button and context menu emitting
+    `remove_requested(key)` (an enrolled device's public key).
+    """
+
+    remove_requested = Signal(str)
 
     def __init__(self, name: str, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("DeviceCard")
         self.name = name
+        self.remove_key: str | None = None
         lay = QVBoxLayout(self)
         lay.setContentsMargins(12, 10, 12, 10)
         lay.setSpacing(6)
@@ -110,10 +131,18 @@ class DeviceCard(QFrame):
         self.title.setObjectName("DeviceName")
         self.role = QLabel(self)
         self.role.setObjectName("Muted")
+        self.remove_button = QToolButton(self)
+        self.remove_button.setIcon(theme().icon("trash", size=14))
+        self.remove_button.setToolTip("Remove this device (unpair it)")
+        self.remove_button.clicked.connect(self._remove)
+        self.remove_button.hide()
+        self.customContextMenuRequested.connect(self._menu)
         head.addWidget(self.dot)
         head.addWidget(self.title, 1)
         head.addWidget(self.role)
+        head.addWidget(self.remove_button)
         lay.addLayout(head)
+        self.body = lay
         self.share = QLabel(self)
         self.share.setObjectName("Muted")
         self.share.setWordWrap(True)
@@ -131,8 +160,27 @@ class DeviceCard(QFrame):
         self.spark = Sparkline(self)
         lay.addWidget(self.spark)
 
+    def set_removable(self, key: str | None) -> None:
+        """Offer "Remove device" for the enrolled device with public key `key` (None: not)."""
+        self.remove_key = key
+        self.remove_button.setVisible(key is not None)
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu if key
+                                  else Qt.ContextMenuPolicy.NoContextMenu)
+
+    def _menu(self, pos: QPoint) -> None:
+        if not self.remove_key:
+            return
+        menu = QMenu(self)
+        menu.addAction(theme().icon("trash", size=16), "Remove device", self._remove)
+        menu.popup(self.mapToGlobal(pos))
+
+    def _remove(self) -> None:
+        if self.remove_key:
+            self.remove_requested.emit(self.remove_key)
+
     def update_status(self, s: DeviceStatus) -> None:
-        colors = {"ready": "ok", "busy": "accent", "loading": "warn", "offline": "danger"}
+        colors = {"ready": "ok", "busy": "accent", "loading": "warn", "offline": "danger",
+                  "paired": "muted", "starting": "warn"}
         self.dot.setStyleSheet(f"color: {theme().hex(colors.get(s.state, 'muted'))};")
         self.dot.setToolTip(s.state)
         self.role.setText(f"{s.role} \u00b7 {s.state}")
@@ -141,27 +189,42 @@ class DeviceCard(QFrame):
         budget = s.budget_blocks or s.resident_blocks
         frac = s.resident_blocks / budget if budget else 0.0
         mem = f"Memory window {s.resident_blocks}/{budget} blocks"
-        if s.budget_bytes or s.resident_bytes:
-            mem += f" \u00b7 {human_bytes(s.resident_bytes)}"
+        if not budget and s.budget_bytes:  # enrolled, no share yet: show what it may use
+            mem = f"Memory budget {_nb(human_bytes(s.budget_bytes))}"
+        elif s.budget_bytes or s.resident_bytes:
+            mem += f" \u00b7 {_nb(human_bytes(s.resident_bytes))}"
             if s.budget_bytes:
-                mem += f" / {human_bytes(s.budget_bytes)}"
+                mem += f"\u00a0/ {_nb(human_bytes(s.budget_bytes))}"
         if s.rss_mb:
-            mem += f" \u00b7 RSS {s.rss_mb:.0f} MB"
+            mem += f" \u00b7 RSS\u00a0{s.rss_mb:.0f}\u00a0MB"
         self.memory_label.setText(mem)
         self.memory.set_fraction(frac)
         if s.rtt_ms is not None:
             self.spark.add(s.rtt_ms)
         self.spark.setVisible(bool(self.spark.samples))
-        rtt = f"Link RTT {s.rtt_ms:.1f} ms" if s.rtt_ms is not None else "Link RTT \u2014 (local)"
-        if s.tokens_per_s:
+        if s.rtt_ms is not None:
+            rtt = f"Link RTT {s.rtt_ms:.1f} ms"
+        else:
+            rtt = "Link RTT \u2014 (local)"
+        if s.state == "paired":
+            rtt = ""
+        if s.tokens_per_s and rtt:
             rtt += f" \u00b7 {s.tokens_per_s:.1f} tok/s"
         self.rtt_label.setText(rtt)
+        self.rtt_label.setVisible(bool(rtt))
+        self.memory.setVisible(bool(budget))
 
 
 class DevicesPanel(QWidget):
-    """Cards for the devices of the cluster; `add_device_requested` is for the pairing UI."""
+    """Cards for the devices of the cluster, "Add device…" and the local workers setting.
+
+    Signals: `add_device_requested()`, `remove_device_requested(public_key)`,
+    `local_workers_changed(n)` (extra local worker processes, 0..MAX_EXTRA_LOCAL_WORKERS).
+    """
 
     add_device_requested = Signal()
+    remove_device_requested = Signal(str)
+    local_workers_changed = Signal(int)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -179,8 +242,11 @@ class DevicesPanel(QWidget):
         self.cards_layout = QVBoxLayout(inner)
         self.cards_layout.setContentsMargins(0, 0, 0, 0)
         self.cards_layout.setSpacing(8)
+        self.this_computer = self._make_this_computer()
+        self.cards_layout.addWidget(self.this_computer)
         self.placeholder = QLabel("No model loaded yet.", inner)
         self.placeholder.setObjectName("Muted")
+        self.placeholder.hide()  # kept for callers; the This computer card says it now
         self.cards_layout.addWidget(self.placeholder)
         self.cards_layout.addStretch(1)
         scroll.setWidget(inner)
@@ -190,21 +256,89 @@ class DevicesPanel(QWidget):
         self.add_button.setToolTip("Pair another device of your home")
         self.add_button.clicked.connect(self.add_device_requested)
         lay.addWidget(self.add_button)
-        self.cards: dict[str, DeviceCard] = {}
+        self.cards: dict[str, DeviceCard] = {}  # shown devices by name (master included)
+        self._stats: list[DeviceStatus] = []
+        self._enrolled: list[EnrolledDevice] = []
+        self._render()
+
+    def _make_this_computer(self) -> DeviceCard:
+        card = DeviceCard(THIS_COMPUTER)
+        row = QHBoxLayout()
+        label = QLabel("Extra local worker processes", card)
+        label.setStyleSheet("font-size: 12px;")
+        label.setToolTip("Run more ranks on this computer as separate processes (the model "
+                         "reloads). Useful on many-core machines.")
+        self.local_workers = QSpinBox(card)
+        self.local_workers.setRange(0, MAX_EXTRA_LOCAL_WORKERS)
+        self.local_workers.setToolTip(label.toolTip())
+        self.local_workers.setFixedWidth(64)
+        self.local_workers.valueChanged.connect(self.local_workers_changed)
+        row.addWidget(label, 1)
+        row.addWidget(self.local_workers)
+        card.body.addLayout(row)
+        return card
+
+    def set_local_workers(self, n: int) -> None:
+        """Show `n` extra local workers without emitting local_workers_changed."""
+        with QSignalBlocker(self.local_workers):
+            self.local_workers.setValue(max(0, min(MAX_EXTRA_LOCAL_WORKERS, n)))
 
     def update_devices(self, devices: list[DeviceStatus]) -> None:
-        """Show exactly `devices`, in order (cards keep their RTT history by name)."""
-        names = [d.name for d in devices]
+        """Show exactly `devices`, in order (cards keep their RTT history by name), then the
+        enrolled devices not among them."""
+        self._stats = list(devices)
+        self._render()
+
+    def set_enrolled(self, devices: list[EnrolledDevice]) -> None:
+        """The paired devices (from the DeviceRoster); unused ones show as share pending."""
+        self._enrolled = list(devices)
+        self._render()
+
+    def _rows(self) -> list[tuple[DeviceStatus, str | None]]:
+        keys = {d.name: d.public_key for d in self._enrolled}
+        rows: list[tuple[DeviceStatus, str | None]] = [(s, keys.get(s.name))
+                                                       for s in self._stats]
+        shown = {s.name for s in self._stats}
+        for d in self._enrolled:
+            if d.name not in shown:
+                rows.append((DeviceStatus(
+                    d.name, role="worker", state="paired", budget_bytes=d.memory_budget,
+                    share="Share pending: it joins at the next model load."), d.public_key))
+        return rows
+
+    def _render(self) -> None:
+        rows = self._rows()
+        master = next((s for s, _k in rows if s.role == "master"), None)
+        names = [s.name for s, _k in rows]
         for name in list(self.cards):
-            if name not in names:
+            if name not in names or (self.cards[name] is self.this_computer
+                                     and (master is None or master.name != name)):
                 card = self.cards.pop(name)
-                self.cards_layout.removeWidget(card)
-                card.deleteLater()
-        for i, d in enumerate(devices):
-            card = self.cards.get(d.name)
+                if card is not self.this_computer:
+                    self.cards_layout.removeWidget(card)
+                    card.deleteLater()
+        if master is None:
+            self.this_computer.update_status(DeviceStatus(
+                THIS_COMPUTER, role="master", state="idle", share="No model loaded yet."))
+            self.this_computer.spark.hide()
+            self.this_computer.rtt_label.hide()
+            self.this_computer.memory_label.hide()
+            self.this_computer.role.setText("this device")
+        else:
+            self.this_computer.memory_label.show()
+        i = 1
+        for s, key in rows:
+            if s is master:
+                self.cards[s.name] = self.this_computer
+                self.this_computer.setToolTip(s.name)
+                self.this_computer.update_status(s)
+                continue
+            card = self.cards.get(s.name)
             if card is None:
-                card = DeviceCard(d.name)
-                self.cards[d.name] = card
+                card = DeviceCard(s.name)
+                card.remove_requested.connect(self.remove_device_requested)
+                self.cards[s.name] = card
             self.cards_layout.insertWidget(i, card)
-            card.update_status(d)
-        self.placeholder.setVisible(not devices)
+            i += 1
+            card.set_removable(key)
+            card.update_status(s)

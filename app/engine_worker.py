@@ -8,6 +8,8 @@ tests (and the networking layer, later) can plug in another backend:
 
 `stop()` and `cancel_load()` are plain thread-safe methods meant to be called directly from
 the GUI thread (a queued slot could not run while the engine thread is busy generating).
+`set_remote_devices()` (same kind) hands over the enrolled devices (DeviceRoster.worker_specs:
+WorkerSpec fields) for the next load; `remote_devices()` is what a session loader reads.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ class EngineWorker(QObject):
         self._last_stats = 0.0
         self._last_tps: float | None = None
         self._timer: QTimer | None = None
+        self._remote: list[dict] = []
         #: thread ids that ran generate / a forward step (tests assert the GUI thread is absent)
         self.torch_thread_ids: set[int] = set()
 
@@ -153,6 +156,15 @@ class EngineWorker(QObject):
         """Discard the result of load number `seq` (and abort its import if still running)."""
         with self._lock:
             self._cancelled_seq = max(self._cancelled_seq, seq)
+
+    def set_remote_devices(self, specs: list[dict]) -> None:
+        """The paired devices the next load may use (name, endpoint, public_key, budget)."""
+        with self._lock:
+            self._remote = [dict(s) for s in specs]
+
+    def remote_devices(self) -> list[dict]:
+        with self._lock:
+            return [dict(s) for s in self._remote]
 
     def _is_cancelled(self, seq: int) -> bool:
         with self._lock:

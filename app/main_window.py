@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import shiboken6
 from PySide6.QtCore import QByteArray, Qt
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
@@ -18,16 +19,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.add_device_dialog import AddDeviceDialog
 from app.chat_controller import ChatController
 from app.chat_view import ChatView
 from app.conversation_list import ConversationList
+from app.device_roster import DeviceRoster
 from app.devices_panel import DevicesPanel
 from app.engine_host import EngineHost
 from app.engine_worker import DEFAULT_MODEL_NAME, ReplyStats
 from app.input_box import InputBox
 from app.settings_panel import SettingsPanel
 from app.status_bar import StatusBar
-from app.store import Store
+from app.store import Store, data_dir
 from app.theme import app_icon
 from core.engine.options import RunOptions
 
@@ -42,6 +45,10 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.store, self.engine = store, engine
         self.confirm_delete = True  # tests turn the confirmation dialog off
+        #: addresses mDNS discovery binds to (None = every interface; tests: loopback)
+        self.discovery_interfaces: list[str] | None = None
+        self.add_device_dialog: AddDeviceDialog | None = None
+        self.roster = DeviceRoster(store, data_dir(), self)
         self._closed = False
         self.setWindowTitle("TPI Chat")
         self.setWindowIcon(app_icon())
@@ -112,6 +119,12 @@ class MainWindow(QMainWindow):
         w.load_cancelled.connect(self._load_cancelled)
         w.stats.connect(self.devices.update_devices)
         self.status.cancel_requested.connect(self.cancel_load)
+        d = self.devices
+        d.add_device_requested.connect(self.open_add_device)
+        d.remove_device_requested.connect(self.remove_device)
+        d.local_workers_changed.connect(lambda n: self.set_local_ranks(n + 1))
+        self.roster.changed.connect(self._roster_changed)
+        self._roster_changed()
 
     def _action(self, menu, text: str, slot, shortcut=None, tip: str = "") -> QAction:
         a = QAction(text, self)
@@ -175,6 +188,7 @@ class MainWindow(QMainWindow):
         self.settings.set_params(self.store.get_setting("sampling", {}))
         ranks = int(self.store.get_setting("ranks", 1) or 1)
         self.rank_actions.get(ranks, self.rank_actions[1]).setChecked(True)
+        self.devices.set_local_workers(ranks - 1)
         geometry = self.store.get_setting("geometry")
         if geometry:
             self.restoreGeometry(QByteArray.fromHex(geometry.encode()))
@@ -288,9 +302,49 @@ class MainWindow(QMainWindow):
             self.load_model(f)
 
     def set_local_ranks(self, n: int) -> None:
+        """Run `n` ranks on this computer (rank 0 + n-1 worker processes); reloads."""
+        n = max(1, min(MAX_LOCAL_RANKS, n))
+        if n in self.rank_actions:
+            self.rank_actions[n].setChecked(True)
+        self.devices.set_local_workers(n - 1)
         if n != int(self.store.get_setting("ranks", 1) or 1):
             self.store.set_setting("ranks", n)
             self.load_model(self.model_path)
+
+    # devices -------------------------------------------------------------------------
+    def open_add_device(self) -> AddDeviceDialog:
+        """Show the Add device dialog (a fresh one each time: discovery restarts)."""
+        old = self.add_device_dialog
+        if old is not None and old.isVisible():
+            old.raise_()
+            old.activateWindow()
+            return old
+        if old is not None:
+            old.deleteLater()
+        dlg = AddDeviceDialog(self.roster, self.discovery_interfaces, self)
+        dlg.enrolled.connect(lambda dev: self.status.note(
+            f"Paired with \u201c{dev.name}\u201d; it joins at the next model load."))
+        self.add_device_dialog = dlg
+        dlg.show()
+        return dlg
+
+    def remove_device(self, public_key: str) -> None:
+        """Unpair the enrolled device with `public_key` and drop it from the roster."""
+        dev = self.roster.get(public_key)
+        if dev is None:
+            return
+        if self.confirm_delete:
+            question = (f"Remove \u201c{dev.name}\u201d? It is unpaired: to use it again, "
+                        "pair it with a new code.")
+            answer = QMessageBox.question(self, "Remove device", question)
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        self.roster.remove(public_key)
+        self.status.note(f"Removed \u201c{dev.name}\u201d.")
+
+    def _roster_changed(self) -> None:
+        self.devices.set_enrolled(self.roster.devices())
+        self.engine.worker.set_remote_devices(self.roster.worker_specs())
 
     def _model_ready(self, name: str, world_size: int) -> None:
         self.status.set_loading(False, "Ready")
@@ -343,6 +397,10 @@ class MainWindow(QMainWindow):
             super().closeEvent(event)
             return
         self._closed = True
+        if self.add_device_dialog is not None:
+            self.add_device_dialog.close()
+            shiboken6.delete(self.add_device_dialog)  # now, not later: it browses mDNS
+            self.add_device_dialog = None
         self.settings.flush()
         s = self.controller.stream
         if s is not None:

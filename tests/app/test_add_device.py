@@ -1,0 +1,136 @@
+"""Add device: a real worker process on loopback is listed live, refuses a wrong code with
+the tries-left message, pairs with the code it printed, becomes an enrolled device in the
+Devices panel (trust store + settings), and its row vanishes when the process stops."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.add_device_dialog import default_budget_gb
+from app.device_roster import GB, SETTINGS_KEY
+from app.pairing_jobs import parse_host_port
+from core.cluster.trust import TrustStore
+from tests.app.conftest import close_window, open_window
+from tests.app.fake_engine import FakeLoader
+from tests.app.worker_process import WorkerProcess
+
+WAIT_MS = 15000
+
+
+def _rows_named(dlg, name: str, manual: bool = False) -> list[int]:
+    m = dlg.model
+    return [r for r in range(m.rowCount()) if m.peer(r).name == name
+            and m.key(r).startswith("manual:") == manual]
+
+
+def _cell(dlg, row: int, col: int) -> str:
+    return dlg.model.index(row, col).data()
+
+
+def _wrong(code: str) -> str:
+    return str((int(code[0]) + 1) % 10) + code[1:]
+
+
+@pytest.mark.slow
+def test_add_device_lists_pairs_and_loses_a_real_worker(qtbot, themed, tmp_path):
+    name = f"test-worker-{uuid.uuid4().hex[:6]}"  # other runs may advertise on lo too
+    worker = WorkerProcess(name, tmp_path / "worker")
+    try:
+        code = worker.code()
+        w = open_window(qtbot, FakeLoader())
+        w.discovery_interfaces = ["127.0.0.1"]
+        w.confirm_delete = False
+        qtbot.mouseClick(w.devices.add_button, Qt.MouseButton.LeftButton)
+        dlg = w.add_device_dialog
+        assert dlg is not None and dlg.isVisible()
+
+        # listed live over mDNS, with what its TXT record says
+        qtbot.waitUntil(lambda: bool(_rows_named(dlg, name)), timeout=WAIT_MS)
+        row = _rows_named(dlg, name)[0]
+        assert _cell(dlg, row, 4) == worker.fingerprint
+        assert re.fullmatch(r"\d+\.\d of \d+\.\d GB", _cell(dlg, row, 1))
+        assert int(_cell(dlg, row, 2)) >= 1 and _cell(dlg, row, 3)
+        assert _cell(dlg, row, 5) == "Not paired"
+        assert dlg.select_peer(name)
+        peer = dlg.current_peer()
+        assert dlg.budget.value() == default_budget_gb(peer)
+        assert worker.fingerprint in dlg.selected.text()
+
+        # the manual host:port fallback finds the same device
+        dlg.manual.setText(f"{worker.host}:{worker.port}")
+        qtbot.mouseClick(dlg.probe_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: bool(_rows_named(dlg, name, manual=True)), timeout=WAIT_MS)
+        assert dlg.current_peer().fingerprint == worker.fingerprint
+        assert dlg.select_peer(name)
+
+        # a wrong code is refused, and the dialog says how many tries are left
+        dlg.code.setText(_wrong(code))
+        qtbot.mouseClick(dlg.pair_button, Qt.MouseButton.LeftButton)
+        assert dlg.progress.isVisible() and not dlg.pair_button.isEnabled()
+        qtbot.waitUntil(lambda: "tries left" in dlg.status.text(), timeout=WAIT_MS)
+        assert f"'{name}' refused the pairing code (2 tries left)" in dlg.status.text()
+        assert not dlg.progress.isVisible()
+        assert w.roster.devices() == [] and name not in w.devices.cards
+
+        # the printed code pairs it; it is enrolled with the chosen budget
+        dlg.budget.setValue(1.5)
+        dlg.code.setText(code)
+        qtbot.keyClick(dlg.code, Qt.Key.Key_Return)
+        qtbot.waitUntil(lambda: bool(w.roster.devices()), timeout=WAIT_MS)
+        worker.expect(re.compile(r"paired with '"))
+        (dev,) = w.roster.devices()
+        assert dev.name == name and dev.fingerprint == worker.fingerprint
+        assert dev.memory_budget == int(1.5 * GB) and dev.port == worker.port
+        assert "Paired with" in dlg.status.text()
+        assert _cell(dlg, _rows_named(dlg, name)[0], 5) == "Paired with this app"
+        stored = TrustStore.open("worker", w.roster.data_dir).list()
+        assert [p.name for p in stored] == [name]
+        assert dev.public_key in w.store.get_setting(SETTINGS_KEY)
+        card = w.devices.cards[name]
+        assert "paired" in card.role.text() and "pending" in card.share.text().lower()
+        assert "1.5 GB" in card.memory_label.text().replace("\xa0", " ")
+        assert not card.remove_button.isHidden()
+
+        # the row vanishes when the worker stops (zeroconf goodbye)
+        worker.stop()
+        assert dlg.isVisible()  # Return in the code field paired, it did not close the dialog
+        qtbot.waitUntil(lambda: not _rows_named(dlg, name), timeout=WAIT_MS)
+
+        # Remove device on its card unpairs it
+        qtbot.mouseClick(card.remove_button, Qt.MouseButton.LeftButton)
+        assert w.roster.devices() == [] and name not in w.devices.cards
+        assert TrustStore.open("worker", w.roster.data_dir).list() == []
+        dlg.close()
+        close_window(w)
+    finally:
+        worker.stop()
+
+
+def test_local_workers_spin_box_reloads_with_more_ranks(qtbot, themed):
+    seen = []
+
+    class Recording(FakeLoader):
+        def __call__(self, model, opts, progress):
+            seen.append(opts.ranks)
+            return super().__call__(model, opts, progress)
+
+    w = open_window(qtbot, Recording())
+    assert seen == [1] and w.devices.local_workers.value() == 0
+    w.devices.local_workers.setValue(2)
+    qtbot.waitUntil(lambda: seen == [1, 3] and w.controller.ready, timeout=WAIT_MS)
+    assert w.store.get_setting("ranks") == 3 and w.rank_actions[3].isChecked()
+    w.rank_actions[2].trigger()  # the Model menu and the card stay in step
+    assert w.devices.local_workers.value() == 1
+    close_window(w)
+
+
+def test_host_port_parsing():
+    assert parse_host_port(" 192.168.1.20:47000 ") == ("192.168.1.20", 47000)
+    assert parse_host_port("[fe80::1]:5555") == ("fe80::1", 5555)
+    assert parse_host_port("mini-pc.local:80") == ("mini-pc.local", 80)
+    for bad in ("", "host", "host:", ":80", "host:0", "host:99999", "fe80::1:80", "[::1]80"):
+        assert parse_host_port(bad) is None, bad
