@@ -1,0 +1,190 @@
+"""Render benchmarks/out/*.json as markdown: machine, targets with PASS/MISS, tables, notes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ENGINE_TARGETS = (
+    # (model, config, key, limit, what)
+    ("default", "ours r1 wall", "decode_vs_hf", 0.8,
+     "default model, 1 rank, all resident: decode ms/token vs transformers"),
+    ("default", "ours r2 wall", "decode_vs_1rank", 1.5,
+     "default model, 2 ranks vs 1 rank (window all): decode ms/token"),
+)
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _f(x, nd: int = 1) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def _verdict(value, limit) -> str:
+    if value is None:
+        return "not measured"
+    return "PASS" if value <= limit else "MISS"
+
+
+def machine_section(m: dict, extra: dict) -> list[str]:
+    return [
+        "## Machine", "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_gib']} GiB; {m['os']}",
+        f"- Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}",
+        f"- Date: {m['date']}; load average at start {m['load_avg_at_start']}"
+        + (f", at end {extra['load_avg_at_end']}" if extra.get("load_avg_at_end") else ""),
+        f"- Whole run: {_f(extra.get('total_min'))} min" if extra.get("total_min") else "",
+        "",
+    ]
+
+
+def targets_section(engine: dict | None, memory: dict | None) -> list[str]:
+    lines = ["## Targets", "", "| target | limit | measured (ratio of medians) | paired "
+             "median | result |", "|---|---|---|---|---|"]
+    for model, cfg, key, limit, what in ENGINE_TARGETS:
+        row = ((engine or {}).get("models", {}).get(model, {}).get("summary", {}).get(cfg, {}))
+        paired = row.get("decode_vs_hf_paired") if key == "decode_vs_hf" else None
+        lines.append(f"| {what} | <= {limit} | {_f(row.get(key), 3)} | {_f(paired, 3)} | "
+                     f"{_verdict(row.get(key), limit)} |")
+    if memory:
+        s = memory["summary"]
+        ok = s["ratio"] <= s["target"] and s["same_tokens"]
+        lines.append(
+            f"| 64-layer Llama, 2 ranks: peak RSS of all processes, window 2 / window all, "
+            f"same tokens ({'yes' if s['same_tokens'] else 'NO'}) | <= {s['target']} | "
+            f"{_f(s['ratio'], 3)} | psutil: {_f(s['ratio_psutil'], 3)} | "
+            f"{'PASS' if ok else 'MISS'} |")
+    else:
+        lines.append("| 64-layer Llama, window 2 / all peak RSS | <= 0.4 | - | - | not measured |")
+    return lines + [""]
+
+
+def engine_section(name: str, m: dict) -> list[str]:
+    lines = [
+        f"### {name} ({m['model_gb']} GB fp32)", "",
+        f"{m['reps']} repetitions, {m['new_tokens']} new tokens, greedy, "
+        f"{'raw prompt' if m['raw'] else 'chat template'}, "
+        f"{m['summary']['transformers']['tokens']} tokens made by transformers. "
+        f"Pre-split seconds per rank count: {m['split_s']}.", "",
+        "| engine | TTFT ms | decode ms/tok | spread | decode vs HF (paired) | vs 1 rank | "
+        "peak RSS per rank MB | (as reported) | sum MB | same tokens as HF | disk read MB | "
+        "major faults |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in m["summary"].items():
+        vs = (f"{_f(r.get('decode_vs_hf'), 2)} ({_f(r.get('decode_vs_hf_paired'), 2)})"
+              if label != "transformers" else "1")
+        rss = " / ".join(_f(x, 0) for x in r["peak_rss_mb_sampled"])
+        cli = " / ".join(_f(x, 0) for x in r["peak_rss_mb"])
+        ttft = _f(r["ttft_ms"], 0)
+        if r.get("ttft_warm_ms") is not None:
+            ttft += f" (warm {_f(r['ttft_warm_ms'], 0)})"
+        lines.append(
+            f"| {label} | {ttft} | {_f(r['decode_ms_per_token'], 1)} | "
+            f"{_f(r['decode_spread'], 2)} | {vs} | {_f(r.get('decode_vs_1rank'), 2)} | {rss} | "
+            f"{cli} | "
+            f"{_f(r['sum_peak_rss_mb'], 0)} | {'yes' if r['match_hf'] else 'NO'} | "
+            f"{_f(r['ru_read_mb'], 0)} | {_f(r['ru_majflt'], 0)} |")
+    return lines + [""]
+
+
+def memory_section(mem: dict) -> list[str]:
+    s = mem["summary"]
+    sp = mem["split"]
+    lines = [
+        f"## Memory: {mem['model']} ({mem['model_gb']} GB fp32), {mem['ranks']} ranks", "",
+        _when(mem), "",
+        f"{mem['reps']} repetitions per window, {mem['new_tokens']} greedy tokens, windows "
+        f"alternating. Same tokens in every run: {'yes' if s['same_tokens'] else 'NO'}. "
+        f"Splitting (done before, not counted; measured fresh into a throw-away cache): "
+        f"{sp['wall_s']} s, peak RSS {sp['peak_tree_rss_mb']} MB, "
+        f"disk read {sp['ru_read_mb']} MB.", "",
+        "| window | sum of rank peaks MB (as reported) | per rank MB (as reported) | "
+        "psutil sum of VmHWM peaks MB | "
+        "psutil peak of tree MB | TTFT ms | decode ms/tok | disk read MB | major faults |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for w, r in s["by_window"].items():
+        lines.append(
+            f"| {w} | {_f(r['sum_rank_peak_rss_mb'], 0)} | "
+            f"{' / '.join(_f(x, 0) for x in r['peak_rss_mb'])} | "
+            f"{_f(r['psutil_sum_peak_rss_mb'], 0)} | {_f(r['psutil_peak_tree_rss_mb'], 0)} | "
+            f"{_f(r['ttft_ms'], 0)} | {_f(r['decode_ms_per_token'], 1)} | "
+            f"{_f(r['ru_read_mb'], 0)} | {_f(r['ru_majflt'], 0)} |")
+    lines += ["", f"Ratio (sum of rank peaks): **{s['ratio']}**; from psutil sampling: "
+              f"{s['ratio_psutil']}; target <= {s['target']}.", ""]
+    return lines
+
+
+def _when(data: dict) -> str:
+    m = data.get("machine", {})
+    return f"Started {m.get('date', '?')}, load average then {m.get('load_avg_at_start', '?')}."
+
+
+def collectives_section(col: dict) -> list[str]:
+    return ["## Collectives (benchmarks/bench_collectives.py)", "",
+            f"{col.get('unit', '')}, {col.get('iters', '?')} iterations.", "",
+            col.get("table", "(no table)"), ""]
+
+
+NOTES = [
+    "## How to read this", "",
+    "- Every number is measured in this one run, side by side: for each repetition "
+    "transformers runs first, then our configurations in an order rotated per repetition. "
+    "Tables show medians; *spread* is (max - min) / median of decode ms/token over the "
+    "repetitions; *paired* ratios compare each of our runs with the transformers run of the "
+    "same repetition.",
+    "- transformers: fp32 `generate`, greedy, 2 torch threads, its own process. TTFT is the "
+    "first `generate(max_new_tokens=1)` of the process (cold, like our CLI's first step); "
+    "decode ms/token = (t(N) - t(1)) / (N - 1), warm.",
+    "- Ours: `tpi-chat generate --json` as a subprocess (rank 0 plus ranks-1 local worker "
+    "processes), torch threads = cores / ranks per rank; models pre-split before timing.",
+    "- *Peak RSS per rank* is each process's kernel high-water mark (VmHWM), read with its "
+    "RSS every 100 ms by psutil; *sum MB* adds those over all processes of the run. *(as "
+    "reported)* is the CLI's own `peak_rss_mb` (ru_maxrss). On Linux ru_maxrss survives "
+    "execve and Python spawns children with vfork, so a worker's ru_maxrss starts at its "
+    "parent's (rank 0's) peak at spawn time: it over-states workers. Disk reads and major "
+    "faults are getrusage(RUSAGE_CHILDREN) deltas over each run: every process counts.",
+    "- The machine is shared and noisy (other jobs, 2 cores); it also pages out memory and "
+    "page cache left idle for about 30 s, so streamed (windowed) runs may read from disk "
+    "(see disk read / major faults) while resident runs mostly do not.",
+    "- Tests never assert on these times; rerun `make bench` on a quiet machine for CI "
+    "numbers.",
+]
+
+
+def render(out_dir: Path, extra: dict) -> str:
+    """The whole RESULTS.md from the JSON files present in `out_dir`."""
+    engine = _load(out_dir / "engine.json")
+    memory = _load(out_dir / "memory.json")
+    col = _load(out_dir / "collectives.json")
+    mach = (engine or memory or {}).get("machine")
+    lines = ["# Benchmark results", "",
+             "Written by `make bench` (benchmarks/run_all.py); raw numbers in "
+             "benchmarks/out/*.json.", ""]
+    if mach:
+        lines += machine_section(mach, extra)
+    lines += targets_section(engine, memory)
+    if extra.get("notes"):
+        lines += ["## Notes on this run", "", *[f"- {n}" for n in extra["notes"]], ""]
+    if engine:
+        lines += ["## Engine: ours vs transformers", "", _when(engine), ""]
+        for name, m in engine["models"].items():
+            lines += engine_section(name, m)
+    if memory:
+        lines += memory_section(memory)
+    if col:
+        lines += collectives_section(col)
+    if extra.get("errors"):
+        lines += ["## Errors", "", *[f"- {e}" for e in extra["errors"]], ""]
+    lines += NOTES
+    return "\n".join(x for x in lines if x is not None) + "\n"
