@@ -27,6 +27,7 @@ from core.errors import ProtocolError
 
 _REDUCIBLE = (torch.float32, torch.float16, torch.bfloat16)
 _SNDMORE = zmq.SNDMORE
+_PARTIAL, _RESULT = wire.Kind.PARTIAL, wire.Kind.RESULT
 
 
 def check_tensor(t: torch.Tensor) -> None:
@@ -43,34 +44,61 @@ def _add(t: torch.Tensor, dst: np.ndarray, src: np.ndarray) -> None:
 
 
 def star_allreduce_(p: DataPlane, t: torch.Tensor) -> torch.Tensor:
-    """Sum `t` across ranks in place through rank 0."""
+    """Sum `t` across ranks in place through rank 0 (fast links first, then ZeroMQ)."""
     p.seq = seq = (p.seq + 1) & 0xFFFFFFFF
     arr = flat_array(t)
+    if p.rank != 0:
+        if p.fast:
+            fl = p.fast[0]
+            fl.send(_PARTIAL, seq, arr)
+            fl.recv(_RESULT, seq, arr, p.closing)  # sendmsg copied our partial: safe
+            return t
+        return _star_worker_zmq(p, arr, seq, t)
+
+    slots = p.slots(arr.size, arr.dtype)  # [ws - 1, numel]
+    fast = p.fast_order
+    for fl in fast:  # in rank order; the kernel buffers whoever is early
+        fl.recv(_PARTIAL, seq, slots[fl.peer - 1], p.closing, fast)
+    if p.zmq_workers:
+        _star_gather_zmq(p, arr, seq, slots)
+    for r in range(p.world_size - 1):  # rank order, not arrival order: deterministic sums
+        _add(t, arr, slots[r])
+    for fl in fast:
+        fl.send(_RESULT, seq, arr)
+    if p.zmq_workers:
+        _star_scatter_zmq(p, arr, seq)
+    return t
+
+
+def _star_worker_zmq(p: DataPlane, arr: np.ndarray, seq: int, t: torch.Tensor) -> torch.Tensor:
+    """Worker side of the star over ZeroMQ (a remote rank, or transport "zmq")."""
     n = arr.nbytes
     sock = p.star
     trackers: list = []
-    if p.rank != 0:
-        if p.link is None and n < _ZC:
-            sock.send(wire.pack(wire.Kind.PARTIAL, seq, n), _SNDMORE)
-            sock.send(arr)
-        else:
-            p.send(sock, [wire.pack(wire.Kind.PARTIAL, seq, n), arr], trackers)
-        nh = p.wait_first(sock, lambda: sock.recv_into(p.hdr), "rank 0", p.op_timeout)
-        p.check_hot(sock, nh, wire.Kind.RESULT, seq, n)
-        # Our partial is already on the wire (rank 0 answered), so overwriting is safe.
-        p.recv_payload(sock, arr)
-        if trackers:
-            p.wait_sent(trackers)
-        return t
+    if p.link is None and n < _ZC:
+        sock.send(wire.pack(wire.Kind.PARTIAL, seq, n), _SNDMORE)
+        sock.send(arr)
+    else:
+        p.send(sock, [wire.pack(wire.Kind.PARTIAL, seq, n), arr], trackers)
+    nh = p.wait_first(sock, lambda: sock.recv_into(p.hdr), "rank 0", p.op_timeout)
+    p.check_hot(sock, nh, wire.Kind.RESULT, seq, n)
+    # Our partial is already on the wire (rank 0 answered), so overwriting is safe.
+    p.recv_payload(sock, arr)
+    if trackers:
+        p.wait_sent(trackers)
+    return t
 
-    ws = p.world_size
-    slots = p.scratch(arr.size * (ws - 1), arr.dtype).reshape(ws - 1, arr.size)
-    got = [False] * ws
-    missing = ws - 1
+
+def _star_gather_zmq(p: DataPlane, arr: np.ndarray, seq: int, slots: np.ndarray) -> None:
+    """Rank 0: receive the partials of the ZeroMQ workers into their slots."""
+    n = arr.nbytes
+    sock = p.star
+    got = [r not in p.zmq_workers for r in range(p.world_size)]
+    missing = len(p.zmq_workers)
     while missing:
         ident = p.wait_first(sock, sock.recv, _missing_ranks(got), p.op_timeout)
         r = p.rank_of.get(ident)
-        if r is None:  # a stranger: drop its frames, keep waiting for our peers
+        if r is None or r in p.fast:  # a stranger: drop its frames, keep waiting for peers
             p.dropped += 1
             p.drain(sock)
             continue
@@ -81,19 +109,22 @@ def star_allreduce_(p: DataPlane, t: torch.Tensor) -> torch.Tensor:
         p.recv_payload(sock, slots[r - 1])
         got[r] = True
         missing -= 1
-    for r in range(ws - 1):  # rank order, not arrival order: deterministic sums
-        _add(t, arr, slots[r])
-    hdr = wire.pack(wire.Kind.RESULT, seq, n)
-    if p.link is None and n < _ZC:
-        for r in range(1, ws):
+
+
+def _star_scatter_zmq(p: DataPlane, arr: np.ndarray, seq: int) -> None:
+    """Rank 0: send the sum to the ZeroMQ workers."""
+    sock = p.star
+    hdr = wire.pack(wire.Kind.RESULT, seq, arr.nbytes)
+    if p.link is None and arr.nbytes < _ZC:
+        for r in p.zmq_workers:
             sock.send(p.ident_of[r], _SNDMORE)
             sock.send(hdr, _SNDMORE)
             sock.send(arr)
     else:
-        for r in range(1, ws):
+        trackers: list = []
+        for r in p.zmq_workers:
             p.send(sock, [p.ident_of[r], hdr, arr], trackers)
         p.wait_sent(trackers)
-    return t
 
 
 def _missing_ranks(got: list[bool]) -> str:

@@ -56,15 +56,18 @@ class CommGroup:
                link: LinkEmulation | None = None, *, algorithm: str = "star",
                op_timeout: float = DEFAULT_OP_TIMEOUT,
                limits: CodecLimits = DEFAULT_LIMITS,
-               curve: CurveServerConfig | None = None) -> CommGroup:
+               curve: CurveServerConfig | None = None,
+               transport: str = "auto") -> CommGroup:
         """Rank 0: bind on ephemeral ports of `host`; hand `endpoints` to the workers.
 
-        With `curve`, every link is CurveZMQ: the star admits only `curve.allow`ed keys.
+        With `curve`, every link to another device is CurveZMQ: the star admits only
+        `curve.allow`ed keys. `transport` "auto" puts the star links of workers on this
+        machine on raw loopback TCP (core/comm/fastlink.py); "zmq" keeps them on ZeroMQ.
         """
         if world_size < 1:
             raise ValueError("world_size must be >= 1")
         plane, endpoints = handshake.open_master(world_size, host, link, algorithm,
-                                                 op_timeout, limits, curve)
+                                                 op_timeout, limits, curve, transport)
         return cls(plane, endpoints)
 
     @classmethod
@@ -112,6 +115,11 @@ class CommGroup:
     @property
     def algorithm(self) -> str:
         return self._p.algorithm
+
+    @property
+    def local_links(self) -> list[int]:
+        """Peer ranks whose star link is the fast loopback TCP path (not ZeroMQ)."""
+        return sorted(self._p.fast)
 
     @property
     def dropped(self) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 
 import zmq
 
-from core.comm import wire
+from core.comm import fastlink, wire
 from core.comm.codec import DEFAULT_LIMITS, PROTOCOL_VERSION, CodecLimits, decode, encode
 from core.comm.curve import (
     CurveClientConfig,
@@ -38,7 +38,7 @@ from core.comm.curve import (
     make_curve_server,
 )
 from core.comm.linkemu import LinkEmulation
-from core.comm.plane import ALGORITHMS, DataPlane
+from core.comm.plane import ALGORITHMS, TRANSPORTS, DataPlane
 from core.comm.transport import bind_random, configure, wait_for
 from core.errors import PeerError, ProtocolError
 
@@ -71,11 +71,17 @@ def _ring_client(p: DataPlane, sock: zmq.Socket) -> None:
 
 def open_master(world_size: int, host: str, link: LinkEmulation | None, algorithm: str,
                 op_timeout: float, limits: CodecLimits = DEFAULT_LIMITS,
-                curve: CurveServerConfig | None = None
+                curve: CurveServerConfig | None = None, transport: str = "auto"
                 ) -> tuple[DataPlane, dict[str, Any]]:
-    """Rank 0: bind the star and ring sockets; returns the plane and the workers' endpoints."""
+    """Rank 0: bind the star and ring sockets; returns the plane and the workers' endpoints.
+
+    transport "auto" also offers raw TCP star links on loopback to workers on this
+    machine (core/comm/fastlink.py); "zmq" (or TPI_DATA_PLANE=zmq) keeps all on ZeroMQ.
+    """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown allreduce algorithm {algorithm!r}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown data-plane transport {transport!r}")
     p = DataPlane(0, world_size, link=link, op_timeout=op_timeout, limits=limits,
                   algorithm=algorithm)
     if world_size == 1:
@@ -96,6 +102,10 @@ def open_master(world_size: int, host: str, link: LinkEmulation | None, algorith
                  "star": bind_random(p.star, h), "ring0": bind_random(p.ring_in, h)}
     if p.ring_curve is not None:
         endpoints["ring_curve"] = dict(p.ring_curve)
+    if fastlink.enabled(transport):
+        p.fast_listener = fastlink.listen()
+        endpoints["fast"] = {"port": p.fast_listener.getsockname()[1],
+                             "machine": fastlink.machine_id()}
     p.watch.watch(p.star)  # index 0: fd -> rank learnt from hellos
     p.watch.watch(p.ring_in)  # index 1
     return p, endpoints
@@ -124,6 +134,9 @@ def _check_hello(p: DataPlane, frames: list[zmq.Frame], joined: dict[int, Any]) 
         raise ProtocolError(f"Rank {rank} has already joined this group.")
     if not isinstance(m.get("ring"), str) or not m["ring"].startswith("tcp://"):
         raise ProtocolError("This peer's hello has no valid ring endpoint.")
+    fast = m.get("fast", False)
+    if not isinstance(fast, bool) or (fast and p.fast_listener is None):
+        raise ProtocolError("This peer asked for a local link this group does not offer.")
     return m
 
 
@@ -176,6 +189,7 @@ def master_wait_ready(p: DataPlane, ring0: str, timeout: float) -> None:
     for r in range(1, p.world_size):
         p.send(sock, [p.ident_of[r], wire.pack(wire.Kind.WELCOME), *welcome], [])
     _wire_ring(p, ring, deadline)
+    _accept_fast(p, {r for r, m in joined.items() if m.get("fast")}, deadline)
 
     ready: set[int] = set()
     while len(ready) < p.world_size - 1:
@@ -196,6 +210,22 @@ def master_wait_ready(p: DataPlane, ring0: str, timeout: float) -> None:
     go = wire.pack(wire.Kind.GO)
     for r in range(1, p.world_size):
         p.send(sock, [p.ident_of[r], go], [])
+
+
+def _accept_fast(p: DataPlane, ranks: set[int], deadline: float) -> None:
+    """Rank 0: take the fast links of `ranks`, then close the listener for good."""
+    try:
+        if ranks:
+            links, dropped = fastlink.accept(p.fast_listener, ranks, p.token, p.link,
+                                             p.op_timeout, deadline, p.closing)
+            p.dropped += dropped
+            p.set_fast(links)
+        else:
+            p.set_fast({})
+    finally:
+        if p.fast_listener is not None:
+            p.fast_listener.close()
+            p.fast_listener = None
 
 
 def _ranks(ranks: list[int]) -> str:
@@ -264,6 +294,7 @@ def open_worker(rank: int, world_size: int, endpoints: dict[str, Any], host: str
         p.ring_curve = {"public": rc["public"], "secret": rc["secret"]}
     elif rc is not None:
         raise ProtocolError("rank 0 set up an encrypted group; join it with curve=...")
+    p.fast_offer = endpoints.get("fast")
     p.ctx = zmq.Context(io_threads=1)
     try:
         _join(p, endpoints["star"], host, join_timeout, curve)
@@ -289,8 +320,9 @@ def _join(p: DataPlane, star: str, host: str, join_timeout: float,
         p.ring_in.ipv6 = True
     ring_ep = bind_random(p.ring_in, f"[{host}]" if ":" in host else host)
     p.watch.watch(p.ring_in)  # index 1
+    fast = fastlink.usable(p.fast_offer)
     hello = encode("hello", {"rank": p.rank, "world_size": p.world_size, "token": p.token,
-                             "ring": ring_ep, "pid": os.getpid()})
+                             "ring": ring_ep, "pid": os.getpid(), "fast": fast})
     p.send(p.star, [wire.pack(wire.Kind.HELLO), *hello], [])
     frames = wait_for(lambda: p.star.recv_multipart(copy=False), timeout=_left(deadline),
                       closing=p.closing, watch=p.watch,
@@ -309,6 +341,9 @@ def _join(p: DataPlane, star: str, host: str, join_timeout: float,
         raise ProtocolError("rank 0's welcome is malformed.")
     p.algorithm = algo
     _wire_ring(p, ring, deadline)
+    if fast:
+        p.set_fast({0: fastlink.connect(p.fast_offer["port"], p.rank, p.token, p.link,
+                                        p.op_timeout, _left(deadline))})
     p.send(p.star, [wire.pack(wire.Kind.READY)], [])
     # Wait for GO: a collective sent before rank 0 saw every READY would be mistaken
     # for a broken handshake.

@@ -13,6 +13,7 @@ DataPlane; set-up lives in core/comm/handshake.py.
 
 from __future__ import annotations
 
+import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ import zmq
 
 from core.comm import wire
 from core.comm.codec import DEFAULT_LIMITS, CodecLimits
+from core.comm.fastlink import FastLink
 from core.comm.linkemu import LinkEmulation
 from core.comm.transport import PeerWatch, wait_for
 from core.errors import PeerError, ProtocolError
@@ -31,6 +33,7 @@ from core.errors import PeerError, ProtocolError
 ZERO_COPY_MIN = 64 * 1024
 
 ALGORITHMS = ("star", "ring")
+TRANSPORTS = ("auto", "zmq")  # auto: raw TCP to ranks on this machine, ZeroMQ to the others
 
 
 def flat_array(t: torch.Tensor) -> np.ndarray:
@@ -73,6 +76,13 @@ class DataPlane:
     _scratch: np.ndarray | None = None
     guards: list = field(default_factory=list)  # ZAP registrations (CURVE), closed last
     ring_curve: dict | None = None  # {"public", "secret"}: the group's ring key pair
+    # Fast path (core/comm/fastlink.py): raw TCP star links to ranks on this machine.
+    fast: dict[int, FastLink] = field(default_factory=dict)  # peer rank -> link
+    fast_order: list[FastLink] = field(default_factory=list)  # rank 0: by rank
+    zmq_workers: list[int] = field(default_factory=list)  # rank 0: star ranks on ZeroMQ
+    fast_listener: socket.socket | None = None  # rank 0, during set-up only
+    fast_offer: object = None  # worker: rank 0's "fast" endpoint entry, unvalidated
+    _slots: dict = field(default_factory=dict)
 
     @property
     def prev(self) -> int:
@@ -92,6 +102,23 @@ class DataPlane:
         if self._scratch is None or self._scratch.nbytes < nbytes:
             self._scratch = np.empty(max(nbytes, 4096), dtype=np.uint8)
         return self._scratch[:nbytes].view(dtype)
+
+    def slots(self, count: int, dtype: np.dtype) -> np.ndarray:
+        """Rank 0's [world_size - 1, count] receive buffer, cached per size and dtype."""
+        key = (count, dtype)
+        got = self._slots.get(key)
+        if got is None:
+            if len(self._slots) > 16:  # shapes vary (prefill lengths): keep a few only
+                self._slots.clear()
+            got = np.empty((self.world_size - 1, count), dtype=dtype)
+            self._slots[key] = got
+        return got
+
+    def set_fast(self, links: dict[int, FastLink]) -> None:
+        """Install the fast links; the other workers stay on the ZeroMQ star."""
+        self.fast = links
+        self.fast_order = [links[r] for r in sorted(links)]
+        self.zmq_workers = [r for r in range(1, self.world_size) if r not in links]
 
     # -- sending -------------------------------------------------------------------
 
@@ -171,6 +198,12 @@ class DataPlane:
     def close(self) -> None:
         self.closing.set()
         self.watch.close()
+        for fl in self.fast.values():
+            fl.close()
+        self.fast, self.fast_order = {}, []
+        if self.fast_listener is not None:
+            self.fast_listener.close()
+            self.fast_listener = None
         for s in (self.star, self.ring_in, self.ring_out):
             if s is not None:
                 s.close(linger=0)

@@ -39,6 +39,7 @@ class Kind(IntEnum):
     STEP = 8  # rank 0 -> worker: codec "step" message
     RING_HELLO = 9  # rank -> next rank on the ring socket: codec "ring_hello" {rank, token}
     GO = 10  # rank 0 -> worker: every rank is READY, collectives may start
+    FAST_HELLO = 11  # worker -> rank 0 on a loopback TCP link: seq = rank, HMAC (fastlink.py)
 
 
 def pack(kind: Kind, seq: int = 0, nbytes: int = 0) -> bytes:

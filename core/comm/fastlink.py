@@ -1,0 +1,319 @@
+"""Raw TCP links between rank 0 and workers on the same machine (the fast data path).
+
+ZeroMQ costs ~100 us per star allreduce on top of the kernel's loopback round trip
+(I/O thread hand-offs, multipart framing). For ranks on one machine the allreduce goes
+over a plain TCP socket instead:
+
+- TCP_NODELAY, blocking sockets with SO_RCVTIMEO/SO_SNDTIMEO slices (the hot path is one
+  sendmsg and one recvmsg_into syscall per message; a slice only expires when nothing
+  arrived, and then we check the deadline, close() and the other links' liveness);
+- every message is the fixed 16-byte wire header (core/comm/wire.py) and one raw
+  payload, received straight into a preallocated buffer; kind, sequence number and
+  byte count must equal what the receiver expects, or the group fails with
+  ProtocolError (nothing is ever sized by what a peer says);
+- link emulation (core/comm/linkemu.py) delays each send, as on the ZeroMQ path.
+
+Only loopback: the listener binds 127.0.0.1, and a worker uses it only when rank 0
+runs on the same machine (same boot id and host name). Links to other devices stay
+on ZeroMQ + CURVE, so nothing crosses a network in clear.
+
+Admission: a worker opens the connection and sends one header (kind FAST_HELLO, seq =
+its rank, nbytes = 32) plus HMAC-SHA256(session token, "tpi-fast" | rank). Rank 0 only
+accepts ranks that asked for a fast link in their (token-checked) ZeroMQ hello, reads
+at most 48 bytes from each connection and closes anything else unanswered; the
+listener is closed once every expected link is in, so later strangers find no port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.comm import wire
+from core.comm.linkemu import LinkEmulation
+from core.comm.transport import GroupClosed
+from core.errors import PeerError, ProtocolError
+
+SLICE_S = 0.1  # receive slice: how often a waiting receive checks deadline and close()
+_MAC_SIZE = 32
+_HELLO_SIZE = wire.HOT_SIZE + _MAC_SIZE
+_TIMEVAL = struct.Struct("@ll")
+LOOPBACK = "127.0.0.1"
+
+
+def machine_id() -> str:
+    """Identifies this machine for this boot: equal ids mean loopback reaches the peer."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = f"{uuid.getnode():x}"
+    return f"{socket.gethostname()}/{boot}"
+
+
+def enabled(transport: str) -> bool:
+    """Whether this process may use fast links (TPI_DATA_PLANE=zmq forces ZeroMQ)."""
+    return transport == "auto" and os.environ.get("TPI_DATA_PLANE", "auto") != "zmq"
+
+
+def usable(offer: object) -> bool:
+    """Worker: rank 0 offered a fast link (endpoints["fast"]) and runs on this machine."""
+    if not enabled("auto") or not isinstance(offer, dict):
+        return False
+    port = offer.get("port")
+    return (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
+            and offer.get("machine") == machine_id())
+
+
+def hello_mac(token: str, rank: int) -> bytes:
+    """What a worker proves it holds the session token with (the token is never sent)."""
+    return hmac.new(token.encode(), b"tpi-fast|%d" % rank, hashlib.sha256).digest()
+
+
+def _tune(sock: socket.socket, send_timeout_s: float) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(0, int(SLICE_S * 1e6)))
+    secs = max(send_timeout_s, 0.001)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    _TIMEVAL.pack(int(secs), int((secs % 1) * 1e6)))
+
+
+def _bytes(a: np.ndarray) -> memoryview:
+    """Byte view of a contiguous array (recv_into/recvmsg_into want byte offsets)."""
+    return memoryview(a.view(np.uint8))
+
+
+@dataclass
+class FastLink:
+    """One authenticated loopback TCP connection to `peer` (a rank of the group)."""
+
+    sock: socket.socket
+    peer: int
+    link: LinkEmulation | None = None
+    op_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.hdr = bytearray(wire.HOT_SIZE)
+        self._hview = memoryview(self.hdr)
+        self._out = bytearray(wire.HOT_SIZE)
+        self._deadline: float | None = None  # set when a receive first waits a slice
+
+    # -- sending -------------------------------------------------------------------
+
+    def send(self, kind: int, seq: int, payload: np.ndarray) -> None:
+        """Header + payload in one sendmsg (no concatenation copy)."""
+        body = _bytes(payload)
+        wire.HOT.pack_into(self._out, 0, wire.MAGIC, wire.PROTOCOL_VERSION, kind,
+                           seq & 0xFFFFFFFF, body.nbytes)
+        if self.link is not None:
+            self.link.before_send(wire.HOT_SIZE + body.nbytes)
+        try:
+            sent = self.sock.sendmsg([self._out, body])
+            if sent < wire.HOT_SIZE + body.nbytes:  # big payload: the kernel took a part
+                if sent < wire.HOT_SIZE:
+                    self.sock.sendall(memoryview(self._out)[sent:])
+                    sent = wire.HOT_SIZE
+                self.sock.sendall(body[sent - wire.HOT_SIZE:])
+        except (BlockingIOError, TimeoutError) as e:
+            raise PeerError(f"rank {self.peer} did not take our data within "
+                            f"{self.op_timeout:g} s.") from e
+        except OSError as e:
+            raise PeerError(f"rank {self.peer} disconnected.") from e
+
+    # -- receiving -----------------------------------------------------------------
+
+    def recv(self, kind: int, seq: int, into: np.ndarray, closing: threading.Event,
+             others: list[FastLink] | tuple = ()) -> None:
+        """Receive one message whose payload must be exactly `into`, straight into it.
+
+        `others`: links checked for a dropped peer while this one is silent.
+        """
+        body = _bytes(into)
+        want = wire.HOT_SIZE + body.nbytes
+        self._deadline = None
+        try:
+            got = self.sock.recvmsg_into([self._hview, body])[0]  # the common case: all of it
+        except (BlockingIOError, TimeoutError):
+            self._waited(closing, others)
+            got = self._recv_some(self._hview, closing, others)
+        except OSError as e:
+            raise PeerError(f"rank {self.peer} disconnected.") from e
+        if got == 0:
+            raise PeerError(f"rank {self.peer} disconnected.")
+        while got < want:
+            if got < wire.HOT_SIZE:
+                got += self._recv_some(self._hview[got:], closing, others)
+            else:
+                got += self._recv_some(body[got - wire.HOT_SIZE:], closing, others)
+        self._check(kind, seq, body.nbytes)
+
+    def _check(self, kind: int, seq: int, nbytes: int) -> None:
+        k, s, nb = wire.unpack(self.hdr)
+        if k != kind or s != seq or nb != nbytes:
+            raise ProtocolError(
+                f"Expected a {wire.Kind(kind).name} message #{seq} of {nbytes} bytes from "
+                f"rank {self.peer}, got kind {k} #{s} of {nb} bytes; the ranks are out of step.")
+
+    def _recv_some(self, view: memoryview, closing: threading.Event, others) -> int:
+        while True:
+            try:
+                n = self.sock.recv_into(view)
+            except (BlockingIOError, TimeoutError):
+                self._waited(closing, others)
+                continue
+            except OSError as e:
+                raise PeerError(f"rank {self.peer} disconnected.") from e
+            if n == 0:
+                raise PeerError(f"rank {self.peer} disconnected.")
+            return n
+
+    def _waited(self, closing: threading.Event, others) -> None:
+        """A slice passed with nothing: raise if closing, a peer dropped, or time is up."""
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self.op_timeout - SLICE_S  # one slice already elapsed
+        if closing.is_set():
+            raise GroupClosed("The communication group was closed while waiting for a peer.")
+        for o in others:
+            if o is not self and o.peer_gone():
+                raise PeerError(f"rank {o.peer} disconnected.")
+        if now >= self._deadline:
+            raise PeerError(f"rank {self.peer} did not answer within {self.op_timeout:g} s.")
+
+    def peer_gone(self) -> bool:
+        """True if the peer closed its end (non-blocking peek; data pending means alive)."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, TimeoutError):
+            return False
+        except OSError:
+            return True
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# -- set-up ----------------------------------------------------------------------------
+
+def listen() -> socket.socket:
+    """Rank 0: an ephemeral loopback listener for the workers' fast links."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind((LOOPBACK, 0))
+    srv.listen(64)
+    srv.setblocking(False)
+    return srv
+
+
+def connect(port: int, rank: int, token: str, link: LinkEmulation | None,
+            op_timeout: float, timeout: float) -> FastLink:
+    """Worker: open our fast link to rank 0 and prove we hold the session token."""
+    try:
+        sock = socket.create_connection((LOOPBACK, port), timeout=max(timeout, 0.1))
+    except OSError as e:
+        raise PeerError(f"rank {rank} could not open its local link to rank 0 ({e}).") from e
+    sock.settimeout(None)
+    _tune(sock, op_timeout)
+    sock.sendall(wire.pack(wire.Kind.FAST_HELLO, rank, _MAC_SIZE) + hello_mac(token, rank))
+    return FastLink(sock, 0, link, op_timeout)
+
+
+class _Pending:
+    """A connection accepted by rank 0 whose hello is not complete yet."""
+
+    __slots__ = ("sock", "buf")
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.buf = sock, bytearray()
+
+
+def _admit(buf: bytes, token: str, expected: set[int]) -> int:
+    """The rank a complete hello proves; ProtocolError for anything else."""
+    kind, rank, nbytes = wire.unpack(buf[:wire.HOT_SIZE])
+    if kind != wire.Kind.FAST_HELLO or nbytes != _MAC_SIZE or rank not in expected:
+        raise ProtocolError("not a fast-link hello of an expected rank")
+    if not hmac.compare_digest(bytes(buf[wire.HOT_SIZE:]), hello_mac(token, rank)):
+        raise ProtocolError("fast-link hello without the session token")
+    return rank
+
+
+def accept(srv: socket.socket, expected: set[int], token: str, link: LinkEmulation | None,
+           op_timeout: float, deadline: float, closing: threading.Event
+           ) -> tuple[dict[int, FastLink], int]:
+    """Rank 0: admit one fast link per expected rank; returns (links, strangers dropped).
+
+    Strangers (garbage, silence, wrong token, a rank already in) are closed without an
+    answer and never delay the real ranks: every connection is read without blocking.
+    """
+    links: dict[int, FastLink] = {}
+    dropped = 0
+    sel = selectors.DefaultSelector()
+    sel.register(srv, selectors.EVENT_READ, None)
+    try:
+        while len(links) < len(expected):
+            left = deadline - time.monotonic()
+            if closing.is_set() or left <= 0:
+                missing = sorted(expected - links.keys())
+                raise PeerError(f"rank{'s' if len(missing) > 1 else ''} "
+                                f"{', '.join(map(str, missing))} did not open a local link "
+                                "to rank 0 in time.")
+            for key, _ in sel.select(min(left, SLICE_S)):
+                if key.data is None:
+                    _accept_one(srv, sel)
+                    continue
+                rank = _read_hello(key.data, sel, token, expected - links.keys())
+                if rank == -1:
+                    dropped += 1
+                elif rank is not None:
+                    key.data.sock.setblocking(True)
+                    _tune(key.data.sock, op_timeout)
+                    links[rank] = FastLink(key.data.sock, rank, link, op_timeout)
+    finally:  # admitted links were unregistered: what is left are strangers
+        for key in list(sel.get_map().values()):
+            if key.data is not None:
+                key.data.sock.close()
+        sel.close()
+    return links, dropped
+
+
+def _accept_one(srv: socket.socket, sel: selectors.BaseSelector) -> None:
+    try:
+        conn, _ = srv.accept()
+    except BlockingIOError:
+        return
+    conn.setblocking(False)
+    sel.register(conn, selectors.EVENT_READ, _Pending(conn))
+
+
+def _read_hello(pend: _Pending, sel: selectors.BaseSelector, token: str,
+                expected: set[int]) -> int | None:
+    """Rank proven by a finished hello, None while incomplete, -1 for a dropped stranger."""
+    try:
+        chunk = pend.sock.recv(_HELLO_SIZE - len(pend.buf))
+    except BlockingIOError:
+        return None
+    except OSError:
+        chunk = b""
+    pend.buf += chunk
+    if chunk and len(pend.buf) < _HELLO_SIZE:
+        return None
+    sel.unregister(pend.sock)
+    try:
+        if not chunk:
+            raise ProtocolError("closed before its hello")
+        return _admit(bytes(pend.buf), token, expected)
+    except ProtocolError:
+        pend.sock.close()
+        return -1
