@@ -39,6 +39,7 @@ def _allreduce_round(g: CommGroup, out, shape, algo: str, kind: str, seed: int =
 @pytest.mark.parametrize("world_size", [2, 3, 4])
 def test_allreduce_star_and_ring_exact(cluster, world_size):
     g, out = cluster(world_size)
+    assert g.local_links == list(range(1, world_size))  # worker processes on this machine
     for i, shape in enumerate(SHAPES):
         res, expected = _allreduce_round(g, out, shape, "star", "rand", seed=i)
         for r, t in res.items():
