@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
@@ -17,6 +17,10 @@ from PySide6.QtWidgets import (
 )
 
 from core.engine.sampler import SamplingParams
+
+# Small instruct models ramble at the engine's generic 0.7; SmolLM2's model card samples
+# with temperature 0.2, top-p 0.9 (and the default model then answers "Paris").
+DEFAULT_PARAMS = SamplingParams(temperature=0.2, top_p=0.9)
 
 SAVE_DELAY_MS = 400
 
@@ -89,14 +93,14 @@ class SettingsPanel(QWidget):
         form.addRow("Repetition penalty", self.repetition_penalty)
         lay.addLayout(form)
         self.reset_button = QPushButton("Reset to defaults", self)
-        self.reset_button.clicked.connect(lambda: self.set_params(SamplingParams()))
+        self.reset_button.clicked.connect(lambda: self.set_params(DEFAULT_PARAMS))
         lay.addWidget(self.reset_button, 0, Qt.AlignmentFlag.AlignLeft)
         lay.addStretch(1)
         for w in (self.temperature, self.top_p, self.repetition_penalty):
             w.valueChanged.connect(self._params_edited)
         for w in (self.top_k, self.max_new_tokens):
             w.valueChanged.connect(self._params_edited)
-        self.set_params(SamplingParams())
+        self.set_params(DEFAULT_PARAMS)
 
     # sampling ------------------------------------------------------------------------
     def params(self) -> SamplingParams:
@@ -112,9 +116,10 @@ class SettingsPanel(QWidget):
         if isinstance(params, dict):
             known = set(asdict(SamplingParams()))
             try:
-                params = SamplingParams(**{k: v for k, v in params.items() if k in known})
+                params = replace(DEFAULT_PARAMS,
+                                 **{k: v for k, v in params.items() if k in known})
             except (TypeError, ValueError):
-                params = SamplingParams()
+                params = DEFAULT_PARAMS
         self._loading = True
         try:
             self.temperature.setValue(params.temperature)
