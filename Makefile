@@ -39,6 +39,8 @@ PYINSTALLER_VERSION := 6.22.3
 bundle: setup
 	$(BIN)/python -c "import PyInstaller, sys; sys.exit(PyInstaller.__version__ != '$(PYINSTALLER_VERSION)')" 2>/dev/null \
 		|| $(BIN)/python -m pip install -q pyinstaller==$(PYINSTALLER_VERSION)
+	@for lib in libxcb-cursor.so.0 libxcb-icccm.so.4 libxcb-keysyms.so.1; do \
+		ldconfig -p 2>/dev/null | grep -q $$lib || echo "warning: $$lib is missing here, so Qt's xcb plugin in the bundle will not load on machines without it (apt-get install libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1)"; done
 	$(BIN)/python -m PyInstaller --noconfirm --clean --log-level WARN \
 		--distpath dist --workpath build/pyinstaller packaging/tpi-chat.spec
 	# libtorch ships its symbol table (~90 MB); its dynamic symbols stay, so this is safe.

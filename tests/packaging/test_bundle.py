@@ -76,3 +76,36 @@ def test_app_starts_its_window_not_the_terminal_fallback(bundle, tmp_path):
     assert alive, out
     # The terminal fallback (when the GUI cannot be imported) starts with progress bars.
     assert "importing model" not in out and "Ctrl-D quits" not in out, out
+
+
+def test_bundled_worker_advertises_itself_over_mdns(bundle, tmp_path):
+    """The mini PC runs the same bundle as `tpi-chat worker`: a master must find it."""
+    import re
+    import threading
+
+    from core.cluster.discovery import Browser
+
+    seen: set[str] = set()
+    lines: list[str] = []
+    proc = subprocess.Popen([str(EXE), "worker", "--name", "bundled-mini", "--host",
+                             "127.0.0.1", "--data-dir", str(tmp_path / "w")],
+                            env={"HOME": str(tmp_path)}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        with Browser(lambda ev: seen.add(ev.peer.fingerprint) if ev.kind != "remove"
+                     else None, interfaces=["127.0.0.1"]):
+            deadline = time.monotonic() + 90
+            fp = None
+            while time.monotonic() < deadline and (fp is None or fp not in seen):
+                m = re.search(r"worker 'bundled-mini' \(([0-9a-f-]+)\)", "".join(lines))
+                fp = m.group(1) if m else None
+                time.sleep(0.2)
+            assert fp is not None and fp in seen, ("not seen over mDNS", lines, seen)
+    finally:
+        proc.send_signal(2)  # SIGINT: the worker unregisters and says goodbye
+        proc.wait(timeout=30)
+        reader.join(5)
+    out = "".join(lines)
+    assert "pairing code: " in out and "worker stopped" in out, out
