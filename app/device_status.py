@@ -1,26 +1,26 @@
-"""What the Devices panel shows about one device (no Qt: the engine thread builds these)."""
+"""What the Devices panel shows about one device (no Qt: the engine thread builds these).
+
+`DeviceStatus` is core.cluster.device_status's (a Session reports those directly);
+`from_rank_stats` builds the same rows for a plain LocalCluster.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from typing import Any
 
+from core.cluster.device_status import DeviceStatus
 
-@dataclass
-class DeviceStatus:
-    """One device (or local rank) of the cluster, as of its last report."""
+__all__ = ["DeviceStatus", "device_of_stage", "from_rank_stats"]
 
-    name: str
-    role: str = "worker"  # "master" | "worker"
-    state: str = "ready"  # "ready", "busy", "loading", "offline", ...
-    share: str = ""  # e.g. "4/8 KV heads, 50% of MLP"
-    resident_blocks: int = 0
-    budget_blocks: int = 0
-    resident_bytes: int = 0
-    budget_bytes: int = 0
-    rtt_ms: float | None = None
-    tokens_per_s: float | None = None
-    rss_mb: float | None = None
+# core.cluster.remote_rank reports shard shipping to a worker under this stage name
+_SHIP_STAGE = re.compile(r"^sending shards to '(.+)'$")
+
+
+def device_of_stage(stage: str) -> str | None:
+    """The device a load stage is about ("sending shards to 'mini-pc'" -> "mini-pc")."""
+    m = _SHIP_STAGE.match(stage)
+    return m[1] if m else None
 
 
 def from_rank_stats(stats: list[Any], busy: bool, tokens_per_s: float | None) -> list[DeviceStatus]:

@@ -6,6 +6,8 @@ times for its sparkline. The "This computer" card is always there (the master's 
 goes into it) and offers extra local worker processes. Enrolled devices
 (`set_enrolled`) the running model does not use yet show as "paired, share pending";
 their cards have a Remove button and context menu (`remove_device_requested(key)`).
+While a model loads, `show_transfer(name, done, total)` puts shard shipping progress on
+that device's card (the next status row replaces it).
 """
 
 from __future__ import annotations
@@ -178,7 +180,19 @@ class DeviceCard(QFrame):
         if self.remove_key:
             self.remove_requested.emit(self.remove_key)
 
-    def update_status(self, s: DeviceStatus) -> None:
+    def show_transfer(self, done: int, total: int) -> None:
+        """Shard shipping to this device: bytes it holds of the bytes its share needs."""
+        frac = done / total if total else 0.0
+        self.dot.setStyleSheet(f"color: {theme().hex('warn')};")
+        self.role.setText("worker \u00b7 loading")
+        self.memory_label.setText(f"Receiving model shards {_nb(human_bytes(done))}\u00a0/ "
+                                  f"{_nb(human_bytes(total))} ({100 * frac:.0f}%)")
+        self.memory_label.show()
+        self.memory.set_fraction(frac)
+        self.memory.show()
+
+    def update_status(self, s: DeviceStatus, sample: bool = True) -> None:
+        """Show `s`; `sample` adds its RTT to the sparkline (once per status report)."""
         colors = {"ready": "ok", "busy": "accent", "loading": "warn", "offline": "danger",
                   "paired": "muted", "starting": "warn"}
         self.dot.setStyleSheet(f"color: {theme().hex(colors.get(s.state, 'muted'))};")
@@ -199,11 +213,13 @@ class DeviceCard(QFrame):
             mem += f" \u00b7 RSS\u00a0{s.rss_mb:.0f}\u00a0MB"
         self.memory_label.setText(mem)
         self.memory.set_fraction(frac)
-        if s.rtt_ms is not None:
+        if s.rtt_ms is not None and sample:
             self.spark.add(s.rtt_ms)
-        self.spark.setVisible(bool(self.spark.samples))
-        if s.rtt_ms is not None:
-            rtt = f"Link RTT {s.rtt_ms:.1f} ms"
+        self.spark.setVisible(bool(self.spark.samples) and s.state != "offline")
+        if s.state == "offline":
+            rtt = "Offline: not answering"
+        elif s.rtt_ms is not None:
+            rtt = f"Link RTT {s.rtt_ms:.2f} ms" if s.rtt_ms < 10 else f"Link RTT {s.rtt_ms:.0f} ms"
         else:
             rtt = "Link RTT \u2014 (local)"
         if s.state == "paired":
@@ -287,7 +303,7 @@ class DevicesPanel(QWidget):
         """Show exactly `devices`, in order (cards keep their RTT history by name), then the
         enrolled devices not among them."""
         self._stats = list(devices)
-        self._render()
+        self._render(sample=True)
 
     def set_enrolled(self, devices: list[EnrolledDevice]) -> None:
         """The paired devices (from the DeviceRoster); unused ones show as share pending."""
@@ -306,7 +322,13 @@ class DevicesPanel(QWidget):
                     share="Share pending: it joins at the next model load."), d.public_key))
         return rows
 
-    def _render(self) -> None:
+    def show_transfer(self, name: str, done: int, total: int) -> None:
+        """Shard shipping progress on the card of device `name` (if it has one)."""
+        card = self.cards.get(name)
+        if card is not None and card is not self.this_computer:
+            card.show_transfer(done, total)
+
+    def _render(self, sample: bool = False) -> None:
         rows = self._rows()
         master = next((s for s, _k in rows if s.role == "master"), None)
         names = [s.name for s, _k in rows]
@@ -331,7 +353,7 @@ class DevicesPanel(QWidget):
             if s is master:
                 self.cards[s.name] = self.this_computer
                 self.this_computer.setToolTip(s.name)
-                self.this_computer.update_status(s)
+                self.this_computer.update_status(s, sample)
                 continue
             card = self.cards.get(s.name)
             if card is None:
@@ -341,4 +363,4 @@ class DevicesPanel(QWidget):
             self.cards_layout.insertWidget(i, card)
             i += 1
             card.set_removable(key)
-            card.update_status(s)
+            card.update_status(s, sample)

@@ -2,14 +2,17 @@
 
 `EngineWorker` is a QObject moved to its own QThread (see app/engine_host.py); the GUI
 thread never runs torch and never waits on it. Loading goes through a *loader* callable so
-tests (and the networking layer, later) can plug in another backend:
+tests can plug in another backend:
 
     loader(model: str | None, opts: RunOptions, progress(stage, done, total)) -> LoadedModel
+    loader(..., devices=[WorkerSpec fields], on_status=rows_cb)  # when devices are enrolled
 
 `stop()` and `cancel_load()` are plain thread-safe methods meant to be called directly from
 the GUI thread (a queued slot could not run while the engine thread is busy generating).
 `set_remote_devices()` (same kind) hands over the enrolled devices (DeviceRoster.worker_specs:
-WorkerSpec fields) for the next load; `remote_devices()` is what a session loader reads.
+WorkerSpec fields) for the next load: with any, default_loader runs a cluster Session
+(app/session_loader.py) whose status thread pushes `stats` once a second, even while a
+step waits on a device; shard shipping to a device is also reported as `device_progress`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Protocol
 import shiboken6
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from app.device_status import DeviceStatus, from_rank_stats
+from app.device_status import DeviceStatus, device_of_stage, from_rank_stats
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from core.errors import TpiError
@@ -47,7 +50,11 @@ class SessionLike(Protocol):
 
 @dataclass
 class LoadedModel:
-    """A model ready to chat: either tokenizer + runner (a real engine) or a session factory."""
+    """A model ready to chat: either tokenizer + runner (a real engine) or a session factory.
+
+    `device_status` (a cluster Session) replaces `rank_stats`: its rows are complete, and
+    the session pushes them itself; `current_world_size` changes after a re-plan.
+    """
 
     name: str
     world_size: int
@@ -56,6 +63,8 @@ class LoadedModel:
     tokenizer: Any = None
     runner: Any = None
     session_factory: Callable[[], SessionLike] | None = None
+    device_status: Callable[[], list[DeviceStatus]] | None = None
+    current_world_size: Callable[[], int] | None = None
 
 
 Loader = Callable[[str | None, RunOptions, Progress], LoadedModel]
@@ -84,8 +93,15 @@ def model_display_name(model: str | None) -> str:
     return p.stem if p.suffix.lower() == ".gguf" else p.name
 
 
-def default_loader(model: str | None, opts: RunOptions, progress: Progress) -> LoadedModel:
-    """resolve_model (GGUF import with progress) + tokenizer + LocalCluster."""
+def default_loader(model: str | None, opts: RunOptions, progress: Progress,
+                   devices: list[dict] | None = None,
+                   on_status: Callable[[list], None] | None = None) -> LoadedModel:
+    """resolve_model (GGUF import with progress) + tokenizer + LocalCluster, or a cluster
+    Session when `devices` (enrolled workers) are given."""
+    if devices:
+        from app.session_loader import session_loader
+
+        return session_loader(model, opts, progress, devices, on_status)
     from core.engine.launcher import LocalCluster
     from core.model.model_dir import resolve_model
     from core.model.tokenizer import ChatTokenizer
@@ -130,6 +146,8 @@ class EngineWorker(QObject):
     finished = Signal(object)  # ReplyStats
     failed = Signal(str)
     stats = Signal(list)  # list[DeviceStatus]
+    device_progress = Signal(str, int, int)  # device name, bytes shipped, bytes to ship
+    world_size_changed = Signal(int)  # after a re-plan (a device left the cluster)
 
     def __init__(self, loader: Loader = default_loader):
         super().__init__()
@@ -144,6 +162,7 @@ class EngineWorker(QObject):
         self._last_tps: float | None = None
         self._timer: QTimer | None = None
         self._remote: list[dict] = []
+        self._load_id = 0  # status rows of a closed session must not reach the panel
         #: thread ids that ran generate / a forward step (tests assert the GUI thread is absent)
         self.torch_thread_ids: set[int] = set()
 
@@ -192,12 +211,24 @@ class EngineWorker(QObject):
 
         def progress(stage: str, done: int, total: int) -> None:
             if self._is_cancelled(seq):
-                raise LoadCancelled
+                raise LoadCancelled  # also aborts a shard transfer (ship_sender)
             self.loading_progress.emit(stage, int(done), int(total))
+            device = device_of_stage(stage)
+            if device is not None:
+                self.device_progress.emit(device, int(done), int(total))
 
+        self._load_id += 1
+        load_id = self._load_id
+
+        def on_status(rows: list) -> None:  # the session's status thread, not this one
+            if load_id == self._load_id and self._model is not None:
+                self.stats.emit(rows)
+
+        remote = self.remote_devices()
+        extra = dict(devices=remote, on_status=on_status) if remote else {}
         try:
             self._record_thread()
-            loaded = self._loader(model, opts, progress)
+            loaded = self._loader(model, opts, progress, **extra)
         except LoadCancelled:
             self.load_cancelled.emit()
             return
@@ -221,7 +252,7 @@ class EngineWorker(QObject):
             runner = _RecordingRunner(loaded.runner, self._record_thread)
             self._session = ChatSession(loaded.tokenizer, runner)
         self.ready.emit(loaded.name, loaded.world_size)
-        self._emit_stats()
+        self._emit_stats(force=True)
 
     @Slot(list, str, object)
     def send(self, messages: list[dict], system: str, params: SamplingParams) -> None:
@@ -251,6 +282,7 @@ class EngineWorker(QObject):
         except TpiError as e:
             self._busy = False
             self.failed.emit(str(e))
+            self._emit_stats(force=True)  # e.g. the device that dropped out, now offline
             return
         except Exception as e:
             traceback.print_exc()
@@ -264,7 +296,8 @@ class EngineWorker(QObject):
             text=reply.text, stop_reason=r.stop_reason, new_tokens=len(r.token_ids),
             prompt_tokens=r.prompt_tokens, ttft_ms=r.ttft_ms, tokens_per_s=r.tokens_per_s,
         ))
-        self._emit_stats()
+        self._emit_stats(force=True)
+        self._check_world_size()
 
     @Slot()
     def shutdown(self) -> None:
@@ -279,20 +312,33 @@ class EngineWorker(QObject):
     # internals -----------------------------------------------------------------------
     def _close_model(self) -> None:
         model, self._model, self._session = self._model, None, None
+        self._load_id += 1
         if model is not None:
             try:
                 model.close()
             except Exception:
                 traceback.print_exc()
 
+    def _check_world_size(self) -> None:
+        m = self._model
+        if m is not None and m.current_world_size is not None:
+            n = m.current_world_size()
+            if n and n != m.world_size:
+                m.world_size = n
+                self.world_size_changed.emit(n)
+
     @Slot()
-    def _emit_stats(self) -> None:
+    def _emit_stats(self, force: bool = False) -> None:
+        """Rows for the panel (a Session pushes its own each second: only when `force`)."""
         self._last_stats = time.monotonic()
-        if self._model is None:
+        m = self._model
+        if m is None or (m.device_status is not None and not force):
             return
         try:
-            raw = self._model.rank_stats()
+            if m.device_status is not None:
+                devices: list[DeviceStatus] = m.device_status()
+            else:
+                devices = from_rank_stats(m.rank_stats(), self._busy, self._last_tps)
         except Exception:
             return
-        devices: list[DeviceStatus] = from_rank_stats(raw, self._busy, self._last_tps)
         self.stats.emit(devices)

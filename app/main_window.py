@@ -118,6 +118,9 @@ class MainWindow(QMainWindow):
         w.load_failed.connect(self._load_failed)
         w.load_cancelled.connect(self._load_cancelled)
         w.stats.connect(self.devices.update_devices)
+        w.device_progress.connect(self.devices.show_transfer)
+        w.world_size_changed.connect(lambda n: self.status.set_model(
+            self.status.model.text(), n))
         self.status.cancel_requested.connect(self.cancel_load)
         d = self.devices
         d.add_device_requested.connect(self.open_add_device)

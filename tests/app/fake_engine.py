@@ -75,7 +75,7 @@ class FakeLoader:
         self.closed = 0
         self.load_threads: set[int] = set()
 
-    def __call__(self, model, opts: RunOptions, progress) -> LoadedModel:
+    def __call__(self, model, opts: RunOptions, progress, **devices) -> LoadedModel:
         self.load_threads.add(threading.get_ident())
         steps = 10
         for i in range(steps + 1):

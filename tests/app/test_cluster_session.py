@@ -1,0 +1,110 @@
+"""The app on a cluster Session: this computer + a real paired `tpi-chat worker` process on
+loopback, a tiny random model. The devices panel shows the worker's memory window and a
+live, changing RTT; a worker killed mid-reply ends the reply with a clear message, its
+card goes offline, and the next message is answered on the devices left. Throughout, the
+GUI thread neither runs torch nor waits on a socket."""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+
+import pytest
+
+from app.device_roster import GB, DeviceRoster
+from app.engine_worker import default_loader
+from app.store import Store, data_dir
+from tests.app.conftest import close_window, open_window, send
+from tests.app.thread_guard import GuiThreadGuard
+from tests.app.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+LOAD_MS = 120_000
+REPLY_MS = 60_000
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8,
+          "repetition_penalty": 1.0}
+MEMORY_RE = re.compile(r"Memory window (\d+)/(\d+) blocks")
+RTT_RE = re.compile(r"Link RTT ([\d.]+) ms")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tests.fixtures.tiny_models import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+def card_numbers(card) -> tuple[int, int, float | None]:
+    mem = MEMORY_RE.search(card.memory_label.text())
+    rtt = RTT_RE.search(card.rtt_label.text())
+    return (int(mem[1]) if mem else 0, int(mem[2]) if mem else 0,
+            float(rtt[1]) if rtt else None)
+
+
+def test_session_devices_panel_and_a_worker_dropping_out(qtbot, themed, tiny_model, tmp_path,
+                                                         monkeypatch):
+    name = f"app-worker-{uuid.uuid4().hex[:6]}"
+    worker = WorkerProcess(name, tmp_path / "worker")
+    try:
+        assert worker.enroll_in_app(GB) == name
+        store = Store()
+        (spec,) = DeviceRoster(store, data_dir()).worker_specs()
+        store.close()
+        assert spec["endpoint"] == f"tcp://127.0.0.1:{worker.control_port}"
+        guard = GuiThreadGuard().arm(monkeypatch)
+        w = open_window(qtbot, default_loader, wait_ready=False, model=str(tiny_model),
+                        sampling=GREEDY)
+        shipped: list[tuple[str, int, int]] = []
+        w.engine.worker.device_progress.connect(lambda *a: shipped.append(a))
+        qtbot.waitUntil(lambda: w.controller.ready, timeout=LOAD_MS)
+        assert w.status.cluster.text() == "2 ranks"
+        assert shipped and shipped[-1][0] == name and shipped[-1][1] == shipped[-1][2] > 0
+
+        send(qtbot, w, "What is the capital of France?", timeout=REPLY_MS)
+        assert not w.controller.last_error
+        assert w.chat_view.messages[-1].role == "assistant"
+        card = w.devices.cards[name]
+        assert "worker" in card.role.text() and card.share.text()
+
+        # the worker's memory window, and an RTT that moves (status pushed each second)
+        qtbot.waitUntil(lambda: card_numbers(card)[0] > 0
+                        and card_numbers(card)[2] is not None,
+                        timeout=10_000)
+        resident, budget, _ = card_numbers(card)
+        assert 0 < resident <= budget and card.memory.fraction > 0
+        rtts: set[float] = set()
+        qtbot.waitUntil(lambda: rtts.add(card_numbers(card)[2]) or len(rtts - {None}) >= 2,
+                        timeout=20_000)
+        assert len(card.spark.samples) >= 2
+        assert w.devices.this_computer.role.text().startswith("master")
+
+        # the worker dies mid-reply: a clear message, its card offline, the app up
+        w.settings.set_params({**GREEDY, "max_new_tokens": 400})
+        armed = [True]
+        w.engine.worker.token.connect(lambda _p: armed[0] and worker.kill())
+        send(qtbot, w, "Tell me a long story.", timeout=REPLY_MS)
+        assert f"'{name}' stopped answering" in w.controller.last_error
+        shown = w.chat_view.messages[-1]
+        assert "stopped answering" in shown.error_label.text()
+        qtbot.waitUntil(lambda: "offline" in card.role.text(), timeout=10_000)
+        assert "Offline" in card.rtt_label.text()
+
+        # the next message is answered on the devices left (this computer alone)
+        armed[0] = False
+        w.controller.last_error = ""
+        w.settings.set_params(GREEDY)
+        send(qtbot, w, "Are you still there?", timeout=LOAD_MS)
+        assert not w.controller.last_error
+        assert w.chat_view.messages[-1].text()
+        qtbot.waitUntil(lambda: w.status.cluster.text() == "1 rank", timeout=5000)
+
+        # torch ran, sockets waited, but never on the GUI thread
+        engine_threads = w.engine.worker.torch_thread_ids
+        assert engine_threads and threading.get_ident() not in engine_threads
+        assert guard.calls_seen > 0
+        assert guard.violations == [], "\n".join(guard.violations[:3])
+        close_window(w)
+    finally:
+        worker.stop()
