@@ -222,7 +222,8 @@ class Session:
                                rtt_ms=link.last_rtt_ms if link is not None else None)
             if s is not None:
                 per_block = s.total_bytes / s.total_blocks if s.total_blocks else 0
-                row.share = (f"{s.kv_heads} KV heads ({100 * s.kv_heads / total:.0f}%) "
+                heads = f"{s.kv_heads} KV head" + ("s" if s.kv_heads != 1 else "")
+                row.share = (f"{heads} ({100 * s.kv_heads / total:.0f}%) "
                              f"\u00b7 {s.mlp_cols} MLP columns")
                 row.resident_blocks, row.budget_blocks = s.resident_blocks, s.budget_blocks
                 row.resident_bytes = s.resident_bytes
