@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=0, help="pairing/info port (default: any)")
     w.add_argument("--data-dir", default=None, help="identity, trusted masters and shards")
     w.add_argument("--memory-budget", default=None, help="memory offered to masters, e.g. 3GB")
+    w.add_argument("--masters", action="store_true", help="list the paired masters and exit")
+    w.add_argument("--unpair", metavar="NAME|FINGERPRINT|all", default=None,
+                   help="forget a paired master (it is refused from its next connect) and exit")
     return parser
 
 

@@ -170,11 +170,36 @@ class WorkerDaemon:
         self.cache.close()
 
 
+def manage_masters(data_dir: Path, unpair: str | None) -> int:
+    """`--masters` / `--unpair NAME|FINGERPRINT|all`: the worker side of unpairing.
+
+    A running daemon sees the change on the master's next connect (the trust store is
+    re-read when the file changes), so this works with the daemon up or down."""
+    trust = TrustStore.open("master", data_dir)
+    peers = trust.list()
+    if unpair is None:
+        for p in peers:
+            _say(f"{p.name}  {p.fingerprint}")
+        if not peers:
+            _say("no paired masters")
+        return 0
+    wanted = [p for p in peers if unpair in ("all", p.name, p.fingerprint, p.public_key)]
+    if not wanted:
+        raise TpiError(f"no paired master is called '{unpair}'; `tpi-chat worker --masters` "
+                       f"lists them")
+    for p in wanted:
+        trust.remove(p.public_key)
+        _say(f"unpaired '{p.name}' ({p.fingerprint})")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if args.masters or args.unpair:
+        return manage_masters(data_dir, args.unpair)
     budget = parse_size(args.memory_budget) if args.memory_budget else None
     try:
-        daemon = WorkerDaemon(Path(args.data_dir) if args.data_dir else default_data_dir(),
-                              args.name, args.host, args.port, budget)
+        daemon = WorkerDaemon(data_dir, args.name, args.host, args.port, budget)
     except (OSError, ValueError) as e:
         raise TpiError(f"cannot start the worker: {e}") from e
     stop = threading.Event()

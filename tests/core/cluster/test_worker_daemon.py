@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pickle
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -111,6 +113,42 @@ def test_strangers_get_nothing(workers, tmp_path):
         assert _wait(lambda: "beta" in seen)  # still advertised
     after = _files(beta.data_dir)
     assert set(after) == set(before)  # wrote nothing (and nothing outside: no new files)
+
+
+def _ping(spec, master) -> bool:
+    c = ControlClient(spec.endpoint, ops=TO_MASTER,
+                      curve=CurveClientConfig(master.identity, spec.public_key))
+    try:
+        c.send("ping", {"t": 2.0})
+        msg = c.recv(timeout=3)
+        return msg is not None and msg.op == "pong"
+    finally:
+        c.close()
+
+
+@pytest.mark.slow
+def test_unpair_on_the_worker_refuses_that_master_from_its_next_connect(workers, tmp_path):
+    alpha = workers[0]
+    master = make_device(tmp_path, "laptop-2", "worker")
+    spec = alpha.pair(master.identity, master.trust)
+    assert _ping(spec, master)
+
+    def cli(*extra: str) -> str:
+        p = subprocess.run([sys.executable, "-m", "core.cli", "worker", "--data-dir",
+                            str(alpha.data_dir), *extra], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout
+
+    assert "laptop-2" in cli("--masters")
+    assert "unpaired 'laptop-2'" in cli("--unpair", "laptop-2")
+    assert "laptop-2" not in cli("--masters")
+    assert not _ping(spec, master)  # the running daemon re-read its trust store
+    p = subprocess.run([sys.executable, "-m", "core.cli", "worker", "--data-dir",
+                        str(alpha.data_dir), "--unpair", "nobody"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode != 0 and "no paired master is called 'nobody'" in p.stderr + p.stdout
+    assert "Traceback" not in p.stderr
 
 
 def _worker_key(w: WorkerProc) -> str:
