@@ -112,6 +112,10 @@ class AddDeviceDialog(QDialog):
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.setStyleSheet(self._table_qss())
+        # ResizeToContents sized the columns to their titles only once rows came in live
+        # (mDNS): refit whenever rows change, else "Linux-x86_64" shows as "Linux-x…"
+        for sig in (self.model.rowsInserted, self.model.dataChanged, self.model.rowsRemoved):
+            sig.connect(self._fit_columns)
         self.table.selectionModel().selectionChanged.connect(self._selection_changed)
         self.table.doubleClicked.connect(lambda _i: self.code.setFocus())
         lay.addWidget(self.table, 1)
@@ -177,6 +181,12 @@ class AddDeviceDialog(QDialog):
         buttons.addWidget(self.close_button)
         buttons.addWidget(self.pair_button)
         lay.addLayout(buttons)
+
+    def _fit_columns(self, *_: object) -> None:
+        header = self.table.horizontalHeader()
+        for col in range(1, self.model.columnCount()):
+            header.resizeSection(col, max(header.sectionSizeHint(col),
+                                          self.table.sizeHintForColumn(col)))
 
     @staticmethod
     def _table_qss() -> str:
@@ -311,7 +321,7 @@ class AddDeviceDialog(QDialog):
 
     def show_status(self, text: str, color: str = "muted", busy: bool = False) -> None:
         """One line of feedback under the form (`color` is a theme colour name)."""
-        self.status.setText(text)
+        self.status.setText(text[:1].upper() + text[1:])  # core words start lower case
         self.status.setStyleSheet(f"color: {theme().hex(color)};")
         self.progress.setVisible(busy)
 

@@ -1,11 +1,14 @@
-"""Render TPI Chat's screenshots for the README from fake data (no model, no network).
+"""Render TPI Chat's screenshots for the README.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/screenshots.py [--out docs/screenshots]
-    xvfb-run -a .venv/bin/python scripts/screenshots.py
+    xvfb-run -a .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--fake]
 
-Writes main-window.png (dark), main-window-light.png and add-device.png. The main window
-runs on a scripted fake engine; the Devices panel and the Add device dialog get made-up
-devices (an RTT history for the sparkline, two peers on the network).
+Writes main-window.png (dark), main-window-light.png and add-device.png. By default the
+main window is live: a real `tpi-chat worker` process on loopback is paired and enrolled,
+the default model loads over both devices (a cluster Session) and answers two questions,
+and the Devices panel shows what the session reports. `--fake` renders a scripted
+conversation and made-up devices instead (no model, no worker). The live Add device
+dialog lists the real workers on loopback (a second, unpaired one included) and shows a
+real refusal of a wrong code; `--fake` gives it two made-up LAN peers.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 GB = 2**30
 
+LIVE_QUESTIONS = ("What is the capital of France?", "And of Italy?")
+LIVE_WORKER = "loopback-worker"
+SPARE_WORKER = "spare-worker"
 QUESTION = "How do I split a matrix multiply across two devices?"
 ANSWER = """Split the weight **by columns**: each device multiplies the same input by its
 half of the columns, and the two halves are concatenated (or, for a row split, summed with
@@ -91,6 +97,81 @@ def settle(app, ms: int = 300) -> None:
         time.sleep(0.01)
 
 
+def wait(app, done, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting for {what} after {timeout_s:.0f} s")
+        settle(app, 50)
+
+
+def live_add_device_shot(app, w, out: Path) -> None:
+    """The dialog over real discovery on loopback: pick the unpaired worker, try a wrong code."""
+    from app.theme import theme
+    from tests.app.worker_process import WorkerProcess
+
+    spare = WorkerProcess(SPARE_WORKER, Path(tempfile.mkdtemp()) / "spare")
+    try:
+        code = spare.code()
+        theme().apply(app, "dark")
+        w.discovery_interfaces = ["127.0.0.1"]
+        dlg = w.open_add_device()
+        dlg.resize(780, 560)
+        names = lambda: {dlg.model.peer(r).name for r in range(dlg.model.rowCount())}  # noqa: E731
+        wait(app, lambda: {LIVE_WORKER, SPARE_WORKER} <= names(), 30, "mDNS to list the workers")
+        dlg.select_peer(SPARE_WORKER)
+        dlg.code.setText(str((int(code[0]) + 1) % 10) + code[1:])
+        dlg.pair()
+        wait(app, lambda: "tries left" in dlg.status.text(), 30, "the wrong code's refusal")
+        settle(app, 500)
+        dlg.grab().save(str(out))
+        print(f"wrote {out}")
+        dlg.close()
+    finally:
+        spare.stop()
+
+
+def live_main_window_shots(app, outs: dict[str, Path], dialog_out: Path) -> None:
+    """Pair a real worker process, load the default model over it, ask LIVE_QUESTIONS."""
+    from app.engine_host import EngineHost
+    from app.main_window import MainWindow
+    from app.store import Store
+    from app.theme import theme
+    from tests.app.worker_process import WorkerProcess
+
+    worker = WorkerProcess(LIVE_WORKER, Path(tempfile.mkdtemp()) / "worker")
+    try:
+        worker.enroll_in_app(2 * GB)
+        theme().apply(app, "dark")
+        store = Store()
+        store.set_setting("model", None)
+        w = MainWindow(store, EngineHost())
+        w.resize(1360, 860)
+        w.splitter.setSizes([270, 720, 370])
+        w.right.setCurrentIndex(1)
+        w.show()
+        wait(app, lambda: w.controller.ready, 600, "the model to load")
+        for q in LIVE_QUESTIONS:
+            w.composer.editor.setPlainText(q)
+            w.composer.submitted.emit(q)
+            w.composer.editor.clear()
+            settle(app, 100)
+            wait(app, lambda: not w.controller.busy, 300, "the reply")
+            if w.controller.last_error:
+                raise SystemExit(f"the reply failed: {w.controller.last_error}")
+        settle(app, 15000)  # a quarter of a minute of RTT samples for the sparkline
+        for mode, out in outs.items():
+            theme().apply(app, mode)
+            settle(app, 600)
+            w.grab().save(str(out))
+            print(f"wrote {out}")
+        live_add_device_shot(app, w, dialog_out)
+        w.close()
+        store.close()
+    finally:
+        worker.stop()
+
+
 def main_window_shot(app, mode: str, out: Path) -> None:
     from app.engine_host import EngineHost
     from app.main_window import MainWindow
@@ -147,7 +228,7 @@ def add_device_shot(app, out: Path) -> None:
     dlg.select_peer("mini-pc")
     dlg.code.setText("482-913")
     dlg.budget.setValue(8.0)
-    dlg.show_status("peer 'mini-pc' refused the pairing code (2 tries left).", "danger")
+    dlg.show_status("'mini-pc' refused the pairing code (2 tries left).", "danger")
     settle(app, 500)
     dlg.grab().save(str(out))
     print(f"wrote {out}")
@@ -158,20 +239,28 @@ def add_device_shot(app, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
+    parser.add_argument("--fake", action="store_true",
+                        help="a scripted chat and made-up devices (no model, no worker)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = tempfile.mkdtemp()
     os.environ["TPI_CHAT_DATA"] = data  # never touch the user's chats or paired devices
-    os.environ["TPI_CHAT_CACHE"] = data
+    if args.fake:
+        os.environ["TPI_CHAT_CACHE"] = data  # live: reuse the converted default model
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen" if not os.environ.get("DISPLAY")
                           else "xcb")
     from app.main import create_app
 
     app = create_app(["tpi-chat"])
-    main_window_shot(app, "dark", out / "main-window.png")
-    main_window_shot(app, "light", out / "main-window-light.png")
-    add_device_shot(app, out / "add-device.png")
+    if args.fake:
+        main_window_shot(app, "dark", out / "main-window.png")
+        main_window_shot(app, "light", out / "main-window-light.png")
+        add_device_shot(app, out / "add-device.png")
+    else:
+        live_main_window_shots(app, {"dark": out / "main-window.png",
+                                     "light": out / "main-window-light.png"},
+                               out / "add-device.png")
     return 0
 
 

@@ -55,6 +55,8 @@ def test_add_device_lists_pairs_and_loses_a_real_worker(qtbot, themed, tmp_path)
         assert re.fullmatch(r"\d+\.\d of \d+\.\d GB", _cell(dlg, row, 1))
         assert int(_cell(dlg, row, 2)) >= 1 and _cell(dlg, row, 3)
         assert _cell(dlg, row, 5) == "Not paired"
+        header = dlg.table.horizontalHeader()  # rows came in live: no column is cut short
+        assert all(header.sectionSize(c) >= dlg.table.sizeHintForColumn(c) for c in range(1, 6))
         assert dlg.select_peer(name)
         peer = dlg.current_peer()
         assert dlg.budget.value() == default_budget_gb(peer)
