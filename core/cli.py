@@ -28,6 +28,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link-delay-ms", type=float, default=0.0,
                    help="emulated latency added to every link (benchmarks)")
     p.add_argument("--link-mbps", type=float, default=None, help="emulated link bandwidth")
+    _dtype_arg(p)
+
+
+def _dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+                   help="weight dtype of the shards (int8: weight-only, per-channel scales)")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -61,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None)
     s.add_argument("--ranks", type=int, default=1)
     s.add_argument("--shares", default=None)
+    _dtype_arg(s)
 
     r = sub.add_parser("rank", help=argparse.SUPPRESS)
     r.add_argument("--control", required=True)

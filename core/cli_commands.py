@@ -14,6 +14,7 @@ from core.errors import TpiError
 from core.model.model_dir import resolve_model
 from core.model.tokenizer import ChatTokenizer
 from core.progress import TermProgress
+from core.shard.layout import parse_dtype
 from core.shard.plan import parse_shares
 
 
@@ -27,6 +28,7 @@ def _options(args: Namespace) -> RunOptions:
             threads=args.threads,
             link_delay_ms=args.link_delay_ms,
             link_mbps=args.link_mbps,
+            dtype=args.dtype,
         )
     except ValueError as e:
         raise TpiError(str(e)) from None
@@ -124,7 +126,7 @@ def cmd_split(args: Namespace) -> int:
     model_dir = resolve_model(args.model, progress=bar)
     bar.close()
     shares = parse_shares(args.shares) if args.shares else [1.0] * args.ranks
-    run_split(model_dir, shares)
+    run_split(model_dir, shares, dtype=parse_dtype(args.dtype))
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from core.engine.linear import linear, prepare_block, rows
 from core.engine.norm import rms_norm
 from core.shard.blocks import EMBED, HEAD
 from core.shard.manifest import Manifest, read_block
@@ -19,21 +20,25 @@ class Head:
     """Embedding lookup in, logits out."""
 
     def __init__(self, rank_dir: Path, manifest: Manifest):
-        head = read_block(rank_dir, manifest, HEAD)
-        self.norm_w = head["norm"]  # [D]
-        self.lm_head = head["lm_head"]  # [D, V]
+        self.head = prepare_block(read_block(rank_dir, manifest, HEAD))
         self.eps = manifest.config.rms_norm_eps
-        # Tied models ship no embed block: token t's embedding is column t of lm_head.
+        self.int8 = self.head["lm_head"].dtype == torch.int8
+        # Tied models ship no embed block: token t's embedding is lm_head's column t
+        # (row t when int8 stores it [V, D]).
         tied = EMBED not in manifest.block_names()
-        self.embed_w = None if tied else read_block(rank_dir, manifest, EMBED)["embed"]  # [V, D]
+        self.table = self.head if tied else prepare_block(read_block(rank_dir, manifest, EMBED))
+        self.table_name = "lm_head" if tied else "embed"
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [T] int64 -> [T, D]."""
-        if self.embed_w is None:
-            return self.lm_head[:, ids].t().contiguous()
-        return F.embedding(ids, self.embed_w)
+        """ids [T] int64 -> [T, D] float32."""
+        if self.int8:
+            return rows(self.table, self.table_name, ids)
+        w = self.table[self.table_name]
+        if self.table_name == "lm_head":  # [D, V]
+            return w[:, ids].t().float().contiguous()
+        return F.embedding(ids, w).float()  # embed [V, D]
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, D] after the last layer -> [T, V] fp32 logits."""
-        return (rms_norm(x, self.norm_w, self.eps) @ self.lm_head).float()
+        return linear(rms_norm(x, self.head["norm"], self.eps), self.head, "lm_head")

@@ -66,7 +66,7 @@ class LocalCluster:
         report = progress or (lambda stage, done, total: None)
         cfg = load_config(model_dir)
         plan = make_plan(cfg, opts.shares or [1.0] * opts.ranks)
-        split = split_model(Path(model_dir), plan, cache_dir() / "shards",
+        split = split_model(Path(model_dir), plan, cache_dir() / "shards", opts.torch_dtype,
                             model_hash=model_hash(model_dir),
                             progress=lambda d, t: report("splitting model", d, t))
         self.rank_dirs = split.rank_dirs

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from core.engine.kv_cache import KVCache
+from core.engine.linear import linear
 from core.engine.norm import rms_norm
 from core.engine.rope import apply_rope
 
@@ -42,7 +43,9 @@ def attention(
     if s.n_kv == 0:
         return torch.zeros_like(x)
     h = rms_norm(x, w["norm"], s.eps)
-    qkv = _mm(h, w["wqkv"], w.get("bqkv"))  # [T, (n_q + 2 n_kv) * hd]
+    qkv = linear(h, w, "wqkv")  # [T, (n_q + 2 n_kv) * hd]
+    if "bqkv" in w:
+        qkv += w["bqkv"]
     q, k, v = qkv.split([s.n_q * hd, s.n_kv * hd, s.n_kv * hd], dim=-1)
     q = q.view(T, s.n_q, hd).transpose(0, 1)  # [n_q, T, hd]
     k = k.view(T, s.n_kv, hd).transpose(0, 1)  # [n_kv, T, hd]
@@ -52,17 +55,33 @@ def attention(
         k = rms_norm(k, w["k_norm"], s.eps)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     keys, values = cache.update(layer, pos, k, v)  # [n_kv, pos+T, hd]
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0),
-        attn_mask=_causal_mask(T, pos), enable_gqa=s.n_q != s.n_kv,
-    )  # [1, n_q, T, hd]
-    out = out[0].transpose(0, 1).reshape(T, s.n_q * hd)
-    return out @ w["wo"]  # [T, D], partial over heads
+    if T == 1:
+        out = _attend_one(q, keys, values, s)
+    else:
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0),
+            attn_mask=_causal_mask(T, pos), is_causal=pos == 0, enable_gqa=s.n_q != s.n_kv,
+        )[0]  # [n_q, T, hd]
+    out = out.transpose(0, 1).reshape(T, s.n_q * hd)
+    return linear(out, w, "wo")  # [T, D], partial over heads
+
+
+def _attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                s: LayerShapes) -> torch.Tensor:
+    """One decode query: q [n_q, 1, hd] over keys/values [n_kv, S, hd] -> [n_q, 1, hd].
+
+    Two small bmm's: torch's CPU flash-attention kernel spent ~2 ms a call here (thread
+    start-up for a single query row), more than the layer's weight matmuls.
+    """
+    hd = s.head_dim
+    qg = q.reshape(s.n_kv, s.n_q // s.n_kv, hd)  # query heads of KV head j are rows of j
+    scores = torch.bmm(qg, keys.transpose(1, 2)).mul_(hd ** -0.5)  # [n_kv, group, S]
+    return torch.bmm(scores.softmax(-1), values).view(s.n_q, 1, hd)
 
 
 def _causal_mask(T: int, pos: int) -> torch.Tensor | None:
-    """None for one query (it sees every cached key); else [T, pos+T] bool, True = attend."""
-    if T == 1:
+    """None when nothing is cached (is_causal does it); else [T, pos+T] bool, True = attend."""
+    if pos == 0:
         return None
     q_pos = torch.arange(pos, pos + T)[:, None]
     k_pos = torch.arange(pos + T)[None, :]
@@ -72,13 +91,8 @@ def _causal_mask(T: int, pos: int) -> torch.Tensor | None:
 def mlp(x: torch.Tensor, w: dict[str, torch.Tensor], eps: float) -> torch.Tensor:
     """This rank's intermediate columns of the SwiGLU MLP -> partial output [T, D]."""
     w_down = w.get("w_down")
-    if w_down is None or w_down.shape[0] == 0:
+    if w_down is None or w_down.numel() == 0:
         return torch.zeros_like(x)
     h = rms_norm(x, w["norm"], eps)
-    gate, up = (h @ w["w_gate_up"]).chunk(2, dim=-1)  # [T, C] each
-    return (F.silu(gate) * up) @ w_down  # [T, D]
-
-
-def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """x [T, in] @ w [in, out] (+ b [out])."""
-    return x @ w if b is None else torch.addmm(b, x, w)
+    gate, up = linear(h, w, "w_gate_up").chunk(2, dim=-1)  # [T, C] each
+    return linear(F.silu(gate) * up, w, "w_down")  # [T, D]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import torch
+
+from core.shard.layout import DTYPES, SHORT_NAMES
+
 
 @dataclass
 class RunOptions:
@@ -17,9 +21,13 @@ class RunOptions:
     threads: int | None = None  # torch threads per rank; None = cores / ranks
     link_delay_ms: float = 0.0  # emulated per-link latency (benchmarks)
     link_mbps: float | None = None
+    dtype: str = "float32"  # shard weight dtype: float32, bfloat16, float16 or int8 (or short)
     env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if SHORT_NAMES.get(self.dtype, self.dtype) not in DTYPES:
+            raise ValueError(f"--dtype takes fp32, bf16, fp16 or int8 (got {self.dtype!r})")
+        self.dtype = SHORT_NAMES.get(self.dtype, self.dtype)
         if self.ranks < 1:
             raise ValueError("--ranks must be at least 1")
         if self.shares is not None and len(self.shares) != self.ranks:
@@ -29,6 +37,10 @@ class RunOptions:
                 raise ValueError(f"--shares lists {len(self.shares)} values for {self.ranks} ranks")
         if self.window is not None and self.window < 1:
             raise ValueError("--window must be at least 1 block, or 'all'")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
 
     def threads_per_rank(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // self.ranks)

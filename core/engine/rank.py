@@ -13,6 +13,7 @@ import torch
 
 from core.engine.kv_cache import KVCache
 from core.engine.layers import LayerShapes, attention, mlp
+from core.engine.linear import prepare_block
 from core.engine.rope import rope_tables
 from core.engine.scheduler import MemoryScheduler
 from core.shard.blocks import attn_block, block_order, mlp_block
@@ -49,7 +50,7 @@ class RankRuntime:
         self.cos, self.sin = rope_tables(cfg, self.max_seq)  # [S, hd] each
         self.scheduler = MemoryScheduler(
             block_order(cfg.num_layers),
-            lambda name: read_block(self.rank_dir, self.manifest, name),
+            lambda name: prepare_block(read_block(self.rank_dir, self.manifest, name)),
             window,
         )
 

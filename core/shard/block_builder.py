@@ -13,7 +13,9 @@ import torch
 from core.errors import ModelError
 from core.model.config import ModelConfig
 from core.model.weights import WeightReader
+from core.shard.blocks import SCALE
 from core.shard.plan import RankShare
+from core.shard.quant import quantize_int8
 
 Block = dict[str, torch.Tensor]
 
@@ -25,10 +27,15 @@ class BlockBuilder:
         self.reader = reader
         self.cfg = cfg
         self.dtype = dtype
+        # int8 shards quantize matrices only; everything else stays float32.
+        self.float_dtype = torch.float32 if dtype == torch.int8 else dtype
 
     def embed(self) -> Block:
         cfg = self.cfg
-        return {"embed": self._full("model.embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size))}
+        w = self._full("model.embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size))
+        if self.dtype == torch.int8:  # rows are tokens: per-row scales quantize a lookup table
+            return self._matrix("embed", w)
+        return {"embed": w}
 
     def head(self) -> Block:
         cfg = self.cfg
@@ -37,7 +44,7 @@ class BlockBuilder:
         name = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
         return {
             "norm": self._full("model.norm.weight", (cfg.hidden_size,)),
-            "lm_head": _t(self._full(name, (cfg.vocab_size, cfg.hidden_size))),
+            **self._matrix("lm_head", self._full(name, (cfg.vocab_size, cfg.hidden_size))),
         }
 
     def attn(self, layer: int, share: RankShare) -> Block:
@@ -50,15 +57,11 @@ class BlockBuilder:
         a = p + "self_attn."
         q0, q1 = share.kv_start * group * hd, share.kv_end * group * hd
         k0, k1 = share.kv_start * hd, share.kv_end * hd
-        out["wqkv"] = _t(
-            torch.cat(
-                [
-                    self._rows(a + "q_proj.weight", q0, q1, d),
-                    self._rows(a + "k_proj.weight", k0, k1, d),
-                    self._rows(a + "v_proj.weight", k0, k1, d),
-                ]
-            )
-        )
+        out |= self._matrix("wqkv", torch.cat([
+            self._rows(a + "q_proj.weight", q0, q1, d),
+            self._rows(a + "k_proj.weight", k0, k1, d),
+            self._rows(a + "v_proj.weight", k0, k1, d),
+        ]))
         if cfg.qkv_bias:
             out["bqkv"] = torch.cat(
                 [
@@ -67,7 +70,7 @@ class BlockBuilder:
                     self._rows(a + "v_proj.bias", k0, k1),
                 ]
             )
-        out["wo"] = _t(self._cols(a + "o_proj.weight", q0, q1, d))
+        out |= self._matrix("wo", self._cols(a + "o_proj.weight", q0, q1, d))
         if cfg.qk_norm:
             out["q_norm"] = self._full(a + "q_norm.weight", (hd,))
             out["k_norm"] = self._full(a + "k_norm.weight", (hd,))
@@ -81,16 +84,19 @@ class BlockBuilder:
         c0, c1 = share.col_start, share.col_end
         return {
             "norm": self._full(p + "post_attention_layernorm.weight", (d,)),
-            "w_gate_up": _t(
-                torch.cat(
-                    [
-                        self._rows(p + "mlp.gate_proj.weight", c0, c1, d),
-                        self._rows(p + "mlp.up_proj.weight", c0, c1, d),
-                    ]
-                )
-            ),
-            "w_down": _t(self._cols(p + "mlp.down_proj.weight", c0, c1, d)),
+            **self._matrix("w_gate_up", torch.cat([
+                self._rows(p + "mlp.gate_proj.weight", c0, c1, d),
+                self._rows(p + "mlp.up_proj.weight", c0, c1, d),
+            ])),
+            **self._matrix("w_down", self._cols(p + "mlp.down_proj.weight", c0, c1, d)),
         }
+
+    def _matrix(self, name: str, w: torch.Tensor) -> Block:
+        """HF's [out, in] matrix as the shard dtype stores it (see core/shard/blocks.py)."""
+        if self.dtype == torch.int8:
+            q, scale = quantize_int8(w)  # [out, in] int8, [out] float32
+            return {name: q, name + SCALE: scale}
+        return {name: _t(w)}
 
     # -- reads, each checked against the shape config.json implies ------------------------
 
@@ -112,7 +118,7 @@ class BlockBuilder:
                 f"tensor {name} does not match config.json (got a slice of shape "
                 f"{tuple(t.shape)}, expected {shape})"
             )
-        return t.to(self.dtype).contiguous()
+        return t.to(self.float_dtype).contiguous()
 
 
 def _t(w: torch.Tensor) -> torch.Tensor:

@@ -18,21 +18,40 @@ A rank with zero KV heads gets a block holding only `norm`; it adds zeros to the
 
 Block "L{i:03d}.mlp" (rank holding C intermediate columns):
   norm       [D]        post-attention RMSNorm weight (replicated)
-  w_gate_up  [2*C, D]   rows: gate_proj rows of its columns, then up_proj rows
-  w_down     [D, C]     down_proj columns (row-parallel)
-A rank with zero columns gets empty w_gate_up [0, D] and w_down [D, 0]: the matmuls yield zeros.
+  w_gate_up  [D, 2*C]   columns: gate_proj rows of its columns, then up_proj rows
+  w_down     [C, D]     down_proj columns (row-parallel)
+A rank with zero columns gets empty w_gate_up [D, 0] and w_down [0, D]: the matmuls yield zeros.
 
 Rank 0 only, always resident (not streamed):
   "embed": embed [V, D]
-  "head":  norm [D] (final RMSNorm), lm_head [V, D] (absent when embeddings are tied)
+  "head":  norm [D] (final RMSNorm), lm_head [D, V] (the tied embedding when there is no
+           embed block)
+
+Shard dtypes (the manifest's `dtype`): float32, bfloat16 and float16 store every tensor in
+that dtype, in the layouts above. int8 is weight-only quantization (core/shard/quant.py):
+each matrix M listed in MATRICES is stored as int8 in HF's [out, in] layout (the layout
+torch's int8 weight-only matmul takes) plus `M_scale` [out] float32, one scale per output
+channel; norms and biases stay float32. (lm_head int8 is [V, D]: row t is token t's
+embedding, so a tied embedding is a row lookup.)
 """
 
 from __future__ import annotations
 
+import torch
+
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2  # 2: matrices stored [in, out]
+FORMAT_VERSION = 3  # 2: matrices stored [in, out]; 3: int8 shards ([out, in] + scales)
+MATRICES = frozenset({"wqkv", "wo", "w_gate_up", "w_down", "lm_head", "embed"})
+SCALE = "_scale"  # suffix of an int8 matrix's per-output-channel scales
 EMBED = "embed"
 HEAD = "head"
+
+
+def stored_dtype(shard_dtype: torch.dtype, tensor: str) -> torch.dtype:
+    """The dtype tensor `tensor` of a block has in a shard of `shard_dtype`."""
+    if shard_dtype != torch.int8:
+        return shard_dtype
+    return torch.int8 if tensor in MATRICES else torch.float32
 
 
 def attn_block(layer: int) -> str:

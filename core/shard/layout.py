@@ -20,7 +20,10 @@ DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
+    "int8": torch.int8,  # weight-only: int8 matrices with per-row scales, see quant.py
 }
+# What users type (`--dtype`); the long names above are accepted too.
+SHORT_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,127}$")
 TMP_MARK = ".tmp-"
 
@@ -30,16 +33,16 @@ def dtype_name(dtype: torch.dtype) -> str:
     for name, d in DTYPES.items():
         if d == dtype:
             return name
-    raise ShardError(f"shards can be float32, float16 or bfloat16, not {dtype}")
+    raise ShardError(f"shards can be float32, float16, bfloat16 or int8, not {dtype}")
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    """'bfloat16' -> torch.bfloat16, with a clear error for anything else."""
+    """'bfloat16' or 'bf16' -> torch.bfloat16, with a clear error for anything else."""
     try:
-        return DTYPES[name]
+        return DTYPES[SHORT_NAMES.get(name, name)]
     except (KeyError, TypeError):
         raise ShardError(
-            f"unknown shard dtype {name!r} (use float32, float16 or bfloat16)"
+            f"unknown shard dtype {name!r} (use fp32, bf16, fp16 or int8)"
         ) from None
 
 

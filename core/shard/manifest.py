@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 
 from core.errors import ShardError
 from core.model.config import ModelConfig
-from core.shard.blocks import FORMAT_VERSION, MANIFEST, block_file
+from core.shard.blocks import FORMAT_VERSION, MANIFEST, block_file, stored_dtype
 from core.shard.layout import check_model_hash, parse_dtype
 from core.shard.plan import Plan, RankShare
 
@@ -89,7 +89,7 @@ class Manifest:
     config: ModelConfig
     plan: Plan
     rank: int
-    dtype: str  # "float32" | "float16" | "bfloat16"
+    dtype: str  # "float32" | "float16" | "bfloat16" | "int8"
     blocks: tuple[BlockInfo, ...]
 
     @property
@@ -270,7 +270,7 @@ def read_block(
             f"shard file {shown} does not hold the tensors its manifest lists; {advice}"
         )
     want = manifest.torch_dtype
-    if any(t.dtype != want for t in tensors.values()):
+    if any(t.dtype != stored_dtype(want, k) for k, t in tensors.items()):
         raise ShardError(
             f"shard file {shown} is not {manifest.dtype} as its manifest says; {advice}"
         )

@@ -117,7 +117,7 @@ def test_missing_manifest(split, tmp_path) -> None:
         lambda d: json.dumps({**d, "plan": "x"}),
         lambda d: json.dumps({k: v for k, v in d.items() if k != "config"}),
         lambda d: json.dumps({**d, "rank": 7}),
-        lambda d: json.dumps({**d, "dtype": "int8"}),
+        lambda d: json.dumps({**d, "dtype": "int4"}),
         lambda d: json.dumps(
             {**d, "blocks": [{**d["blocks"][0], "name": "../../x", "file": "../../x"}]}
         ),

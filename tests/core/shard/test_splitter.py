@@ -176,5 +176,5 @@ def test_unsafe_model_hash_is_refused(tiny_model, tmp_path) -> None:
 def test_unsupported_dtype_is_refused(tiny_model, tmp_path) -> None:
     model_dir = tiny_model("llama")
     plan = make_plan(load_config(model_dir), [1])
-    with pytest.raises(ShardError, match="float32, float16 or bfloat16"):
-        split_model(model_dir, plan, tmp_path, dtype=torch.int8)
+    with pytest.raises(ShardError, match="float32, float16, bfloat16 or int8"):
+        split_model(model_dir, plan, tmp_path, dtype=torch.float64)

@@ -1,0 +1,56 @@
+"""Matmuls against block weights in whatever dtype the shard stores (core/shard/blocks.py).
+
+The residual stream and every output are float32; only the weights differ:
+  float32   x @ w with w [in, out] (exact: the TP-vs-transformers contract is checked at fp32).
+            (Tried: re-laying w as [threads, in, out/threads] for one bmm, since MKL runs a
+            one-row GEMV on one thread; faster alone, ~20% slower inside the decode loop.)
+  bf16/fp16 x is rounded to the weight dtype, the kernel accumulates in fp32, out -> fp32
+  int8      w [out, in] int8 + per-row scales. Decode (few rows) uses torch's int8 weight-only
+            kernel, which streams 1 byte per weight; prefill (many rows) dequantizes to bf16
+            once per block and runs a bf16 GEMM, which measured ~4x faster than that kernel
+            at 512 rows on this CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from core.shard.blocks import SCALE
+
+Block = dict[str, torch.Tensor]
+INT8_GEMV_MAX_ROWS = 16  # above this, dequantize and use a GEMM (see module docstring)
+ACT = torch.bfloat16  # activation dtype fed to the int8 kernel (it takes bf16 scales too)
+
+
+def prepare_block(block: Block) -> Block:
+    """Once per load: int8 scales to the activation dtype the int8 kernel wants."""
+    for name, t in block.items():
+        if name.endswith(SCALE):
+            block[name] = t.to(ACT)
+    return block
+
+
+def linear(x: torch.Tensor, block: Block, name: str) -> torch.Tensor:
+    """x [T, in] float32 @ block[name] -> [T, out] float32."""
+    w = block[name]
+    if w.dtype == torch.float32:
+        return x @ w
+    if w.dtype == torch.int8:
+        return _int8(x, w, block[name + SCALE])
+    return (x.to(w.dtype) @ w).float()
+
+
+def _int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # q [out, in] int8, scale [out] bf16
+    xa = x.to(ACT)
+    if x.shape[0] <= INT8_GEMV_MAX_ROWS:
+        return torch._weight_int8pack_mm(xa, q, scale).float()
+    # int8 -> bf16 is exact (|q| <= 127 fits bf16's 8-bit significand)
+    return (F.linear(xa, q.to(ACT)) * scale).float()
+
+
+def rows(block: Block, name: str, ids: torch.Tensor) -> torch.Tensor:
+    """Rows `ids` of an [out, in]-stored int8 matrix, dequantized -> [T, in] float32."""
+    return block[name][ids].float() * block[name + SCALE][ids].float()[:, None]
+
