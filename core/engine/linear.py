@@ -20,14 +20,22 @@ from core.shard.blocks import SCALE
 
 Block = dict[str, torch.Tensor]
 INT8_GEMV_MAX_ROWS = 16  # above this, dequantize and use a GEMM (see module docstring)
+ALIGN = 64  # bytes
 ACT = torch.bfloat16  # activation dtype fed to the int8 kernel (it takes bf16 scales too)
 
 
 def prepare_block(block: Block) -> Block:
-    """Once per load: int8 scales to the activation dtype the int8 kernel wants."""
+    """Once per load: int8 scales to the kernel's dtype; every tensor 64-byte aligned.
+
+    safetensors hands out tensors at their offset in the file; torch's int8 kernel
+    crashes (SIGSEGV) on an int8 matrix that is not 64-byte aligned, so those are copied.
+    """
     for name, t in block.items():
         if name.endswith(SCALE):
-            block[name] = t.to(ACT)
+            t = t.to(ACT)
+        if t.data_ptr() % ALIGN:
+            t = t.clone()
+        block[name] = t
     return block
 
 
