@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llamacpp_report import llamacpp_section
+
 ENGINE_TARGETS = (
     # (model, config, key, limit, what)
     ("default", "ours r1 wall", "decode_vs_hf", 0.8,
@@ -167,6 +169,7 @@ def render(out_dir: Path, extra: dict) -> str:
     engine = _load(out_dir / "engine.json")
     memory = _load(out_dir / "memory.json")
     col = _load(out_dir / "collectives.json")
+    llama = _load(out_dir / "llamacpp.json")
     mach = (engine or memory or {}).get("machine")
     lines = ["# Benchmark results", "",
              "Written by `make bench` (benchmarks/run_all.py); raw numbers in "
@@ -184,6 +187,8 @@ def render(out_dir: Path, extra: dict) -> str:
         lines += memory_section(memory)
     if col:
         lines += collectives_section(col)
+    if llama:
+        lines += llamacpp_section(llama)
     if extra.get("errors"):
         lines += ["## Errors", "", *[f"- {e}" for e in extra["errors"]], ""]
     lines += NOTES

@@ -1,0 +1,167 @@
+"""Ours vs llama.cpp vs transformers on the default model, side by side in one run.
+
+    LLAMA_CPP=1 .venv/bin/python benchmarks/bench_llamacpp.py [--reps 3] [--new-tokens 64]
+
+llama-cpp-python compiles llama.cpp from source (minutes), so it is installed into the venv
+only when asked: LLAMA_CPP=1 or --install (`make bench` runs this only with LLAMA_CPP=1).
+F32/F16/Q8_0 GGUFs are written from the shipped Q4_1 GGUF (gguf_variants.py), so every
+engine runs the same weights. Each configuration runs in a fresh process per repetition
+(llamacpp_worker.py), in an order rotated per repetition; tables show medians. Writes
+benchmarks/out/llamacpp.json; report.py renders it into RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from common import OUT, PY, bench_env, log, machine, median, spread, write_json  # noqa: E402
+from gguf_variants import ensure_variants  # noqa: E402
+
+LLAMA_CPP_VERSION = "0.3.36"
+# CPU only, tuned for this CPU, nothing but the library (no server, examples or tests).
+CMAKE_ARGS = ("-DGGML_NATIVE=ON -DGGML_BLAS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+              "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF")
+QUESTION = "What is the capital of France?"
+# (label, worker args); llama.cpp ones name a GGUF type, ours a shard dtype.
+CONFIGS = [
+    ("llama.cpp F32", ["--engine", "llama"], "F32"),
+    ("llama.cpp F16", ["--engine", "llama"], "F16"),
+    ("llama.cpp Q8_0", ["--engine", "llama"], "Q8_0"),
+    ("transformers fp32", ["--engine", "transformers"], None),
+    ("ours fp32", ["--engine", "ours", "--dtype", "float32"], None),
+    ("ours bf16", ["--engine", "ours", "--dtype", "bfloat16"], None),
+    ("ours int8", ["--engine", "ours", "--dtype", "int8"], None),
+]
+# (ours, theirs, measure, limit): the issue's targets.
+RATIOS = [
+    ("ours fp32", "llama.cpp F32", "decode_ms_per_token", 1.5),
+    ("ours int8", "llama.cpp Q8_0", "decode_ms_per_token", 1.5),
+    ("ours fp32", "llama.cpp F32", "ttft_512_ms", 1.5),
+    ("ours int8", "llama.cpp Q8_0", "ttft_512_ms", 1.5),
+    ("ours bf16", "llama.cpp F16", "decode_ms_per_token", None),
+    ("ours fp32", "transformers fp32", "decode_ms_per_token", None),
+]
+
+
+def llama_cpp_installed() -> bool:
+    return subprocess.call([PY, "-c", "import llama_cpp"], stderr=subprocess.DEVNULL) == 0
+
+
+def install_llama_cpp() -> float:
+    """pip-install llama-cpp-python into this venv (a from-source build); seconds taken."""
+    log(f"building llama-cpp-python=={LLAMA_CPP_VERSION} (compiles llama.cpp, minutes)")
+    env = dict(os.environ, CMAKE_ARGS=CMAKE_ARGS,
+               CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 1))
+    t0 = time.monotonic()
+    subprocess.check_call([PY, "-m", "pip", "install", "-q", "--no-cache-dir",
+                           f"llama-cpp-python=={LLAMA_CPP_VERSION}"], env=env)
+    return round(time.monotonic() - t0, 1)
+
+
+def prepare_ids(cache: Path) -> Path:
+    """The chat prompt and a 512-token prompt as ids, and the imported model dir."""
+    from core.model.model_dir import resolve_model
+    from core.model.tokenizer import ChatTokenizer
+
+    model_dir = resolve_model(None)
+    tok = ChatTokenizer(model_dir)
+    prompt = tok.apply_chat([{"role": "user", "content": QUESTION}], add_generation_prompt=True)
+    text = (HERE.parent / "README.md").read_text()
+    long = tok.encode(text * (1 + 4096 // max(1, len(text) // 4)))[:512]
+    path = cache / "ids.json"
+    path.write_text(json.dumps({"prompt": prompt, "long": long, "model_dir": str(model_dir)}))
+    return path
+
+
+def presplit() -> None:
+    """Split the default model for each of our dtypes now, so no run pays for it."""
+    for dtype in ("fp32", "bf16", "int8"):
+        subprocess.check_call([PY, "-m", "core.cli", "split", "--dtype", dtype],
+                              env=bench_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+
+def run_config(args: list[str], gguf: Path | None, ids: Path, n: int, threads: int) -> dict:
+    cmd = [PY, str(HERE / "llamacpp_worker.py"), *args, "--ids", str(ids),
+           "--new-tokens", str(n), "--threads", str(threads)]
+    if gguf is not None:
+        cmd += ["--gguf", str(gguf)]
+    out = subprocess.run(cmd, env=bench_env(), capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} exited {out.returncode}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    summary = {}
+    fp32 = runs.get("ours fp32", [{}])[0].get("token_ids", [])
+    for label, rs in runs.items():
+        dec = [r["decode_ms_per_token"] for r in rs]
+        toks = rs[0]["token_ids"]
+        summary[label] = {
+            "decode_ms_per_token": median(dec), "decode_spread": spread(dec),
+            "ttft_ms": median([r["ttft_ms"] for r in rs]),
+            "ttft_512_ms": median([r["ttft_512_ms"] for r in rs]),
+            "same_first16_as_ours_fp32": sum(a == b for a, b in zip(toks[:16], fp32[:16],
+                                                                    strict=False)),
+            "runs": len(rs),
+        }
+    ratios = []
+    for ours, theirs, key, limit in RATIOS:
+        a, b = summary.get(ours, {}).get(key), summary.get(theirs, {}).get(key)
+        ratios.append({"ours": ours, "theirs": theirs, "measure": key, "limit": limit,
+                       "ratio": round(a / b, 3) if a and b else None})
+    return {"by_config": summary, "ratios": ratios}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--install", action="store_true", help="build llama-cpp-python if missing")
+    args = ap.parse_args(argv)
+    os.environ.update(bench_env())
+    build_s = None
+    if not llama_cpp_installed():
+        if not (args.install or os.environ.get("LLAMA_CPP") == "1"):
+            log("llama-cpp-python is not installed; run with LLAMA_CPP=1 to build it")
+            return 2
+        build_s = install_llama_cpp()
+    from core.model.default_model import default_gguf_path
+
+    started = machine()
+    ggufs = ensure_variants(default_gguf_path(), OUT / "gguf")
+    ids = prepare_ids(OUT)
+    presplit()
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in CONFIGS}
+    for rep in range(args.reps):
+        order = CONFIGS[rep % len(CONFIGS):] + CONFIGS[:rep % len(CONFIGS)]
+        for label, wargs, qtype in order:
+            r = run_config(wargs, ggufs[qtype] if qtype else None, ids, args.new_tokens,
+                           args.threads)
+            runs[label].append(r)
+            log(f"rep {rep + 1}/{args.reps} {label}: decode {r['decode_ms_per_token']} ms/tok, "
+                f"TTFT {r['ttft_ms']} ms, TTFT-512 {r['ttft_512_ms']} ms")
+    data = {"machine": started, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+            "llama_cpp_version": LLAMA_CPP_VERSION, "build_s": build_s, "reps": args.reps,
+            "new_tokens": args.new_tokens, "threads": args.threads,
+            "prompt_tokens": len(json.loads(ids.read_text())["prompt"]),
+            "gguf_mb": {q: round(p.stat().st_size / (1 << 20), 1) for q, p in ggufs.items()},
+            **summarize(runs), "runs": runs}
+    log(f"wrote {write_json('llamacpp.json', data)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

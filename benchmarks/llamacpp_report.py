@@ -1,0 +1,39 @@
+"""The "ours vs llama.cpp" section of RESULTS.md, from benchmarks/out/llamacpp.json."""
+
+from __future__ import annotations
+
+MEASURES = {"decode_ms_per_token": "decode ms/token", "ttft_512_ms": "TTFT 512-token prompt"}
+
+
+def _f(x, nd: int = 1) -> str:
+    return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def llamacpp_section(d: dict) -> list[str]:
+    m = d["machine"]
+    built = f"; llama-cpp-python built in {d['build_s']} s" if d.get("build_s") else ""
+    lines = [
+        "## Ours vs llama.cpp (benchmarks/bench_llamacpp.py, `LLAMA_CPP=1 make bench`)", "",
+        f"Started {m['date']}, load average then {m['load_avg_at_start']}, at end "
+        f"{d['load_avg_at_end']}; {m['cpu']}, {m['cores']} cores{built}. "
+        f"llama-cpp-python {d['llama_cpp_version']}; default model (SmolLM2-135M-Instruct) "
+        f"as F32/F16/Q8_0 GGUFs ({', '.join(f'{k} {v} MB' for k, v in d['gguf_mb'].items())})"
+        f" re-encoded from the shipped Q4_1, so all engines run the same weights. "
+        f"{d['reps']} repetitions, each configuration a fresh process, order rotated; "
+        f"medians. {d['new_tokens']} greedy tokens (EOS ignored), {d['prompt_tokens']}-token "
+        f"chat prompt, {d['threads']} threads everywhere, ours at 1 rank, all resident.", "",
+        "| target | ratio of medians | limit | result |", "|---|---|---|---|",
+    ]
+    for r in d["ratios"]:
+        verdict = ("-" if r["limit"] is None else "not measured" if r["ratio"] is None
+                   else "PASS" if r["ratio"] <= r["limit"] else "MISS")
+        lines.append(f"| {r['ours']} / {r['theirs']}, {MEASURES[r['measure']]} | "
+                     f"{_f(r['ratio'], 2)} | {'-' if r['limit'] is None else r['limit']} | "
+                     f"{verdict} |")
+    lines += ["", "| engine | decode ms/token | spread | TTFT ms | TTFT-512 ms | "
+              "first 16 tokens as ours fp32 |", "|---|---|---|---|---|---|"]
+    for label, s in d["by_config"].items():
+        lines.append(f"| {label} | {_f(s['decode_ms_per_token'])} | {_f(s['decode_spread'], 2)} "
+                     f"| {_f(s['ttft_ms'], 0)} | {_f(s['ttft_512_ms'], 0)} | "
+                     f"{s['same_first16_as_ours_fp32']}/16 |")
+    return lines + [""]
