@@ -259,8 +259,8 @@ class LocalCluster:
         if self.started:
             try:
                 self.group.broadcast_step({"op": "stop"}, None)
-            except TpiError:
-                pass
+            except (TpiError, KeyError):  # KeyError: a rank that never connected (a
+                pass  # start cancelled mid-ship); it is stopped through its host below
         for h in self.started:
             try:
                 h.stop()
