@@ -6,7 +6,9 @@ Used by the engine thread instead of a bare LocalCluster when the user paired de
 
 The identity is this computer's (`load_or_create(data_dir())`, the one the Add device
 dialog pairs with). Shard shipping reports as the stage "sending shards to 'NAME'"
-(app.device_status.device_of_stage finds the card it belongs to).
+(app.device_status.device_of_stage finds the card it belongs to). A device that does not
+answer a ping is left out of the load (one switched-off laptop must not keep the model
+from loading); its card shows it offline.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from app.engine_worker import LoadedModel, Progress, model_display_name
 from core.engine.options import RunOptions
 
 StatusListener = Callable[[list], None]
+PROBE_TIMEOUT_S = 1.5
 
 
 def master_budget(devices: list[dict[str, Any]]) -> int:
@@ -28,6 +31,28 @@ def master_budget(devices: list[dict[str, Any]]) -> int:
     free = int(psutil.virtual_memory().available)
     budgets = [int(d.get("memory_budget") or 0) for d in devices]
     return min(free, max(budgets)) if any(budgets) else free
+
+
+def answering(specs: list, identity: Any) -> tuple[list, list]:
+    """Split `specs` (WorkerSpec) into the devices answering a CURVE ping and the others."""
+    from core.cluster.worker_link import WorkerLink
+
+    up, down = [], []
+    for spec in specs:
+        link = WorkerLink(spec.name, spec.endpoint, spec.public_key, identity)
+        try:
+            (up if link.probe(PROBE_TIMEOUT_S) else down).append(spec)
+        finally:
+            link.close()
+    return up, down
+
+
+def offline_rows(names: list[str]) -> list:
+    """A DeviceStatus per device left out of the load."""
+    from core.cluster.device_status import DeviceStatus
+
+    return [DeviceStatus(n, state="offline", share="Did not answer when the model loaded; "
+                         "it joins at the next load.") for n in names]
 
 
 def session_loader(model: str | None, opts: RunOptions, progress: Progress,
@@ -46,15 +71,25 @@ def session_loader(model: str | None, opts: RunOptions, progress: Progress,
     tokenizer = ChatTokenizer(model_dir)
     specs = [WorkerSpec(str(d["name"]), str(d["endpoint"]), str(d["public_key"]),
                         int(d.get("memory_budget") or 0) or 2**30) for d in devices]
-    session = Session(model_dir, load_or_create(data_dir()), specs, opts=opts,
-                      local_ranks=max(0, opts.ranks - 1), master_budget=master_budget(devices),
-                      progress=progress, on_status=on_status).start()
+    identity = load_or_create(data_dir())
+    progress("Contacting devices", 0, len(specs))
+    specs, missing = answering(specs, identity)
+    offline = [s.name for s in missing]
+    budget = master_budget([d for d in devices if d["name"] not in offline])
+
+    def push(rows: list) -> None:  # the session's status thread
+        on_status(rows + offline_rows(offline))
+
+    session = Session(model_dir, identity, specs, opts=opts,
+                      local_ranks=max(0, opts.ranks - 1), master_budget=budget,
+                      progress=progress, on_status=push if on_status else None)
+    session.start()
     return LoadedModel(
         name=model_display_name(model),
         world_size=session.world_size,
         close=session.close,
         tokenizer=tokenizer,
         runner=session.runner,
-        device_status=session.device_status,
+        device_status=lambda: session.device_status() + offline_rows(offline),
         current_world_size=lambda: session.world_size,
     )

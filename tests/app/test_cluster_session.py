@@ -36,6 +36,14 @@ def tiny_model(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")
 
 
+def no_modal_warnings(monkeypatch) -> list[str]:
+    """A load failure's message box would block the test forever: record it instead."""
+    shown: list[str] = []
+    monkeypatch.setattr("app.main_window.QMessageBox.warning",
+                        lambda _parent, _title, text, *a: shown.append(text))
+    return shown
+
+
 def card_numbers(card) -> tuple[int, int, float | None]:
     mem = MEMORY_RE.search(card.memory_label.text())
     rtt = RTT_RE.search(card.rtt_label.text())
@@ -53,11 +61,23 @@ def test_session_devices_panel_and_a_worker_dropping_out(qtbot, themed, tiny_mod
         (spec,) = DeviceRoster(store, data_dir()).worker_specs()
         store.close()
         assert spec["endpoint"] == f"tcp://127.0.0.1:{worker.control_port}"
+        warnings = no_modal_warnings(monkeypatch)
         guard = GuiThreadGuard().arm(monkeypatch)
         w = open_window(qtbot, default_loader, wait_ready=False, model=str(tiny_model),
                         sampling=GREEDY)
         shipped: list[tuple[str, int, int]] = []
         w.engine.worker.device_progress.connect(lambda *a: shipped.append(a))
+
+        # Cancel while shards go to the worker: the load ends, nothing is left half-loaded
+        with qtbot.waitSignal(w.engine.worker.load_cancelled, timeout=LOAD_MS):
+            qtbot.waitUntil(lambda: bool(shipped), timeout=LOAD_MS)
+            assert "loading" in w.devices.cards[name].role.text()
+            assert "Receiving model shards" in w.devices.cards[name].memory_label.text()
+            w.cancel_load()
+        assert not w.controller.ready and w.engine.worker._model is None and not warnings
+
+        shipped.clear()
+        w.load_model(str(tiny_model))
         qtbot.waitUntil(lambda: w.controller.ready, timeout=LOAD_MS)
         assert w.status.cluster.text() == "2 ranks"
         assert shipped and shipped[-1][0] == name and shipped[-1][1] == shipped[-1][2] > 0
@@ -108,3 +128,24 @@ def test_session_devices_panel_and_a_worker_dropping_out(qtbot, themed, tiny_mod
         close_window(w)
     finally:
         worker.stop()
+
+
+def test_an_enrolled_device_that_is_off_is_left_out(qtbot, themed, tiny_model, tmp_path,
+                                                    monkeypatch):
+    warnings = no_modal_warnings(monkeypatch)
+    name = f"off-worker-{uuid.uuid4().hex[:6]}"
+    worker = WorkerProcess(name, tmp_path / "worker")
+    try:
+        worker.enroll_in_app(GB)
+    finally:
+        worker.stop()
+    w = open_window(qtbot, default_loader, wait_ready=False, model=str(tiny_model),
+                    sampling=GREEDY)
+    qtbot.waitUntil(lambda: w.controller.ready or bool(warnings), timeout=LOAD_MS)
+    assert not warnings and w.status.cluster.text() == "1 rank"
+    qtbot.waitUntil(lambda: name in w.devices.cards
+                    and "offline" in w.devices.cards[name].role.text(), timeout=10_000)
+    assert "next load" in w.devices.cards[name].share.text()
+    send(qtbot, w, "Hello?", timeout=REPLY_MS)
+    assert not w.controller.last_error and w.chat_view.messages[-1].text()
+    close_window(w)
