@@ -319,7 +319,7 @@ class DevicesPanel(QWidget):
             if d.name not in shown:
                 rows.append((DeviceStatus(
                     d.name, role="worker", state="paired", budget_bytes=d.memory_budget,
-                    share="Share pending: it joins at the next model load."), d.public_key))
+                    share="Share pending: it joins when the model reloads."), d.public_key))
         return rows
 
     def show_transfer(self, name: str, done: int, total: int) -> None:

@@ -50,6 +50,7 @@ class MainWindow(QMainWindow):
         self.add_device_dialog: AddDeviceDialog | None = None
         self.roster = DeviceRoster(store, data_dir(), self)
         self._closed = False
+        self._reload_pending = False  # devices changed while a reply was streaming
         self.setWindowTitle("TPI Chat")
         self.setWindowIcon(app_icon())
         self.resize(1280, 820)
@@ -325,8 +326,7 @@ class MainWindow(QMainWindow):
         if old is not None:
             old.deleteLater()
         dlg = AddDeviceDialog(self.roster, self.discovery_interfaces, self)
-        dlg.enrolled.connect(lambda dev: self.status.note(
-            f"Paired with \u201c{dev.name}\u201d; it joins at the next model load."))
+        dlg.enrolled.connect(self._device_enrolled)
         self.add_device_dialog = dlg
         dlg.show()
         return dlg
@@ -344,6 +344,19 @@ class MainWindow(QMainWindow):
                 return
         self.roster.remove(public_key)
         self.status.note(f"Removed \u201c{dev.name}\u201d.")
+        if dev.name in self.devices.cards:  # the running model uses it: plan again without
+            self.reload_when_idle()
+
+    def _device_enrolled(self, dev) -> None:
+        self.status.note(f"Paired with \u201c{dev.name}\u201d; the model reloads to use it.")
+        self.reload_when_idle()
+
+    def reload_when_idle(self) -> None:
+        """Reload the model (a new plan over the enrolled devices), after the running reply."""
+        if self.controller.busy:
+            self._reload_pending = True
+        else:
+            self.load_model(self.model_path)
 
     def _roster_changed(self) -> None:
         self.devices.set_enrolled(self.roster.devices())
@@ -368,6 +381,9 @@ class MainWindow(QMainWindow):
 
     def _busy_changed(self, busy: bool) -> None:
         self.status.note("Generating\u2026 (Esc to stop)" if busy else "Ready")
+        if not busy and self._reload_pending:
+            self._reload_pending = False
+            self.load_model(self.model_path)
 
     # view ----------------------------------------------------------------------------
     def _escape(self) -> None:

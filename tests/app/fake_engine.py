@@ -74,9 +74,11 @@ class FakeLoader:
         self.sessions: list[FakeSession] = []
         self.closed = 0
         self.load_threads: set[int] = set()
+        self.device_names: list[list[str]] = []  # per load: the enrolled devices it was given
 
     def __call__(self, model, opts: RunOptions, progress, **devices) -> LoadedModel:
         self.load_threads.add(threading.get_ident())
+        self.device_names.append([d["name"] for d in devices.get("devices", [])])
         steps = 10
         for i in range(steps + 1):
             progress("Importing model", i, steps)

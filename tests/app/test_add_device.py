@@ -41,7 +41,8 @@ def test_add_device_lists_pairs_and_loses_a_real_worker(qtbot, themed, tmp_path)
     worker = WorkerProcess(name, tmp_path / "worker")
     try:
         code = worker.code()
-        w = open_window(qtbot, FakeLoader())
+        loader = FakeLoader()
+        w = open_window(qtbot, loader)
         w.discovery_interfaces = ["127.0.0.1"]
         w.confirm_delete = False
         qtbot.mouseClick(w.devices.add_button, Qt.MouseButton.LeftButton)
@@ -96,6 +97,10 @@ def test_add_device_lists_pairs_and_loses_a_real_worker(qtbot, themed, tmp_path)
         assert "paired" in card.role.text() and "pending" in card.share.text().lower()
         assert "1.5 GB" in card.memory_label.text().replace("\xa0", " ")
         assert not card.remove_button.isHidden()
+        # pairing reloads the model with the new device in the plan
+        qtbot.waitUntil(lambda: loader.device_names[-1] == [name] and w.controller.ready,
+                        timeout=WAIT_MS)
+        assert loader.device_names[0] == []
 
         # the row vanishes when the worker stops (zeroconf goodbye)
         worker.stop()
