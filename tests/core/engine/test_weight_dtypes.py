@@ -112,3 +112,17 @@ def test_default_model_greedy_tokens_mostly_match_fp32(tmp_path, capsys):
     finally:
         for c in clusters.values():
             c.close()
+
+
+@pytest.mark.slow
+def test_cli_int8_on_worker_processes_streams_the_same_tokens(tmp_path):
+    """--dtype reaches the split and the rank processes; streaming int8 blocks changes nothing."""
+    from tests.fixtures.cli import run_cli
+
+    tiny = make_tiny_model(tmp_path, "llama")
+    runs = [run_cli("generate", "--model", str(tiny), "--ranks", "2", "--dtype", "int8",
+                    "--window", w, "--temperature", "0", "--max-new-tokens", "8", "--raw",
+                    "--json", "--prompt", "one two three") for w in ("all", "1")]
+    assert all(r.code == 0 for r in runs), runs[-1].stderr
+    assert runs[0].json()["token_ids"] == runs[1].json()["token_ids"]
+    assert len(runs[0].json()["token_ids"]) >= 1
