@@ -190,9 +190,10 @@ class Session:
         if blamed:
             who = ", ".join(f"'{n}'" for n in blamed)
             left = len(self._alive())
+            on = ("this device alone" if left == 0 else f"this device and {left} other "
+                  f"device{'s' if left > 1 else ''}")
             return PeerError(f"device {who} stopped answering, so the reply was cut short. "
-                             f"The next message runs on this device and {left} other "
-                             f"device(s). ({e})")
+                             f"The next message runs on {on}. ({e})")
         return PeerError(f"{e} The next message starts the devices again.")
 
     def _link_died(self, link: WorkerLink) -> None:
