@@ -303,8 +303,7 @@ class AddDeviceDialog(QDialog):
         self.code.clear()
         self._update_buttons()
         self.show_status(f"Paired with \u201c{device.name}\u201d (fingerprint "
-                         f"{device.fingerprint}). It takes its share of the model at the next "
-                         "model load.", "ok")
+                         f"{device.fingerprint}). The model reloads to give it its share.", "ok")
         self.enrolled.emit(device)
 
     def _pair_failed(self, signals: JobSignals, message: str) -> None:

@@ -185,6 +185,8 @@ class DeviceCard(QFrame):
         frac = done / total if total else 0.0
         self.dot.setStyleSheet(f"color: {theme().hex('warn')};")
         self.role.setText("worker \u00b7 loading")
+        self.share.setText("Receiving its share of the model\u2026")
+        self.share.show()
         self.memory_label.setText(f"Receiving model shards {_nb(human_bytes(done))}\u00a0/ "
                                   f"{_nb(human_bytes(total))} ({100 * frac:.0f}%)")
         self.memory_label.show()
@@ -224,11 +226,12 @@ class DeviceCard(QFrame):
             rtt = "Link RTT \u2014 (local)"
         if s.state == "paired":
             rtt = ""
-        if s.tokens_per_s and rtt:
+        if s.tokens_per_s and rtt and s.state != "offline":
             rtt += f" \u00b7 {s.tokens_per_s:.1f} tok/s"
         self.rtt_label.setText(rtt)
         self.rtt_label.setVisible(bool(rtt))
         self.memory.setVisible(bool(budget))
+        self.memory_label.setVisible(bool(budget or s.budget_bytes))
 
 
 class DevicesPanel(QWidget):

@@ -53,7 +53,8 @@ class LoadedModel:
     """A model ready to chat: either tokenizer + runner (a real engine) or a session factory.
 
     `device_status` (a cluster Session) replaces `rank_stats`: its rows are complete, and
-    the session pushes them itself; `current_world_size` changes after a re-plan.
+    the session pushes them itself; `current_world_size` changes after a re-plan, which
+    `recover` starts at once after a failed reply (so the next message does not wait).
     """
 
     name: str
@@ -65,6 +66,7 @@ class LoadedModel:
     session_factory: Callable[[], SessionLike] | None = None
     device_status: Callable[[], list[DeviceStatus]] | None = None
     current_world_size: Callable[[], int] | None = None
+    recover: Callable[[], None] | None = None  # re-plan over the devices still answering
 
 
 Loader = Callable[[str | None, RunOptions, Progress], LoadedModel]
@@ -281,7 +283,9 @@ class EngineWorker(QObject):
             reply = session.send(messages[-1]["content"], params, on_text, self._stop.is_set)
         except TpiError as e:
             self._busy = False
-            self.failed.emit(str(e))
+            text = str(e)
+            self.failed.emit(text[:1].upper() + text[1:])  # a sentence for the chat
+            self._recover()
             self._emit_stats(force=True)  # e.g. the device that dropped out, now offline
             return
         except Exception as e:
@@ -318,6 +322,16 @@ class EngineWorker(QObject):
                 model.close()
             except Exception:
                 traceback.print_exc()
+
+    def _recover(self) -> None:
+        m = self._model
+        if m is None or m.recover is None:
+            return
+        try:
+            m.recover()
+        except Exception:  # the next message tries again, and says why if it fails
+            traceback.print_exc()
+        self._check_world_size()
 
     def _check_world_size(self) -> None:
         m = self._model

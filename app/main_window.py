@@ -120,8 +120,7 @@ class MainWindow(QMainWindow):
         w.load_cancelled.connect(self._load_cancelled)
         w.stats.connect(self.devices.update_devices)
         w.device_progress.connect(self.devices.show_transfer)
-        w.world_size_changed.connect(lambda n: self.status.set_model(
-            self.status.model.text(), n))
+        w.world_size_changed.connect(self._world_size_changed)
         self.status.cancel_requested.connect(self.cancel_load)
         d = self.devices
         d.add_device_requested.connect(self.open_add_device)
@@ -366,6 +365,10 @@ class MainWindow(QMainWindow):
         self.status.set_loading(False, "Ready")
         self.status.set_model(name, world_size)
         self.controller.model_ready(True)
+
+    def _world_size_changed(self, n: int) -> None:
+        self.status.set_model(self.status.model.text(), n)
+        self.status.note(f"Running on {n} rank" + ("s" if n != 1 else "") + " now.")
 
     def _load_cancelled(self) -> None:
         self.status.note("Model loading cancelled.")

@@ -92,4 +92,5 @@ def session_loader(model: str | None, opts: RunOptions, progress: Progress,
         runner=session.runner,
         device_status=lambda: session.device_status() + offline_rows(offline),
         current_world_size=lambda: session.world_size,
+        recover=session.recover,
     )

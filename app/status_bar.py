@@ -39,6 +39,7 @@ class StatusBar(QStatusBar):
             self.progress.setRange(0, 0)
 
     def show_progress(self, stage: str, done: int, total: int) -> None:
+        stage = stage[:1].upper() + stage[1:]  # core names stages in lower case
         if total > 0:
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(1000 * min(done, total) / total))
