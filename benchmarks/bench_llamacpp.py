@@ -50,6 +50,8 @@ RATIOS = [
     ("ours int8", "llama.cpp Q8_0", "ttft_512_ms", 1.5),
     ("ours bf16", "llama.cpp F16", "decode_ms_per_token", None),
     ("ours fp32", "transformers fp32", "decode_ms_per_token", None),
+    ("ours fp32", "ours fp32 (baseline)", "decode_ms_per_token", None),
+    ("ours fp32", "ours fp32 (baseline)", "ttft_512_ms", None),
 ]
 
 
@@ -91,12 +93,19 @@ def presplit() -> None:
                               stderr=subprocess.DEVNULL)
 
 
-def run_config(args: list[str], gguf: Path | None, ids: Path, n: int, threads: int) -> dict:
-    cmd = [PY, str(HERE / "llamacpp_worker.py"), *args, "--ids", str(ids),
-           "--new-tokens", str(n), "--threads", str(threads)]
+def run_config(args: list[str], gguf: Path | None, ids: Path, n: int, threads: int,
+               tree: Path | None = None) -> dict:
+    """One worker process; `tree` runs the worker of another checkout (a baseline)."""
+    worker = (tree or HERE.parent) / "benchmarks" / "llamacpp_worker.py"
+    cmd = [PY, str(worker), *args, "--ids", str(ids), "--new-tokens", str(n),
+           "--threads", str(threads)]
     if gguf is not None:
         cmd += ["--gguf", str(gguf)]
-    out = subprocess.run(cmd, env=bench_env(), capture_output=True, text=True, timeout=900)
+    env = bench_env()
+    if tree is not None:  # its own shard cache: its block format may differ from ours
+        env["PYTHONPATH"] = str(tree)
+        env["TPI_CHAT_CACHE"] = str(OUT / "cache-baseline")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} exited {out.returncode}: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -119,6 +128,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     ratios = []
     for ours, theirs, key, limit in RATIOS:
         a, b = summary.get(ours, {}).get(key), summary.get(theirs, {}).get(key)
+        if theirs not in summary:
+            continue
         ratios.append({"ours": ours, "theirs": theirs, "measure": key, "limit": limit,
                        "ratio": round(a / b, 3) if a and b else None})
     return {"by_config": summary, "ratios": ratios}
@@ -130,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--install", action="store_true", help="build llama-cpp-python if missing")
+    ap.add_argument("--baseline-tree", type=Path, default=None,
+                    help="also run 'ours fp32 (baseline)' from this checkout (a git worktree "
+                         "of an older commit, with this llamacpp_worker.py copied in)")
     args = ap.parse_args(argv)
     os.environ.update(bench_env())
     build_s = None
@@ -144,12 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     ggufs = ensure_variants(default_gguf_path(), OUT / "gguf")
     ids = prepare_ids(OUT)
     presplit()
-    runs: dict[str, list[dict]] = {label: [] for label, _, _ in CONFIGS}
+    configs = CONFIGS + ([("ours fp32 (baseline)", ["--engine", "ours"], None)]
+                         if args.baseline_tree else [])
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in configs}
     for rep in range(args.reps):
-        order = CONFIGS[rep % len(CONFIGS):] + CONFIGS[:rep % len(CONFIGS)]
+        order = configs[rep % len(configs):] + configs[:rep % len(configs)]
         for label, wargs, qtype in order:
+            tree = args.baseline_tree if label.endswith("(baseline)") else None
             r = run_config(wargs, ggufs[qtype] if qtype else None, ids, args.new_tokens,
-                           args.threads)
+                           args.threads, tree)
             runs[label].append(r)
             log(f"rep {rep + 1}/{args.reps} {label}: decode {r['decode_ms_per_token']} ms/tok, "
                 f"TTFT {r['ttft_ms']} ms, TTFT-512 {r['ttft_512_ms']} ms")

@@ -29,12 +29,13 @@ if str(ROOT) not in sys.path:
 class Ours:
     """Our engine at 1 rank, all resident, in this process (no CLI start-up in the timing)."""
 
-    def __init__(self, model_dir: str, dtype: str, threads: int):
+    def __init__(self, model_dir: str, dtype: str | None, threads: int):
         from core.engine.launcher import LocalCluster
         from core.engine.options import RunOptions
 
-        self.cluster = LocalCluster(Path(model_dir), RunOptions(ranks=1, dtype=dtype,
-                                                                threads=threads))
+        # no dtype: the default, and the only choice of checkouts older than --dtype
+        kw = {"dtype": dtype} if dtype else {}
+        self.cluster = LocalCluster(Path(model_dir), RunOptions(ranks=1, threads=threads, **kw))
         self.pos = 0
 
     def reset(self) -> None:
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", choices=["ours", "llama", "transformers"], required=True)
     ap.add_argument("--ids", required=True)
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default=None)
     ap.add_argument("--gguf", default=None)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
