@@ -22,17 +22,11 @@ import zmq
 
 from core.comm import wire
 from core.comm.plane import ZERO_COPY_MIN as _ZC
-from core.comm.plane import DataPlane, flat_array
+from core.comm.plane import DataPlane, check_tensor, flat_array
 from core.errors import ProtocolError
 
-_REDUCIBLE = (torch.float32, torch.float16, torch.bfloat16)
 _SNDMORE = zmq.SNDMORE
 _PARTIAL, _RESULT = wire.Kind.PARTIAL, wire.Kind.RESULT
-
-
-def check_tensor(t: torch.Tensor) -> None:
-    if t.dtype not in _REDUCIBLE or t.device.type != "cpu" or not t.is_contiguous():
-        raise ValueError("allreduce_ needs a contiguous CPU float32/float16/bfloat16 tensor")
 
 
 def _add(t: torch.Tensor, dst: np.ndarray, src: np.ndarray) -> None:
@@ -46,25 +40,25 @@ def _add(t: torch.Tensor, dst: np.ndarray, src: np.ndarray) -> None:
 def star_allreduce_(p: DataPlane, t: torch.Tensor) -> torch.Tensor:
     """Sum `t` across ranks in place through rank 0 (fast links first, then ZeroMQ)."""
     p.seq = seq = (p.seq + 1) & 0xFFFFFFFF
-    arr = flat_array(t)
+    arr, raw = p.views(t)  # flat numpy view, byte view
     if p.rank != 0:
         if p.fast:
             fl = p.fast[0]
-            fl.send(_PARTIAL, seq, arr)
-            fl.recv(_RESULT, seq, arr, p.closing)  # sendmsg copied our partial: safe
+            fl.send(_PARTIAL, seq, raw)
+            fl.recv(_RESULT, seq, raw, p.closing)  # sendmsg copied our partial: safe
             return t
         return _star_worker_zmq(p, arr, seq, t)
 
-    slots = p.slots(arr.size, arr.dtype)  # [ws - 1, numel]
+    slots, slot_bytes = p.slots(arr.size, arr.dtype)  # [ws - 1, numel]
     fast = p.fast_order
     for fl in fast:  # in rank order; the kernel buffers whoever is early
-        fl.recv(_PARTIAL, seq, slots[fl.peer - 1], p.closing, fast)
+        fl.recv(_PARTIAL, seq, slot_bytes[fl.peer - 1], p.closing, fast)
     if p.zmq_workers:
         _star_gather_zmq(p, arr, seq, slots)
     for r in range(p.world_size - 1):  # rank order, not arrival order: deterministic sums
         _add(t, arr, slots[r])
     for fl in fast:
-        fl.send(_RESULT, seq, arr)
+        fl.send(_RESULT, seq, raw)
     if p.zmq_workers:
         _star_scatter_zmq(p, arr, seq)
     return t
@@ -185,10 +179,10 @@ def allreduce_(p: DataPlane, t: torch.Tensor, algorithm: str | None = None) -> t
     """Dispatch to the group's (or the given) algorithm; a world of one is a no-op."""
     if p.world_size == 1:
         return t
-    check_tensor(t)
     algo = algorithm or p.algorithm
     if algo == "star":
-        return star_allreduce_(p, t)
+        return star_allreduce_(p, t)  # p.views checks the tensor
     if algo == "ring":
+        check_tensor(t)
         return ring_allreduce_(p, t)
     raise ValueError(f"unknown allreduce algorithm {algo!r}")

@@ -38,13 +38,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from core.comm import wire
 from core.comm.linkemu import LinkEmulation
 from core.comm.transport import GroupClosed
 from core.errors import PeerError, ProtocolError
 
+STAGE_MAX = 64 * 1024  # payloads up to this go through one contiguous staging buffer
 SLICE_S = 0.1  # receive slice: how often a waiting receive checks deadline and close()
 _MAC_SIZE = 32
 _HELLO_SIZE = wire.HOT_SIZE + _MAC_SIZE
@@ -88,11 +87,6 @@ def _tune(sock: socket.socket, send_timeout_s: float) -> None:
                     _TIMEVAL.pack(int(secs), int((secs % 1) * 1e6)))
 
 
-def _bytes(a: np.ndarray) -> memoryview:
-    """Byte view of a contiguous array (recv_into/recvmsg_into want byte offsets)."""
-    return memoryview(a.view(np.uint8))
-
-
 @dataclass
 class FastLink:
     """One authenticated loopback TCP connection to `peer` (a rank of the group)."""
@@ -103,66 +97,95 @@ class FastLink:
     op_timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        self.hdr = bytearray(wire.HOT_SIZE)
-        self._hview = memoryview(self.hdr)
-        self._out = bytearray(wire.HOT_SIZE)
+        self._hdr = bytearray(wire.HOT_SIZE)  # header of a big (scatter) receive
+        self._out = bytearray(wire.HOT_SIZE)  # header of a big (gather) send
+        self._want = bytearray(wire.HOT_SIZE)  # the header the next receive must carry
+        self._stages: dict[int, tuple[memoryview, memoryview, memoryview]] = {}
         self._deadline: float | None = None  # set when a receive first waits a slice
+
+    def _stage(self, n: int) -> tuple[memoryview, memoryview, memoryview]:
+        """(message, header, payload) views of the staging buffer for an n-byte payload.
+
+        Small messages go through one contiguous buffer: a copy of a few KB costs less
+        than the scatter/gather syscalls (sendmsg, recvmsg_into) would add.
+        """
+        got = self._stages.get(n)
+        if got is None:
+            if len(self._stages) >= 8:  # sizes vary with prefill lengths: keep a few
+                self._stages.clear()
+            msg = memoryview(bytearray(wire.HOT_SIZE + n))
+            got = (msg, msg[:wire.HOT_SIZE], msg[wire.HOT_SIZE:])
+            self._stages[n] = got
+        return got
 
     # -- sending -------------------------------------------------------------------
 
-    def send(self, kind: int, seq: int, payload: np.ndarray) -> None:
-        """Header + payload in one sendmsg (no concatenation copy)."""
-        body = _bytes(payload)
-        wire.HOT.pack_into(self._out, 0, wire.MAGIC, wire.PROTOCOL_VERSION, kind,
-                           seq & 0xFFFFFFFF, body.nbytes)
+    def send(self, kind: int, seq: int, body: memoryview) -> None:
+        """Send header + payload (a byte view); it is in the kernel when this returns."""
+        n = body.nbytes
         if self.link is not None:
-            self.link.before_send(wire.HOT_SIZE + body.nbytes)
+            self.link.before_send(wire.HOT_SIZE + n)
         try:
-            sent = self.sock.sendmsg([self._out, body])
-            if sent < wire.HOT_SIZE + body.nbytes:  # big payload: the kernel took a part
-                if sent < wire.HOT_SIZE:
-                    self.sock.sendall(memoryview(self._out)[sent:])
-                    sent = wire.HOT_SIZE
-                self.sock.sendall(body[sent - wire.HOT_SIZE:])
+            if n <= STAGE_MAX:
+                msg, hdr, payload = self._stage(n)
+                wire.HOT.pack_into(hdr, 0, wire.MAGIC, wire.PROTOCOL_VERSION, kind, seq, n)
+                payload[:] = body
+                self.sock.sendall(msg)
+            else:
+                self._send_gather(kind, seq, body)
         except (BlockingIOError, TimeoutError) as e:
             raise PeerError(f"rank {self.peer} did not take our data within "
                             f"{self.op_timeout:g} s.") from e
         except OSError as e:
             raise PeerError(f"rank {self.peer} disconnected.") from e
 
+    def _send_gather(self, kind: int, seq: int, body: memoryview) -> None:
+        """A big payload: header and payload in one sendmsg, no copy."""
+        wire.HOT.pack_into(self._out, 0, wire.MAGIC, wire.PROTOCOL_VERSION, kind, seq,
+                           body.nbytes)
+        sent = self.sock.sendmsg([self._out, body])
+        if sent < wire.HOT_SIZE:
+            self.sock.sendall(memoryview(self._out)[sent:])
+            sent = wire.HOT_SIZE
+        self.sock.sendall(body[sent - wire.HOT_SIZE:])
+
     # -- receiving -----------------------------------------------------------------
 
-    def recv(self, kind: int, seq: int, into: np.ndarray, closing: threading.Event,
+    def recv(self, kind: int, seq: int, body: memoryview, closing: threading.Event,
              others: list[FastLink] | tuple = ()) -> None:
-        """Receive one message whose payload must be exactly `into`, straight into it.
+        """Receive one message whose payload must be exactly `body` (bytes), into it.
 
         `others`: links checked for a dropped peer while this one is silent.
         """
-        body = _bytes(into)
-        want = wire.HOT_SIZE + body.nbytes
+        n = body.nbytes
         self._deadline = None
-        try:
-            got = self.sock.recvmsg_into([self._hview, body])[0]  # the common case: all of it
-        except (BlockingIOError, TimeoutError):
-            self._waited(closing, others)
-            got = self._recv_some(self._hview, closing, others)
-        except OSError as e:
-            raise PeerError(f"rank {self.peer} disconnected.") from e
-        if got == 0:
-            raise PeerError(f"rank {self.peer} disconnected.")
-        while got < want:
-            if got < wire.HOT_SIZE:
-                got += self._recv_some(self._hview[got:], closing, others)
-            else:
-                got += self._recv_some(body[got - wire.HOT_SIZE:], closing, others)
-        self._check(kind, seq, body.nbytes)
+        wire.HOT.pack_into(self._want, 0, wire.MAGIC, wire.PROTOCOL_VERSION, kind, seq, n)
+        if n <= STAGE_MAX:
+            msg, hdr, payload = self._stage(n)
+            self._fill(msg, closing, others)
+            if hdr != self._want:
+                self._mismatch(hdr)
+            body[:] = payload
+            return
+        hview = memoryview(self._hdr)
+        self._fill(hview, closing, others)
+        if self._hdr != self._want:
+            self._mismatch(hview)
+        self._fill(body, closing, others)
 
-    def _check(self, kind: int, seq: int, nbytes: int) -> None:
-        k, s, nb = wire.unpack(self.hdr)
-        if k != kind or s != seq or nb != nbytes:
-            raise ProtocolError(
-                f"Expected a {wire.Kind(kind).name} message #{seq} of {nbytes} bytes from "
-                f"rank {self.peer}, got kind {k} #{s} of {nb} bytes; the ranks are out of step.")
+    def _fill(self, view: memoryview, closing: threading.Event, others) -> None:
+        """Receive exactly len(view) bytes into `view`."""
+        got = self._recv_some(view, closing, others)  # the common case: all of it at once
+        while got < view.nbytes:
+            got += self._recv_some(view[got:], closing, others)
+
+    def _mismatch(self, hdr: memoryview) -> None:
+        """Raise ProtocolError naming what arrived instead of the expected header."""
+        k, s, nb = wire.unpack(bytes(hdr))  # raises for a bad magic or version
+        kind, seq, nbytes = wire.unpack(bytes(self._want))
+        raise ProtocolError(
+            f"Expected a {wire.Kind(kind).name} message #{seq} of {nbytes} bytes from "
+            f"rank {self.peer}, got kind {k} #{s} of {nb} bytes; the ranks are out of step.")
 
     def _recv_some(self, view: memoryview, closing: threading.Event, others) -> int:
         while True:

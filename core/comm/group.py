@@ -48,6 +48,7 @@ class CommGroup:
         self._lock = threading.Lock()  # held by an operation; close() waits for it
         self._broken: str | None = None
         self._closed = False
+        self._ops = (_Op(self, False), _Op(self, True))  # reused: no allocation per call
 
     # -- construction ------------------------------------------------------------
 
@@ -184,7 +185,7 @@ class CommGroup:
         if self._broken:
             raise PeerError(f"The communication group failed earlier ({self._broken}); "
                             "rebuild it.")
-        return _Op(self, breaks_on_timeout)
+        return self._ops[breaks_on_timeout]
 
 
 class _Op:

@@ -33,7 +33,18 @@ from core.errors import PeerError, ProtocolError
 ZERO_COPY_MIN = 64 * 1024
 
 ALGORITHMS = ("star", "ring")
+_MAX_VIEWS = 16
+_MAX_VIEW_BYTES = 256 * 1024
 TRANSPORTS = ("auto", "zmq")  # auto: raw TCP to ranks on this machine, ZeroMQ to the others
+
+
+_REDUCIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_tensor(t: torch.Tensor) -> None:
+    """ValueError unless `t` can be reduced in place (contiguous CPU float)."""
+    if t.dtype not in _REDUCIBLE or t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError("allreduce_ needs a contiguous CPU float32/float16/bfloat16 tensor")
 
 
 def flat_array(t: torch.Tensor) -> np.ndarray:
@@ -83,6 +94,7 @@ class DataPlane:
     fast_listener: socket.socket | None = None  # rank 0, during set-up only
     fast_offer: object = None  # worker: rank 0's "fast" endpoint entry, unvalidated
     _slots: dict = field(default_factory=dict)
+    _views: dict = field(default_factory=dict)  # (data_ptr, numel, dtype) -> (arr, bytes)
 
     @property
     def prev(self) -> int:
@@ -103,15 +115,37 @@ class DataPlane:
             self._scratch = np.empty(max(nbytes, 4096), dtype=np.uint8)
         return self._scratch[:nbytes].view(dtype)
 
-    def slots(self, count: int, dtype: np.dtype) -> np.ndarray:
-        """Rank 0's [world_size - 1, count] receive buffer, cached per size and dtype."""
+    def slots(self, count: int, dtype: np.dtype) -> tuple[np.ndarray, list[memoryview]]:
+        """Rank 0's [world_size - 1, count] receive buffer and its rows as byte views,
+        cached per size and dtype."""
         key = (count, dtype)
         got = self._slots.get(key)
         if got is None:
-            if len(self._slots) > 16:  # shapes vary (prefill lengths): keep a few only
+            if len(self._slots) > _MAX_VIEWS:  # shapes vary (prefill lengths): keep a few
                 self._slots.clear()
-            got = np.empty((self.world_size - 1, count), dtype=dtype)
+            buf = np.empty((self.world_size - 1, count), dtype=dtype)
+            got = (buf, [memoryview(row.view(np.uint8)) for row in buf])
             self._slots[key] = got
+        return got
+
+    def views(self, t: torch.Tensor) -> tuple[np.ndarray, memoryview]:
+        """Flat numpy view and byte view of contiguous `t`, cached per buffer.
+
+        The engine reduces the same few buffers again and again; building the views
+        costs more than the rest of a fast-path allreduce's Python. A cached entry keeps
+        its storage alive, so no other buffer can take its address while it is cached.
+        """
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        got = self._views.get(key)
+        if got is not None and t.is_contiguous():  # cached entries passed check_tensor
+            return got
+        check_tensor(t)
+        if len(self._views) >= _MAX_VIEWS:
+            self._views.clear()
+        arr = flat_array(t)
+        got = (arr, memoryview(arr.view(np.uint8)))
+        if arr.nbytes <= _MAX_VIEW_BYTES:  # never pin big (prefill) buffers
+            self._views[key] = got
         return got
 
     def set_fast(self, links: dict[int, FastLink]) -> None:
