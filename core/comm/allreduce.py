@@ -2,7 +2,9 @@
 
 Star: workers send their partial to rank 0, which adds them in rank order (so the
 result is deterministic, bit for bit, whatever order they arrive in) and sends the sum
-back. Two hops, 2(N-1) messages: the latency-optimal choice for small hidden vectors.
+back. Workers on rank 0's machine use their raw loopback TCP link (fastlink.py), the
+others the ZeroMQ star; rank 0 reads the fast links first, in rank order. Two hops,
+2(N-1) messages: the latency-optimal choice for small hidden vectors.
 
 Ring: reduce-scatter then all-gather in N-1 steps each, 2(N-1) hops of 1/N of the
 tensor: better for big tensors on bandwidth-bound links, worse for latency.

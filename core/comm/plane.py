@@ -6,6 +6,11 @@ Topology (all TCP, ephemeral ports):
   frames from anyone else are dropped and counted, never mixed into a sum.
 - ring: every rank binds a ROUTER "ring_in" and connects a DEALER "ring_out" to the next
   rank's ring_in; the next rank learns our routing id from a ring hello likewise.
+- fast path (transport "auto", the default): a worker on the same machine as rank 0
+  also opens a raw loopback TCP link to it (core/comm/fastlink.py), admitted with an
+  HMAC of the session token; its star allreduces go there instead of the ZeroMQ star.
+  Set-up, step broadcasts and the ring stay on ZeroMQ; links to other devices stay
+  ZeroMQ + CURVE.
 
 The collectives (core/comm/allreduce.py, core/comm/broadcast.py) are functions of a
 DataPlane; set-up lives in core/comm/handshake.py.
