@@ -325,6 +325,10 @@ class DevicesPanel(QWidget):
                     share="Share pending: it joins when the model reloads."), d.public_key))
         return rows
 
+    def state_of(self, name: str) -> str | None:
+        """The state the panel shows for device `name` (None: no such card)."""
+        return next((s.state for s, _k in self._rows() if s.name == name), None)
+
     def show_transfer(self, name: str, done: int, total: int) -> None:
         """Shard shipping progress on the card of device `name` (if it has one)."""
         card = self.cards.get(name)

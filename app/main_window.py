@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import shiboken6
-from PySide6.QtCore import QByteArray, Qt
+from PySide6.QtCore import QByteArray, Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -24,6 +24,7 @@ from app.chat_controller import ChatController
 from app.chat_view import ChatView
 from app.conversation_list import ConversationList
 from app.device_roster import DeviceRoster
+from app.device_watch import DeviceWatch
 from app.devices_panel import DevicesPanel
 from app.engine_host import EngineHost
 from app.engine_worker import DEFAULT_MODEL_NAME, ReplyStats
@@ -128,6 +129,13 @@ class MainWindow(QMainWindow):
         d.local_workers_changed.connect(lambda n: self.set_local_ranks(n + 1))
         self.roster.changed.connect(self._roster_changed)
         self._roster_changed()
+        self.watch: DeviceWatch | None = None
+        QTimer.singleShot(0, self._start_watch)  # after callers set discovery_interfaces
+
+    def _start_watch(self) -> None:
+        if self.watch is None and not self._closed:
+            self.watch = DeviceWatch(self.roster, self.discovery_interfaces, self)
+            self.watch.reappeared.connect(self._device_reappeared)
 
     def _action(self, menu, text: str, slot, shortcut=None, tip: str = "") -> QAction:
         a = QAction(text, self)
@@ -346,6 +354,12 @@ class MainWindow(QMainWindow):
         if dev.name in self.devices.cards:  # the running model uses it: plan again without
             self.reload_when_idle()
 
+    def _device_reappeared(self, name: str) -> None:
+        """An enrolled device is (back) on the network: re-plan if the model left it out."""
+        if self.controller.ready and self.devices.state_of(name) in ("offline", "paired"):
+            self.status.note(f"\u201c{name}\u201d is back; the model reloads to use it.")
+            self.reload_when_idle()
+
     def _device_enrolled(self, dev) -> None:
         self.status.note(f"Paired with \u201c{dev.name}\u201d; the model reloads to use it.")
         self.reload_when_idle()
@@ -423,6 +437,8 @@ class MainWindow(QMainWindow):
             self.add_device_dialog.close()
             shiboken6.delete(self.add_device_dialog)  # now, not later: it browses mDNS
             self.add_device_dialog = None
+        if self.watch is not None:
+            self.watch.close()
         self.settings.flush()
         s = self.controller.stream
         if s is not None:

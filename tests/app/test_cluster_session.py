@@ -130,8 +130,8 @@ def test_session_devices_panel_and_a_worker_dropping_out(qtbot, themed, tiny_mod
         worker.stop()
 
 
-def test_an_enrolled_device_that_is_off_is_left_out(qtbot, themed, tiny_model, tmp_path,
-                                                    monkeypatch):
+def test_an_enrolled_device_that_is_off_is_left_out_until_it_is_back(
+        qtbot, themed, tiny_model, tmp_path, monkeypatch):
     warnings = no_modal_warnings(monkeypatch)
     name = f"off-worker-{uuid.uuid4().hex[:6]}"
     worker = WorkerProcess(name, tmp_path / "worker")
@@ -141,11 +141,22 @@ def test_an_enrolled_device_that_is_off_is_left_out(qtbot, themed, tiny_model, t
         worker.stop()
     w = open_window(qtbot, default_loader, wait_ready=False, model=str(tiny_model),
                     sampling=GREEDY)
+    w.discovery_interfaces = ["127.0.0.1"]  # before the device watch starts
     qtbot.waitUntil(lambda: w.controller.ready or bool(warnings), timeout=LOAD_MS)
     assert not warnings and w.status.cluster.text() == "1 rank"
-    qtbot.waitUntil(lambda: name in w.devices.cards
-                    and "offline" in w.devices.cards[name].role.text(), timeout=10_000)
+    qtbot.waitUntil(lambda: w.devices.state_of(name) == "offline", timeout=10_000)
     assert "next load" in w.devices.cards[name].share.text()
     send(qtbot, w, "Hello?", timeout=REPLY_MS)
     assert not w.controller.last_error and w.chat_view.messages[-1].text()
-    close_window(w)
+
+    # the worker starts again (new ports): mDNS finds it, the model re-plans with it
+    worker = WorkerProcess(name, tmp_path / "worker")
+    try:
+        qtbot.waitUntil(lambda: w.status.cluster.text() == "2 ranks" and w.controller.ready,
+                        timeout=LOAD_MS)
+        qtbot.waitUntil(lambda: w.devices.state_of(name) == "ready", timeout=10_000)
+        send(qtbot, w, "And now?", timeout=REPLY_MS)
+        assert not w.controller.last_error and not warnings
+        close_window(w)
+    finally:
+        worker.stop()

@@ -1,0 +1,47 @@
+"""Keeps enrolled devices reachable: mDNS tells where each paired worker listens now.
+
+A worker picks new ports when it restarts, so the endpoint the roster saved can go stale;
+`DeviceWatch` browses mDNS for the whole life of the main window (zeroconf's thread, events
+queued to the GUI thread), updates the roster's address of every enrolled device it sees,
+and emits `reappeared(name)` when an enrolled device shows up (again) or moved, so the
+window can re-plan with it if the running model left it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PySide6.QtCore import QObject, Signal
+
+from app.device_roster import DeviceRoster
+from app.peer_browser import PeerBrowser, connect_queued
+from core.cluster.discovery import PeerEvent
+
+
+class DeviceWatch(QObject):
+    """mDNS watch over the enrolled devices of `roster` (GUI thread)."""
+
+    reappeared = Signal(str)  # device name
+
+    def __init__(self, roster: DeviceRoster, interfaces: Sequence[str] | None = None,
+                 parent: QObject | None = None):
+        super().__init__(parent)
+        self.roster = roster
+        self.browser = PeerBrowser(interfaces, self)
+        connect_queued(self.browser, self.on_peer_event)
+        self.browser.start()
+
+    def on_peer_event(self, event: PeerEvent) -> None:
+        if event.kind == "remove":
+            return
+        dev = next((d for d in self.roster.devices()
+                    if d.fingerprint == event.peer.fingerprint), None)
+        if dev is None:
+            return
+        self.roster.update_address(event.peer)
+        moved = self.roster.get(dev.public_key).control_endpoint != dev.control_endpoint
+        if event.kind == "add" or moved:
+            self.reappeared.emit(dev.name)
+
+    def close(self) -> None:
+        self.browser.close()
