@@ -14,7 +14,7 @@ over a plain TCP socket instead:
 - link emulation (core/comm/linkemu.py) delays each send, as on the ZeroMQ path.
 
 Only loopback: the listener binds 127.0.0.1, and a worker uses it only when rank 0
-runs on the same machine (same boot id and host name). Links to other devices stay
+runs on the same machine and network namespace (see machine_id). Links to other devices stay
 on ZeroMQ + CURVE, so nothing crosses a network in clear.
 
 Admission: a worker opens the connection and sends one header (kind FAST_HELLO, seq =
@@ -52,12 +52,17 @@ LOOPBACK = "127.0.0.1"
 
 
 def machine_id() -> str:
-    """Identifies this machine for this boot: equal ids mean loopback reaches the peer."""
+    """Equal ids mean rank 0's loopback listener is reachable: same host name, same boot
+    and same network namespace (tests put "remote" devices in namespaces of their own)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot = f"{uuid.getnode():x}"
-    return f"{socket.gethostname()}/{boot}"
+    try:
+        netns = os.readlink("/proc/self/ns/net")
+    except OSError:
+        netns = ""
+    return f"{socket.gethostname()}/{boot}/{netns}"
 
 
 def enabled(transport: str) -> bool:
