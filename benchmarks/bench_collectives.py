@@ -8,8 +8,8 @@ Ratios: star / tcp_star (target <= 1.5x, issue 6) and star / zmq_pingpong (the 2
 ZeroMQ round trip of the same payload; target <= 2x, issue 3).
 
 Part 2: `tpi-chat generate` on the default model at 2 ranks, greedy, with an emulated
-per-link latency of 0, 1 and 5 ms (plus 0 ms with the data plane forced onto ZeroMQ):
-decode ms/token.
+per-link latency of 0, 1 and 5 ms, and at 0 ms with the data plane forced onto ZeroMQ
+(TPI_DATA_PLANE=zmq), alternating with the fast path `--repeats` times: decode ms/token.
 
     .venv/bin/python benchmarks/bench_collectives.py [--iters 300] [--repeats 3] [--no-decode]
 
@@ -117,26 +117,46 @@ def _generate(delay_ms: float, new_tokens: int, zmq_only: bool) -> dict:
     return {k: res[k] for k in ("decode_ms_per_token", "ttft_ms") if k in res}
 
 
-def decode_vs_latency(new_tokens: int) -> list[dict]:
-    """Decode ms/token at 2 ranks for each emulated link delay (fast path), and ZeroMQ."""
+def decode_vs_latency(new_tokens: int, repeats: int) -> list[dict]:
+    """Decode ms/token at 2 ranks per emulated link delay (fast path), and over ZeroMQ.
+
+    The 0 ms pair (fast path vs ZeroMQ) runs `repeats` times alternating, reported as
+    medians; the delayed runs, dominated by the delay, run once.
+    """
     subprocess.run([sys.executable, "-m", "core.cli", "split", "--ranks", "2"], env=_env(),
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    rows = []
-    for delay, zmq_only in [(0.0, True), *[(d, False) for d in DELAYS_MS]]:
+    runs = [(0.0, zmq_only) for _ in range(repeats) for zmq_only in (True, False)]
+    runs += [(d, False) for d in DELAYS_MS if d > 0]
+    got: dict[tuple[float, bool], list[dict]] = {}
+    for delay, zmq_only in runs:
         res = _generate(delay, new_tokens, zmq_only)
-        rows.append({"delay_ms": delay, "transport": "zmq" if zmq_only else "auto", **res})
-        print(f"decode 2 ranks delay {delay} ms {rows[-1]}", file=sys.stderr, flush=True)
+        got.setdefault((delay, zmq_only), []).append(res)
+        print(f"decode 2 ranks delay {delay} ms zmq={zmq_only} {res}", file=sys.stderr,
+              flush=True)
+    rows = []
+    for (delay, zmq_only), results in got.items():
+        row = {"delay_ms": delay, "transport": "zmq" if zmq_only else "auto",
+               "runs": len(results)}
+        for k in ("decode_ms_per_token", "ttft_ms"):
+            vals = [r[k] for r in results if k in r]
+            if vals:
+                row[k] = round(statistics.median(vals), 1)
+        if not any("decode_ms_per_token" in r for r in results):
+            row["error"] = results[0].get("error", "?")
+        rows.append(row)
     return rows
 
 
 def decode_table(rows: list[dict], new_tokens: int) -> str:
     lines = [f"Decode on the default model, 2 ranks, greedy, {new_tokens} new tokens, emulated "
-             "latency added to every data-plane send:", "",
-             "| link delay (ms) | data plane | decode ms/token | TTFT ms |", "|---|---|---|---|"]
+             "latency added to every data-plane send (median of `runs`):", "",
+             "| link delay (ms) | data plane | runs | decode ms/token | TTFT ms |",
+             "|---|---|---|---|---|"]
     for r in rows:
         plane = "ZeroMQ (forced)" if r["transport"] == "zmq" else "auto (loopback TCP)"
         dec = r.get("decode_ms_per_token", r.get("error", "?"))
-        lines.append(f"| {r['delay_ms']:g} | {plane} | {dec} | {r.get('ttft_ms', '?')} |")
+        lines.append(f"| {r['delay_ms']:g} | {plane} | {r['runs']} | {dec} | "
+                     f"{r.get('ttft_ms', '?')} |")
     return "\n".join(lines)
 
 
@@ -147,7 +167,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--ranks", default=",".join(map(str, RANKS)))
-    ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--no-decode", action="store_true", help="skip the decode-vs-latency part")
     args = ap.parse_args()
     methods = args.methods.split(",")
@@ -158,7 +178,7 @@ def main() -> None:
             m: {str(d): v for d, v in row.items()} for m, row in res.items()}
         print(f"x{ws}: {json.dumps(results[str(ws)])}", file=sys.stderr, flush=True)
     table = collective_table(results)
-    decode = [] if args.no_decode else decode_vs_latency(args.new_tokens)
+    decode = [] if args.no_decode else decode_vs_latency(args.new_tokens, args.repeats)
     if decode:
         table += "\n\n" + decode_table(decode, args.new_tokens)
     print(table)

@@ -133,8 +133,9 @@ def _when(data: dict) -> str:
 
 
 def collectives_section(col: dict) -> list[str]:
+    reps = f" x {col['repeats']} repeats (median of the medians)" if col.get("repeats") else ""
     return ["## Collectives (benchmarks/bench_collectives.py)", "",
-            f"{col.get('unit', '')}, {col.get('iters', '?')} iterations.", "",
+            f"{col.get('unit', '')}, {col.get('iters', '?')} iterations{reps}.", "",
             col.get("table", "(no table)"), ""]
 
 
