@@ -116,11 +116,13 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     fp32 = runs.get("ours fp32", [{}])[0].get("token_ids", [])
     for label, rs in runs.items():
         dec = [r["decode_ms_per_token"] for r in rs]
+        long = [r["ttft_512_ms"] for r in rs]
         toks = rs[0]["token_ids"]
         summary[label] = {
             "decode_ms_per_token": median(dec), "decode_spread": spread(dec),
+            "ttft_512_spread": spread(long),
             "ttft_ms": median([r["ttft_ms"] for r in rs]),
-            "ttft_512_ms": median([r["ttft_512_ms"] for r in rs]),
+            "ttft_512_ms": median(long),
             "same_first16_as_ours_fp32": sum(a == b for a, b in zip(toks[:16], fp32[:16],
                                                                     strict=False)),
             "runs": len(rs),
@@ -130,8 +132,10 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         a, b = summary.get(ours, {}).get(key), summary.get(theirs, {}).get(key)
         if theirs not in summary:
             continue
+        sp = key.replace("_ms_per_token", "").replace("_ms", "") + "_spread"
+        worst = max((summary[x].get(sp) or 0) for x in (ours, theirs))
         ratios.append({"ours": ours, "theirs": theirs, "measure": key, "limit": limit,
-                       "ratio": round(a / b, 3) if a and b else None})
+                       "ratio": round(a / b, 3) if a and b else None, "worst_spread": worst})
     return {"by_config": summary, "ratios": ratios}
 
 
@@ -141,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--install", action="store_true", help="build llama-cpp-python if missing")
+    ap.add_argument("--out", default="llamacpp.json", help="file name under benchmarks/out")
     ap.add_argument("--baseline-tree", type=Path, default=None,
                     help="also run 'ours fp32 (baseline)' from this checkout (a git worktree "
                          "of an older commit, with this llamacpp_worker.py copied in)")
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "prompt_tokens": len(json.loads(ids.read_text())["prompt"]),
             "gguf_mb": {q: round(p.stat().st_size / (1 << 20), 1) for q, p in ggufs.items()},
             **summarize(runs), "runs": runs}
-    log(f"wrote {write_json('llamacpp.json', data)}")
+    log(f"wrote {write_json(args.out, data)}")
     return 0
 
 

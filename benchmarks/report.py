@@ -170,7 +170,7 @@ def render(out_dir: Path, extra: dict) -> str:
     engine = _load(out_dir / "engine.json")
     memory = _load(out_dir / "memory.json")
     col = _load(out_dir / "collectives.json")
-    llama = _load(out_dir / "llamacpp.json")
+    llama = [_load(p) for p in sorted(out_dir.glob("llamacpp*.json"))]
     mach = (engine or memory or {}).get("machine")
     lines = ["# Benchmark results", "",
              "Written by `make bench` (benchmarks/run_all.py); raw numbers in "
@@ -188,8 +188,8 @@ def render(out_dir: Path, extra: dict) -> str:
         lines += memory_section(memory)
     if col:
         lines += collectives_section(col)
-    if llama:
-        lines += llamacpp_section(llama)
+    for d in filter(None, llama):
+        lines += llamacpp_section(d)
     if extra.get("errors"):
         lines += ["## Errors", "", *[f"- {e}" for e in extra["errors"]], ""]
     lines += NOTES
