@@ -14,6 +14,7 @@ from loading); its card shows it offline.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psutil
@@ -22,7 +23,7 @@ from app.engine_worker import LoadedModel, Progress, model_display_name
 from core.engine.options import RunOptions
 
 StatusListener = Callable[[list], None]
-PROBE_TIMEOUT_S = 1.5
+PROBE_TIMEOUT_S = 4.0  # CURVE handshake + ping; generous: a busy 2-core box needs >1.5 s
 
 
 def master_budget(devices: list[dict[str, Any]]) -> int:
@@ -34,17 +35,21 @@ def master_budget(devices: list[dict[str, Any]]) -> int:
 
 
 def answering(specs: list, identity: Any) -> tuple[list, list]:
-    """Split `specs` (WorkerSpec) into the devices answering a CURVE ping and the others."""
+    """Split `specs` (WorkerSpec) into the devices answering a CURVE ping and the others
+    (pinged in parallel, so switched-off devices cost PROBE_TIMEOUT_S once, not each)."""
     from core.cluster.worker_link import WorkerLink
 
-    up, down = [], []
-    for spec in specs:
+    def answers(spec: Any) -> bool:
         link = WorkerLink(spec.name, spec.endpoint, spec.public_key, identity)
         try:
-            (up if link.probe(PROBE_TIMEOUT_S) else down).append(spec)
+            return link.probe(PROBE_TIMEOUT_S)
         finally:
             link.close()
-    return up, down
+
+    with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
+        ok = list(pool.map(answers, specs))
+    return ([s for s, good in zip(specs, ok, strict=True) if good],
+            [s for s, good in zip(specs, ok, strict=True) if not good])
 
 
 def offline_rows(names: list[str]) -> list:
