@@ -45,16 +45,21 @@ def _share(rank: int, qs, make_value):
 
 
 def _barrier(rank: int, ws: int, qs) -> None:
-    """Workers tell rank 0 (qs[0]) they got their last message before anyone closes.
+    """Nobody closes before every rank got its last message.
 
-    Closing a ZeroMQ socket with linger 0 drops what it has not sent yet: without this,
-    rank 0 could close before a worker's last result left, and that worker would wait.
+    Closing a ZeroMQ socket with linger 0 drops what it has not sent yet, and in a ring
+    a worker finishes while its last chunk may still be on its way to the next rank.
+    Workers report done on qs[0]; rank 0 answers each once all are done.
     """
     if rank == 0:
         for _ in range(ws - 1):
             qs[0].get(timeout=120)
+        for q in qs[1:]:
+            q.put("close")
     else:
         qs[0].put(rank)
+        if qs[rank].get(timeout=120) != "close":
+            raise RuntimeError("benchmark ranks out of step")
 
 
 def _ours(algo: str, transport: str, rank: int, ws: int, qs, iters: int,
