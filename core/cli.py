@@ -22,7 +22,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="Hugging Face model folder or .gguf file (default: embedded SmolLM2-135M)")
     p.add_argument("--ranks", type=int, default=1, help="ranks on this machine (default 1)")
     p.add_argument("--shares", default=None, help="relative share per rank, e.g. 3,1")
-    p.add_argument("--window", default="all", help="resident blocks per rank, or 'all'")
+    p.add_argument("--window", default="all",
+                   help="resident blocks per rank, 'all', or 'auto' (fit each rank's budget)")
     p.add_argument("--context", type=int, default=4096, help="context length in tokens")
     p.add_argument("--threads", type=int, default=None, help="torch threads per rank")
     p.add_argument("--link-delay-ms", type=float, default=0.0,

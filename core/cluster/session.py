@@ -101,7 +101,10 @@ class Session:
         n = 1 + self.local_ranks + len(members)
         shares = [float(self.master_budget)] * (1 + self.local_ranks)
         shares += [float(w.memory_budget) for w in members]
-        opts = dataclasses.replace(self.opts, ranks=n, shares=shares)
+        # this device's budget is shared by its local ranks (the shares above only weigh)
+        budgets = [self.master_budget // (1 + self.local_ranks)] * (1 + self.local_ranks)
+        budgets += [int(w.memory_budget) for w in members]
+        opts = dataclasses.replace(self.opts, ranks=n, shares=shares, budgets=budgets)
         hosts = [None] * self.local_ranks + [RemoteRankHost(self.links[w.public_key])
                                              for w in members]
         curve = CurveServerConfig(self.identity, self._allow.__contains__)

@@ -22,6 +22,7 @@ from core.comm.control import BadMessage, ControlServer
 from core.comm.curve import CurveServerConfig, Keys
 from core.comm.group import CommGroup
 from core.comm.linkemu import LinkEmulation
+from core.engine.auto_window import rank_windows, window_label
 from core.engine.head import Head
 from core.engine.master import MasterRunner, SoloGroup
 from core.engine.options import RunOptions
@@ -33,6 +34,7 @@ from core.errors import PeerError, TpiError
 from core.model.cache import cache_dir
 from core.model.config import load_config
 from core.model.model_dir import model_hash
+from core.shard.manifest import load_manifest
 from core.shard.plan import make_plan
 from core.shard.splitter import split_model
 
@@ -62,7 +64,6 @@ class LocalCluster:
         # None = a local rank process (the default); else e.g. a rank on a paired worker
         self.hosts: list[RankHost] = [h if h is not None else self._local_host(r)
                                       for r, h in enumerate(hosts, start=1)]
-        self.window_label = "all" if opts.window is None else str(opts.window)
         report = progress or (lambda stage, done, total: None)
         cfg = load_config(model_dir)
         plan = make_plan(cfg, opts.shares or [1.0] * opts.ranks)
@@ -71,6 +72,8 @@ class LocalCluster:
                             progress=lambda d, t: report("splitting model", d, t))
         self.rank_dirs = split.rank_dirs
         self.split_dir = Path(split.rank_dirs[0]).parent
+        self.windows = rank_windows(opts, [load_manifest(d) for d in self.rank_dirs])
+        self.window_label = window_label(self.windows, opts.window == "auto")
         self.started: list[RankHost] = []
         self.control: ControlServer | None = None
         self._stats: dict[int, RankStats] = {}
@@ -85,7 +88,7 @@ class LocalCluster:
             if self.world_size > 1:
                 self._start_workers(report)
             group = _ReportingGroup(self) if self.world_size > 1 else self.group
-            self.rank0 = RankRuntime(self.rank_dirs[0], group, opts.window, opts.context)
+            self.rank0 = RankRuntime(self.rank_dirs[0], group, self.windows[0], opts.context)
             if self.rank0.scheduler.keep_all:
                 self.rank0.scheduler.wait_all_loaded(
                     lambda d, t: report("loading weights", d, t))
@@ -131,7 +134,8 @@ class LocalCluster:
         o = self.opts
         link = ({"delay_ms": o.link_delay_ms, "bandwidth_mbps": o.link_mbps}
                 if o.link_delay_ms or o.link_mbps else None)
-        return {"rank_dir": str(self.rank_dirs[rank]), "window": o.window, "context": o.context,
+        return {"rank_dir": str(self.rank_dirs[rank]), "window": self.windows[rank],
+                "context": o.context,
                 "threads": o.threads_per_rank(), "world_size": self.world_size,
                 "endpoints": self.group.endpoints, "link": link}
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from core.shard.layout import DTYPES, SHORT_NAMES
+
+Window = int | None | Literal["auto"]  # blocks, None = all, "auto" = per rank from budgets
 
 
 @dataclass
@@ -16,7 +19,8 @@ class RunOptions:
 
     ranks: int = 1
     shares: list[float] | None = None  # relative memory budgets; None = equal
-    window: int | None = None  # resident blocks per rank; None = all
+    window: Window = None  # resident blocks per rank; None = all; "auto" = from budgets
+    budgets: list[int] | None = None  # memory budget per rank in bytes (window "auto")
     context: int = 4096
     threads: int | None = None  # torch threads per rank; None = cores / ranks
     link_delay_ms: float = 0.0  # emulated per-link latency (benchmarks)
@@ -35,8 +39,10 @@ class RunOptions:
                 self.ranks = len(self.shares)
             else:
                 raise ValueError(f"--shares lists {len(self.shares)} values for {self.ranks} ranks")
-        if self.window is not None and self.window < 1:
-            raise ValueError("--window must be at least 1 block, or 'all'")
+        if self.window != "auto" and self.window is not None and self.window < 1:
+            raise ValueError("--window must be at least 1 block, 'all' or 'auto'")
+        if self.budgets is not None and len(self.budgets) != self.ranks:
+            raise ValueError(f"{len(self.budgets)} memory budgets for {self.ranks} ranks")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -46,14 +52,18 @@ class RunOptions:
         return self.threads or max(1, (os.cpu_count() or 1) // self.ranks)
 
 
-def parse_window(text: str) -> int | None:
-    """'all' -> None, '2' -> 2."""
-    if text.strip().lower() == "all":
+def parse_window(text: str) -> Window:
+    """'all' -> None, 'auto' -> "auto", '2' -> 2."""
+    word = text.strip().lower()
+    if word == "all":
         return None
+    if word == "auto":
+        return "auto"
     try:
         w = int(text)
     except ValueError:
-        raise ValueError(f"--window takes a number of blocks or 'all' (got {text!r})") from None
+        raise ValueError(f"--window takes a number of blocks, 'all' or 'auto' (got {text!r})"
+                         ) from None
     if w < 1:
-        raise ValueError("--window must be at least 1 block, or 'all'")
+        raise ValueError("--window must be at least 1 block, 'all' or 'auto'")
     return w
