@@ -50,6 +50,7 @@ def from_rank_stats(stats: list[Any], busy: bool, tokens_per_s: float | None) ->
             share=str(share) if share is not None else "",
             resident_blocks=resident_blocks,
             budget_blocks=budget_blocks,
+            total_blocks=total_blocks,
             resident_bytes=resident_bytes,
             budget_bytes=int(budget_bytes),
             rtt_ms=getattr(s, "rtt_ms", None),

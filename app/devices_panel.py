@@ -203,8 +203,11 @@ class DeviceCard(QFrame):
         self.share.setText(s.share)
         self.share.setVisible(bool(s.share))
         budget = s.budget_blocks or s.resident_blocks
-        frac = s.resident_blocks / budget if budget else 0.0
-        mem = f"Memory window {s.resident_blocks}/{budget} blocks"
+        total = max(s.total_blocks, budget)
+        frac = s.resident_blocks / total if total else 0.0
+        mem = f"Memory window {s.resident_blocks}/{total} blocks"
+        if budget < total:  # streaming: say how many it may keep
+            mem += f" (keeps {budget})"
         if not budget and s.budget_bytes:  # enrolled, no share yet: show what it may use
             mem = f"Memory budget {_nb(human_bytes(s.budget_bytes))}"
         elif s.budget_bytes or s.resident_bytes:

@@ -33,6 +33,8 @@ from app.settings_panel import SettingsPanel
 from app.status_bar import StatusBar
 from app.store import Store, data_dir
 from app.theme import app_icon
+from app.window_setting import DEFAULT as DEFAULT_WINDOW
+from app.window_setting import window_option
 from core.engine.options import RunOptions
 
 MAX_LOCAL_RANKS = 4
@@ -114,6 +116,7 @@ class MainWindow(QMainWindow):
         self.controller.busy_changed.connect(self._busy_changed)
         self.settings.system_prompt_changed.connect(self._system_prompt_changed)
         self.settings.params_changed.connect(lambda p: self.store.set_setting("sampling", p))
+        self.settings.window_changed.connect(self.set_memory_window)
         w = self.engine.worker
         w.loading_progress.connect(self.status.show_progress)
         w.ready.connect(self._model_ready)
@@ -197,6 +200,7 @@ class MainWindow(QMainWindow):
 
     def _restore_settings(self) -> None:
         self.settings.set_params(self.store.get_setting("sampling", {}))
+        self.settings.memory_window.set_value(self.store.get_setting("window", DEFAULT_WINDOW))
         ranks = int(self.store.get_setting("ranks", 1) or 1)
         self.rank_actions.get(ranks, self.rank_actions[1]).setChecked(True)
         self.devices.set_local_workers(ranks - 1)
@@ -285,7 +289,8 @@ class MainWindow(QMainWindow):
 
     # model ---------------------------------------------------------------------------
     def run_options(self) -> RunOptions:
-        return RunOptions(ranks=int(self.store.get_setting("ranks", 1) or 1))
+        return RunOptions(ranks=int(self.store.get_setting("ranks", 1) or 1),
+                          window=window_option(self.store.get_setting("window", DEFAULT_WINDOW)))
 
     def load_model(self, path: str | None) -> None:
         """Load `path` (None = the default model) in the engine thread."""
@@ -320,6 +325,12 @@ class MainWindow(QMainWindow):
         self.devices.set_local_workers(n - 1)
         if n != int(self.store.get_setting("ranks", 1) or 1):
             self.store.set_setting("ranks", n)
+            self.load_model(self.model_path)
+
+    def set_memory_window(self, value: str | int) -> None:
+        """Keep "auto", "all" or `value` blocks per rank resident; reloads when it changed."""
+        if value != self.store.get_setting("window", DEFAULT_WINDOW):
+            self.store.set_setting("window", value)
             self.load_model(self.model_path)
 
     # devices -------------------------------------------------------------------------

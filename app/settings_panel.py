@@ -1,4 +1,5 @@
-"""Chat settings: the conversation's system prompt and the sampling parameters."""
+"""Chat settings: the conversation's system prompt, the sampling parameters and the memory
+window (a load setting: changing it reloads the model)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.window_setting import MemoryWindowSetting
 from core.engine.sampler import SamplingParams
 
 # Greedy by default: the embedded SmolLM2-135M (Q4_1) puts "The" and "L" 0.09 logits apart
@@ -42,10 +44,12 @@ def _int(lo: int, hi: int, step: int = 1) -> QSpinBox:
 
 
 class SettingsPanel(QWidget):
-    """Emits `system_prompt_changed` (debounced) and `params_changed` on every edit."""
+    """Emits `system_prompt_changed` (debounced), `params_changed` on every edit and
+    `window_changed` ("auto", "all" or a block count) when the memory window is edited."""
 
     system_prompt_changed = Signal(str)
     params_changed = Signal(dict)
+    window_changed = Signal(object)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -96,6 +100,16 @@ class SettingsPanel(QWidget):
         self.reset_button = QPushButton("Reset to defaults", self)
         self.reset_button.clicked.connect(lambda: self.set_params(DEFAULT_PARAMS))
         lay.addWidget(self.reset_button, 0, Qt.AlignmentFlag.AlignLeft)
+        lay.addSpacing(10)
+        title = QLabel("MEMORY", self)
+        title.setObjectName("SectionTitle")
+        lay.addWidget(title)
+        mem = QFormLayout()
+        mem.setHorizontalSpacing(12)
+        self.memory_window = MemoryWindowSetting(self)
+        self.memory_window.changed.connect(self.window_changed)
+        mem.addRow("Memory window", self.memory_window)
+        lay.addLayout(mem)
         lay.addStretch(1)
         for w in (self.temperature, self.top_p, self.repetition_penalty):
             w.valueChanged.connect(self._params_edited)

@@ -14,7 +14,8 @@ class DeviceStatus:
     state: str = "ready"  # "starting", "ready", "busy", "offline"
     share: str = ""  # e.g. "2 KV heads · 96 MLP columns"
     resident_blocks: int = 0
-    budget_blocks: int = 0
+    budget_blocks: int = 0  # the window
+    total_blocks: int = 0  # layer blocks of its share (window == total: all resident)
     resident_bytes: int = 0
     budget_bytes: int = 0
     rtt_ms: float | None = None

@@ -230,6 +230,7 @@ class Session:
                 row.share = (f"{heads} ({100 * s.kv_heads / total:.0f}%) "
                              f"\u00b7 {s.mlp_cols} MLP columns")
                 row.resident_blocks, row.budget_blocks = s.resident_blocks, s.budget_blocks
+                row.total_blocks = s.total_blocks
                 row.resident_bytes = s.resident_bytes
                 row.budget_bytes = int(per_block * min(s.budget_blocks, s.total_blocks))
                 row.rss_mb = s.rss_mb
