@@ -119,13 +119,13 @@ def test_silent_peer_times_out_naming_the_rank():
     w.close()
 
 
-def test_close_interrupts_recv_step_without_hanging():
-    m, w = _threaded_pair()
+def _assert_close_interrupts(g: CommGroup, call) -> None:
+    """close() from another thread ends a waiting call(g) with PeerError within ~0.1 s."""
     errs: list = []
 
     def wait() -> None:
         try:
-            w.recv_step(timeout=None)
+            call(g)
         except PeerError as e:
             errs.append(e)
 
@@ -133,12 +133,25 @@ def test_close_interrupts_recv_step_without_hanging():
     th.start()
     time.sleep(0.2)
     t0 = time.monotonic()
-    w.close()
+    g.close()
     th.join(timeout=3)
     assert not th.is_alive() and errs
     assert time.monotonic() - t0 < 1.5
+
+
+def test_close_interrupts_recv_step_without_hanging():
+    m, w = _threaded_pair()
+    _assert_close_interrupts(w, lambda g: g.recv_step(timeout=None))
     m.close()
     m.close()  # idempotent
+
+
+def test_close_interrupts_a_fast_path_allreduce():
+    m, w = _threaded_pair(op_timeout=30)
+    assert m.local_links == [1]
+    # the worker never sends its partial: rank 0 waits on its loopback TCP link
+    _assert_close_interrupts(m, lambda g: g.allreduce_(torch.ones(1, 8)))
+    w.close()
 
 
 def test_recv_step_timeout_keeps_the_group_usable():
