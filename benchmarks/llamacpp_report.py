@@ -6,6 +6,16 @@ NOISY = 0.5  # (max - min) / median over the repetitions above which a verdict i
 MEASURES = {"decode_ms_per_token": "decode ms/token", "ttft_512_ms": "TTFT 512-token prompt"}
 
 
+FIRST16_NOTE = (
+    "*First 16 tokens* counts positions among the first 16 where the token equals ours fp32 "
+    "(after one difference the texts drift apart). transformers runs with `min_new_tokens`, "
+    "which masks EOS: ours and llama.cpp emit EOS after \"The capital of France is Paris.\" "
+    "(token 8) and go on, transformers picks the next-best token there, so 7/16 is agreement "
+    "up to EOS. The default model's first token is a near-tie (\"The\" vs \"L\", 25.33 vs "
+    "25.24 logits), so a quantised model (bf16, Q8_0) that flips it scores 0/16; "
+    "tests/core/engine/test_weight_dtypes.py measures agreement over several prompts.")
+
+
 def _f(x, nd: int = 1) -> str:
     return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
@@ -43,4 +53,5 @@ def llamacpp_section(d: dict) -> list[str]:
         lines.append(f"| {label} | {_f(s['decode_ms_per_token'])} | {_f(s['decode_spread'], 2)} "
                      f"| {_f(s['ttft_ms'], 0)} | {_f(s['ttft_512_ms'], 0)} | "
                      f"{s['same_first16_as_ours_fp32']}/16 |")
+    lines += ["", FIRST16_NOTE]
     return lines + [""]
