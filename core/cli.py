@@ -1,6 +1,7 @@
-"""`tpi-chat` command line: no arguments starts the app; subcommands run headless.
+"""`tpi-chat` command line, headless: the subcommands (app/launch.py is the console entry
+point; it starts the window when there are no arguments and hands everything else here).
 
-  tpi-chat                      the desktop app (a headless chat until the GUI is installed)
+  tpi-chat                      (app/launch.py) the desktop app; here: the terminal chat
   tpi-chat chat                 interactive chat in the terminal
   tpi-chat generate --prompt T  one reply, streamed to stdout (--json for numbers)
   tpi-chat split                pre-split a model for a plan
@@ -95,10 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             from core.selftest import main as self_test
 
             return self_test()
-        if args.cmd is None:
-            from core.cli_commands import run_app
-
-            return run_app()
+        if args.cmd is None:  # the window is app/launch.py's business, not core's
+            args = build_parser().parse_args(["chat"])
         if args.cmd == "rank":
             from core.engine.rank_process import main as rank_main
 

@@ -129,35 +129,3 @@ def cmd_split(args: Namespace) -> int:
     run_split(model_dir, shares, dtype=parse_dtype(args.dtype))
     return 0
 
-
-def gui_unavailable_reason() -> str | None:
-    """Why the window cannot open here (one sentence), or None when it can.
-
-    Only a missing display or a missing/broken Qt counts: the app's own import errors are
-    bugs and must surface, not hide behind the terminal chat.
-    """
-    import os
-
-    if sys.platform.startswith("linux") and not (
-            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-            or os.environ.get("QT_QPA_PLATFORM")):
-        return "there is no display (neither DISPLAY nor WAYLAND_DISPLAY is set)"
-    try:
-        import PySide6.QtWidgets  # noqa: F401
-    except ImportError as e:
-        return f"Qt for Python (PySide6) cannot be loaded ({e})"
-    return None
-
-
-def run_app() -> int:
-    """The desktop app; the terminal chat, saying why, where no window can open."""
-    reason = gui_unavailable_reason()
-    if reason is not None:
-        print(f"TPI Chat cannot open its window because {reason}; starting the terminal "
-              "chat instead.", file=sys.stderr, flush=True)
-        from core.cli import build_parser
-
-        return cmd_chat(build_parser().parse_args(["chat"]))
-    from app.main import main as app_main
-
-    return app_main()

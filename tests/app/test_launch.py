@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.cli_commands import gui_unavailable_reason
+from app.launch import gui_unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,9 +29,9 @@ def test_headless_start_says_why_before_the_terminal_chat(tmp_path):
                TPI_CHAT_DATA=str(tmp_path / "data"))
     # cmd_chat is stubbed (no model loads): the point is the sentence printed before it
     p = subprocess.run([sys.executable, "-c",
-                        "import sys; from core.cli_commands import run_app; "
+                        "import sys; from app.launch import main; "
                         "sys.argv=['tpi-chat']; import core.cli_commands as c; "
-                        "c.cmd_chat = lambda args: 7; sys.exit(run_app())"],
+                        "c.cmd_chat = lambda args: 7; sys.exit(main())"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     if sys.platform.startswith("linux"):
         assert p.returncode == 7, p.stderr
