@@ -137,11 +137,11 @@ def live_main_window_shots(app, outs: dict[str, Path], dialog_out: Path) -> None
     from app.main_window import MainWindow
     from app.store import Store
     from app.theme import theme
-    from tests.app.worker_process import WorkerProcess
+    from tests.app.worker_process import WorkerProcess, enroll_in_app
 
     worker = WorkerProcess(LIVE_WORKER, Path(tempfile.mkdtemp()) / "worker")
     try:
-        worker.enroll_in_app(2 * GB)
+        enroll_in_app(worker, 2 * GB)
         theme().apply(app, "dark")
         store = Store()
         store.set_setting("model", None)

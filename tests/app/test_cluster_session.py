@@ -17,7 +17,7 @@ from app.engine_worker import default_loader
 from app.store import Store, data_dir
 from tests.app.conftest import close_window, open_window, send
 from tests.app.thread_guard import GuiThreadGuard
-from tests.app.worker_process import WorkerProcess
+from tests.app.worker_process import WorkerProcess, enroll_in_app
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def test_session_devices_panel_and_a_worker_dropping_out(qtbot, themed, tiny_mod
     name = f"app-worker-{uuid.uuid4().hex[:6]}"
     worker = WorkerProcess(name, tmp_path / "worker")
     try:
-        assert worker.enroll_in_app(GB) == name
+        assert enroll_in_app(worker, GB) == name
         store = Store()
         (spec,) = DeviceRoster(store, data_dir()).worker_specs()
         store.close()
@@ -138,7 +138,7 @@ def test_an_enrolled_device_that_is_off_is_left_out_until_it_is_back(
     name = f"off-worker-{uuid.uuid4().hex[:6]}"
     worker = WorkerProcess(name, tmp_path / "worker")
     try:
-        worker.enroll_in_app(GB)
+        enroll_in_app(worker, GB)
     finally:
         worker.stop()
     w = open_window(qtbot, default_loader, wait_ready=False, model=str(tiny_model),

@@ -15,8 +15,8 @@ from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from core.errors import PeerError
 from tests.core.cluster.devices import make_device
-from tests.core.cluster.worker_proc import WorkerProc
 from tests.fixtures.tiny_models import make_tiny_model
+from tests.fixtures.worker_process import WorkerProcess
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=16)
 PROMPT = [1, 5, 9, 23, 42, 7, 99, 3]
@@ -40,7 +40,7 @@ def reference(tiny):
 @pytest.mark.slow
 def test_remote_ranks_match_local_then_survive_a_killed_worker(tiny, reference, tmp_path):
     master = make_device(tmp_path, "master", "worker")
-    w1, w2 = (WorkerProc(tmp_path / n, n) for n in ("w1", "w2"))
+    w1, w2 = (WorkerProcess(n, tmp_path / n, "1GB") for n in ("w1", "w2"))
     try:
         specs = [w.pair(master.identity, master.trust) for w in (w1, w2)]
         s = Session(tiny, master.identity, specs, opts=OPTS, master_budget=2**30).start()
@@ -79,7 +79,7 @@ def test_remote_ranks_match_local_then_survive_a_killed_worker(tiny, reference, 
 @pytest.mark.slow
 def test_corrupted_shard_on_worker_is_resent(tiny, reference, tmp_path):
     master = make_device(tmp_path, "master", "worker")
-    w = WorkerProc(tmp_path / "w", "w")
+    w = WorkerProcess("w", tmp_path / "w", "1GB")
     try:
         spec = w.pair(master.identity, master.trust)
         s = Session(tiny, master.identity, [spec], opts=OPTS, local_ranks=1,

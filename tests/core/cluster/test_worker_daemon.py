@@ -19,7 +19,7 @@ from core.cluster.worker_protocol import TO_MASTER
 from core.comm.control import ControlClient
 from core.comm.curve import CurveClientConfig
 from tests.core.cluster.devices import make_device
-from tests.core.cluster.worker_proc import WorkerProc
+from tests.fixtures.worker_process import WorkerProcess
 
 WAIT_S = 15.0
 
@@ -27,7 +27,7 @@ WAIT_S = 15.0
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory):
     base = tmp_path_factory.mktemp("workers")
-    ws = [WorkerProc(base / n, n) for n in ("alpha", "beta")]
+    ws = [WorkerProcess(n, base / n, "1GB") for n in ("alpha", "beta")]
     yield ws
     for w in ws:
         w.stop()
@@ -52,7 +52,7 @@ def test_discovered_paired_by_printed_code_wrong_code_refused(workers, tmp_path)
     seen = {}
     with Browser(lambda e: seen.__setitem__(e.peer.name, e.peer), interfaces=["127.0.0.1"]):
         assert _wait(lambda: {"alpha", "beta"} <= set(seen)), seen
-    assert seen["alpha"].control_port == alpha.ctl_port
+    assert seen["alpha"].control_port == alpha.control_port
     assert seen["alpha"].mem_total <= 2**30  # the budget is what it offers
 
     master = make_device(tmp_path, "master", "worker")
@@ -83,13 +83,13 @@ def test_strangers_get_nothing(workers, tmp_path):
         for frames in ([b"ping"], [pickle.dumps({"op": "run_rank"})]):
             s = ctx.socket(zmq.DEALER)
             s.linger = 0
-            s.connect(f"tcp://127.0.0.1:{beta.ctl_port}")
+            s.connect(f"tcp://127.0.0.1:{beta.control_port}")
             s.send_multipart(frames)
             assert not s.poll(500)
             s.close()
         # a CURVE client whose key the worker never paired
         stranger = Identity.generate("stranger")
-        c = ControlClient(f"tcp://127.0.0.1:{beta.ctl_port}", ops=TO_MASTER,
+        c = ControlClient(f"tcp://127.0.0.1:{beta.control_port}", ops=TO_MASTER,
                           curve=CurveClientConfig(stranger, _worker_key(beta)))
         c.send("run_rank", {"split_id": "../../x", "rank": 1, "control": "tcp://1.2.3.4:5"})
         assert c.recv(timeout=1.0) is None
@@ -102,7 +102,7 @@ def test_strangers_get_nothing(workers, tmp_path):
         s.close()
     finally:
         ctx.destroy(linger=0)
-    for port in (beta.port, beta.ctl_port):  # random bytes straight onto TCP
+    for port in (beta.port, beta.control_port):  # random bytes straight onto TCP
         with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
             raw.sendall(bytes(range(256)) * 8)
     time.sleep(0.5)
@@ -151,6 +151,6 @@ def test_unpair_on_the_worker_refuses_that_master_from_its_next_connect(workers,
     assert "Traceback" not in p.stderr
 
 
-def _worker_key(w: WorkerProc) -> str:
+def _worker_key(w: WorkerProcess) -> str:
     import json
     return json.loads((w.data_dir / "identity.json").read_text())["public_key"]

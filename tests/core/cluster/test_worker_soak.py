@@ -16,8 +16,8 @@ from core.engine.generate import Generator
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from tests.core.cluster.devices import make_device
-from tests.core.cluster.worker_proc import WorkerProc
 from tests.fixtures.tiny_models import make_tiny_model
+from tests.fixtures.worker_process import WorkerProcess
 
 SESSIONS = 6
 
@@ -34,7 +34,7 @@ def _sample(p: psutil.Process) -> tuple[float, int, int, int]:
 def test_worker_does_not_grow_over_sessions(tmp_path):
     model = make_tiny_model(tmp_path / "m", "llama", num_hidden_layers=2)
     master = make_device(tmp_path, "master", "worker")
-    w = WorkerProc(tmp_path / "w", "w")
+    w = WorkerProcess("w", tmp_path / "w", "1GB")
     try:
         spec = w.pair(master.identity, master.trust)
         proc = psutil.Process(w.proc.pid)
