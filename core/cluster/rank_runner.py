@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from core.comm.curve import CurveClientConfig, KeyPair
-from core.engine.rank_host import rank_command
+from core.engine.rank_host import spawn_rank
 from core.engine.rank_process import RankSecrets
 
 MAX_RUNNING = 8
@@ -45,15 +45,9 @@ class RankRunner:
             raise RuntimeError(f"this worker already runs {MAX_RUNNING} ranks")
         self.logs.mkdir(parents=True, exist_ok=True)
         secrets = RankSecrets(CurveClientConfig(self.identity, master_key), rank_dir, self.host)
-        with open(self.logs / f"rank{rank}.log", "wb") as log:
-            p = subprocess.Popen(rank_command(control, rank, curve_stdin=True),
-                                 stdin=subprocess.PIPE, stdout=log, stderr=log,
-                                 preexec_fn=_die_with_parent if sys.platform == "linux"
-                                 else None)
-        assert p.stdin is not None
-        p.stdin.write(secrets.to_json().encode())
-        p.stdin.close()
-        self.procs[(master_key, rank)] = p
+        self.procs[(master_key, rank)] = spawn_rank(
+            control, rank, self.logs / f"rank{rank}.log", secrets,
+            _die_with_parent if sys.platform == "linux" else None)
 
     def status(self, master_key: str) -> dict[str, int]:
         """{"<rank>": exit code, or -1 while running} for one master's ranks."""

@@ -41,6 +41,22 @@ def rank_command(control: str, rank: int, curve_stdin: bool = False) -> list[str
     return cmd + ["--curve-stdin"] if curve_stdin else cmd
 
 
+def spawn_rank(control: str, rank: int, log_path: Path, secrets: RankSecrets | None = None,
+               preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
+    """Start `tpi-chat rank` with its output in `log_path`; CURVE secrets go in on stdin
+    (never argv, which other users of the machine can read)."""
+    curve = secrets is not None
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(rank_command(control, rank, curve),
+                                stdin=subprocess.PIPE if curve else subprocess.DEVNULL,
+                                stdout=log, stderr=log, preexec_fn=preexec_fn)
+    if curve:
+        assert proc.stdin is not None and secrets is not None
+        proc.stdin.write(secrets.to_json().encode())
+        proc.stdin.close()
+    return proc
+
+
 class LocalRankHost:
     """A rank process on this machine; with CURVE it gets an ephemeral key pair on stdin."""
 
@@ -56,16 +72,9 @@ class LocalRankHost:
     def start(self, rank: int, control: str, rank_dir: Path, report: Progress) -> None:
         self.name = f"local rank {rank}"
         self.log_path = self.logs / f"rank{rank}.log"
-        curve = self.keys is not None
-        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(rank_command(control, rank, curve),
-                                         stdin=subprocess.PIPE if curve else subprocess.DEVNULL,
-                                         stdout=log, stderr=log)
-        if curve:
-            secrets = RankSecrets(CurveClientConfig(self.keys, self.server_key))
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(secrets.to_json().encode())
-            self.proc.stdin.close()
+        secrets = (RankSecrets(CurveClientConfig(self.keys, self.server_key))
+                   if self.keys is not None else None)
+        self.proc = spawn_rank(control, rank, self.log_path, secrets)
 
     def exit_reason(self) -> str | None:
         if self.proc is None or self.proc.poll() is None:
