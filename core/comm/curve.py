@@ -1,7 +1,7 @@
 """CurveZMQ on our sockets: a server that admits only paired keys, and its client.
 
-Lives in core.comm (the data plane and control channel use it); core/cluster/zap.py
-re-exports it for the cluster layer.
+Lives in core.comm: the data plane and control channel use it, and the cluster layer
+(pairing, the worker daemon, sessions) imports it from here.
 
 `make_curve_server` turns a socket into a CURVE server whose ZAP handler asks `allow`
 (typically `trust.contains`) about each connecting client key, at connect time: a key

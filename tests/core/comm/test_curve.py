@@ -12,7 +12,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from core.cluster.identity import Identity
 from core.cluster.trust import TrustedPeer, TrustStore
-from core.cluster.zap import make_curve_client, make_curve_server, peer_key
+from core.comm.curve import make_curve_client, make_curve_server, peer_key
 
 WAIT_S = 5.0
 
