@@ -95,6 +95,17 @@ def model_display_name(model: str | None) -> str:
     return p.stem if p.suffix.lower() == ".gguf" else p.name
 
 
+def open_model(model: str | None, progress: Progress) -> tuple[Any, Any]:
+    """(model_dir, ChatTokenizer): GGUF import or HF dir lookup, with progress; the first
+    half of every load, local or over devices."""
+    from core.model.model_dir import resolve_model
+    from core.model.tokenizer import ChatTokenizer
+
+    model_dir = resolve_model(model, lambda d, t: progress("Importing model", d, t))
+    progress("Loading tokenizer", 0, 1)
+    return model_dir, ChatTokenizer(model_dir)
+
+
 def default_loader(model: str | None, opts: RunOptions, progress: Progress,
                    devices: list[dict] | None = None,
                    on_status: Callable[[list], None] | None = None) -> LoadedModel:
@@ -105,12 +116,8 @@ def default_loader(model: str | None, opts: RunOptions, progress: Progress,
 
         return session_loader(model, opts, progress, devices, on_status)
     from core.engine.launcher import LocalCluster
-    from core.model.model_dir import resolve_model
-    from core.model.tokenizer import ChatTokenizer
 
-    model_dir = resolve_model(model, lambda d, t: progress("Importing model", d, t))
-    progress("Loading tokenizer", 0, 1)
-    tokenizer = ChatTokenizer(model_dir)
+    model_dir, tokenizer = open_model(model, progress)
     cluster = LocalCluster(model_dir, opts, progress=progress)
     return LoadedModel(
         name=model_display_name(model),

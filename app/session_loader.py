@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from app.engine_worker import LoadedModel, Progress, model_display_name
+from app.engine_worker import LoadedModel, Progress, model_display_name, open_model
 from core.engine.options import RunOptions
 
 StatusListener = Callable[[list], None]
@@ -68,12 +68,8 @@ def session_loader(model: str | None, opts: RunOptions, progress: Progress,
     from app.store import data_dir
     from core.cluster.identity import load_or_create
     from core.cluster.session import Session, WorkerSpec
-    from core.model.model_dir import resolve_model
-    from core.model.tokenizer import ChatTokenizer
 
-    model_dir = resolve_model(model, lambda d, t: progress("Importing model", d, t))
-    progress("Loading tokenizer", 0, 1)
-    tokenizer = ChatTokenizer(model_dir)
+    model_dir, tokenizer = open_model(model, progress)
     specs = [WorkerSpec(str(d["name"]), str(d["endpoint"]), str(d["public_key"]),
                         int(d.get("memory_budget") or 0) or 2**30) for d in devices]
     identity = load_or_create(data_dir())
