@@ -25,15 +25,17 @@ ACT = torch.bfloat16  # activation dtype fed to the int8 kernel (it takes bf16 s
 
 
 def prepare_block(block: Block) -> Block:
-    """Once per load: int8 scales to the kernel's dtype; every tensor 64-byte aligned.
+    """Once per load: int8 scales to the kernel's dtype; int8 matrices 64-byte aligned.
 
     safetensors hands out tensors at their offset in the file; torch's int8 kernel
     crashes (SIGSEGV) on an int8 matrix that is not 64-byte aligned, so those are copied.
+    Other dtypes are left where they are: a copy of every streamed fp32 block would cost
+    memory bandwidth and peak memory for nothing.
     """
     for name, t in block.items():
         if name.endswith(SCALE):
             t = t.to(ACT)
-        if t.data_ptr() % ALIGN:
+        if t.dtype == torch.int8 and t.data_ptr() % ALIGN:
             t = t.clone()
         block[name] = t
     return block
