@@ -35,8 +35,8 @@ def attention(
     cache: KVCache,
     layer: int,
     pos: int,
-    cos: torch.Tensor,  # [T, hd] for positions pos..pos+T
-    sin: torch.Tensor,
+    cos: torch.Tensor,  # [T, 1, hd] for positions pos..pos+T (rope.py tables)
+    sin: torch.Tensor,  # [T, 1, hd] signed sin
 ) -> torch.Tensor:
     """This rank's heads of self-attention -> partial o_proj output [T, D]."""
     T, hd = x.shape[0], s.head_dim
@@ -46,14 +46,14 @@ def attention(
     qkv = linear(h, w, "wqkv")  # [T, (n_q + 2 n_kv) * hd]
     if "bqkv" in w:
         qkv += w["bqkv"]
-    q, k, v = qkv.split([s.n_q * hd, s.n_kv * hd, s.n_kv * hd], dim=-1)
-    q = q.view(T, s.n_q, hd).transpose(0, 1)  # [n_q, T, hd]
-    k = k.view(T, s.n_kv, hd).transpose(0, 1)  # [n_kv, T, hd]
-    v = v.view(T, s.n_kv, hd).transpose(0, 1)
+    n_qk = s.n_q + s.n_kv
+    qk = qkv[:, : n_qk * hd].view(T, n_qk, hd)  # query then key heads
+    v = qkv[:, n_qk * hd :].view(T, s.n_kv, hd).transpose(0, 1)  # [n_kv, T, hd]
     if "q_norm" in w:  # Qwen3: per-head RMSNorm before RoPE
-        q = rms_norm(q, w["q_norm"], s.eps)
-        k = rms_norm(k, w["k_norm"], s.eps)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qk = torch.cat((rms_norm(qk[:, : s.n_q], w["q_norm"], s.eps),
+                        rms_norm(qk[:, s.n_q :], w["k_norm"], s.eps)), dim=1)
+    qk = apply_rope(qk, cos, sin).transpose(0, 1)  # [n_q + n_kv, T, hd]
+    q, k = qk[: s.n_q], qk[s.n_q :]  # [n_q, T, hd], [n_kv, T, hd]
     keys, values = cache.update(layer, pos, k, v)  # [n_kv, pos+T, hd]
     if T == 1:
         out = _attend_one(q, keys, values, s)

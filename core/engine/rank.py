@@ -48,6 +48,7 @@ class RankRuntime:
         self.max_seq = min(context, cfg.max_position_embeddings)
         self.cache = KVCache(cfg.num_layers, share.num_kv_heads, cfg.head_dim, self.max_seq)
         self.cos, self.sin = rope_tables(cfg, self.max_seq)  # [S, hd] each
+        self.threads = torch.get_num_threads()  # as the caller set it for this rank
         self.scheduler = MemoryScheduler(
             block_order(cfg.num_layers),
             lambda name: prepare_block(read_block(self.rank_dir, self.manifest, name)),
@@ -59,7 +60,10 @@ class RankRuntime:
         """x [T, D] hidden states of positions pos..pos+T -> [T, D] after the last layer."""
         T = x.shape[0]
         self.cache.check_room(pos, T)
-        cos, sin = self.cos[pos : pos + T], self.sin[pos : pos + T]
+        if torch.get_num_threads() != self.threads:  # first step on this thread, or the
+            torch.set_num_threads(self.threads)  # prefetch thread lowered the default
+
+        cos, sin = self.cos[pos : pos + T, None], self.sin[pos : pos + T, None]  # [T, 1, hd]
         sched = self.scheduler
         for i in range(self.cfg.num_layers):
             name = attn_block(i)

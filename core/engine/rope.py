@@ -39,15 +39,24 @@ def _llama3(freq: torch.Tensor, s: dict) -> torch.Tensor:
 
 
 def rope_tables(cfg: ModelConfig, max_seq: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin), each [max_seq, head_dim], for positions 0..max_seq-1."""
+    """(cos, signed_sin), each [max_seq, head_dim], for positions 0..max_seq-1.
+
+    signed_sin is sin with its first half negated, which folds rotate_half's negation
+    into the table (see apply_rope).
+    """
     pos = torch.arange(max_seq, dtype=torch.int64).float()
     freqs = pos[:, None] * inv_freq(cfg)[None, :]  # [S, hd/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [S, hd]
-    return emb.cos(), emb.sin()
+    sin = emb.sin()
+    half = sin.shape[-1] // 2
+    sin[:, :half].neg_()
+    return emb.cos(), sin
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [H, T, hd] rotated by cos/sin [T, hd] (HF's rotate_half convention)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x [..., hd] rotated by tables broadcast against it (HF's rotate_half convention).
+
+    HF: x * cos + cat(-x2, x1) * sin. Here cat(x2, x1) is a roll by half and the minus sits
+    in signed_sin: three ops instead of seven, same values up to float rounding.
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)

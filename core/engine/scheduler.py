@@ -146,6 +146,13 @@ class MemoryScheduler:
         return busy < self.window
 
     def _run(self) -> None:
+        # Loads run torch ops too. With the default thread count this thread would start an
+        # OpenMP team of its own; libgomp then has more threads than cores and makes every
+        # team sleep between parallel regions instead of spinning, which cost ~60 us per
+        # parallel op on the compute thread (int8 decode 28 -> 16 ms/token when fixed).
+        # torch.set_num_threads also sets the default for threads started later; the
+        # compute side re-asserts its own count (RankRuntime.forward).
+        torch.set_num_threads(1)
         while True:
             with self._cond:
                 while not self._stop and (not self._has_room() or self._error is not None):
