@@ -6,21 +6,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from core.cluster.device_status import DeviceStatus
 
-__all__ = ["DeviceStatus", "device_of_stage", "from_rank_stats"]
-
-# core.cluster.remote_rank reports shard shipping to a worker under this stage name
-_SHIP_STAGE = re.compile(r"^sending shards to '(.+)'$")
-
-
-def device_of_stage(stage: str) -> str | None:
-    """The device a load stage is about ("sending shards to 'mini-pc'" -> "mini-pc")."""
-    m = _SHIP_STAGE.match(stage)
-    return m[1] if m else None
+__all__ = ["DeviceStatus", "from_rank_stats"]
 
 
 def from_rank_stats(stats: list[Any], busy: bool, tokens_per_s: float | None) -> list[DeviceStatus]:

@@ -12,7 +12,8 @@ the GUI thread (a queued slot could not run while the engine thread is busy gene
 `set_remote_devices()` (same kind) hands over the enrolled devices (DeviceRoster.worker_specs:
 WorkerSpec fields) for the next load: with any, default_loader runs a cluster Session
 (app/session_loader.py) whose status thread pushes `stats` once a second, even while a
-step waits on a device; shard shipping to a device is also reported as `device_progress`.
+step waits on a device; a stage about one device (core.progress.DeviceStage: shard
+shipping) is also reported as `device_progress` under that device's name.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from typing import Any, Protocol
 import shiboken6
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from app.device_status import DeviceStatus, device_of_stage, from_rank_stats
+from app.device_status import DeviceStatus, from_rank_stats
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from core.errors import TpiError
+from core.progress import DeviceStage
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 STATS_INTERVAL_S = 1.0
@@ -221,10 +223,9 @@ class EngineWorker(QObject):
         def progress(stage: str, done: int, total: int) -> None:
             if self._is_cancelled(seq):
                 raise LoadCancelled  # also aborts a shard transfer (ship_sender)
-            self.loading_progress.emit(stage, int(done), int(total))
-            device = device_of_stage(stage)
-            if device is not None:
-                self.device_progress.emit(device, int(done), int(total))
+            self.loading_progress.emit(str(stage), int(done), int(total))
+            if isinstance(stage, DeviceStage):  # e.g. shards going to a paired device
+                self.device_progress.emit(stage.device, int(done), int(total))
 
         self._load_id += 1
         load_id = self._load_id

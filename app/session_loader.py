@@ -5,8 +5,8 @@ Used by the engine thread instead of a bare LocalCluster when the user paired de
     session_loader(model, opts, progress, devices=[WorkerSpec fields...], on_status=rows_cb)
 
 The identity is this computer's (`load_or_create(data_dir())`, the one the Add device
-dialog pairs with). Shard shipping reports as the stage "sending shards to 'NAME'"
-(app.device_status.device_of_stage finds the card it belongs to). A device that does not
+dialog pairs with). Shard shipping reports its stage as a core.progress.DeviceStage
+(its `device` field names the card it belongs to). A device that does not
 answer a ping is left out of the load (one switched-off laptop must not keep the model
 from loading); its card shows it offline.
 """

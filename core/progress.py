@@ -1,9 +1,27 @@
-"""A one-line progress bar on stderr for long CLI operations (import, split, load)."""
+"""Progress reporting: a stage that names the device it is about, and a one-line progress
+bar on stderr for long CLI operations (import, split, load).
+
+Long operations report `progress(stage: str, done, total)`. A stage about one device
+(shipping shards to a paired worker) is a `DeviceStage`: still the str a progress bar
+shows, plus the device's name as data, so a listener needs no parsing to find the device.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+
+
+class DeviceStage(str):
+    """A progress stage's text that also carries `device`, the name of the device it is
+    about (a str subclass, so every `progress(stage, done, total)` passes it on as is)."""
+
+    device: str
+
+    def __new__(cls, text: str, device: str) -> DeviceStage:
+        stage = super().__new__(cls, text)
+        stage.device = device
+        return stage
 
 
 class TermProgress:

@@ -13,6 +13,7 @@ from core.cluster.ship_sender import ShipProgress, split_id_for
 from core.cluster.worker_link import WorkerLink
 from core.engine.rank_host import Progress
 from core.errors import TpiError
+from core.progress import DeviceStage
 
 
 class RemoteRankHost:
@@ -25,7 +26,7 @@ class RemoteRankHost:
     def start(self, rank: int, control: str, rank_dir: Path, report: Progress) -> None:
         self.rank = rank
         split_id = split_id_for(rank_dir)
-        stage = f"sending shards to {self.name}"
+        stage = DeviceStage(f"sending shards to {self.name}", self.link.name)
 
         def progress(p: ShipProgress) -> None:
             report(stage, p.bytes_done, p.bytes_total)

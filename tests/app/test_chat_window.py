@@ -8,6 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
 from app.code_block import CodeBlock
+from core.progress import DeviceStage
 from tests.app.conftest import close_window, open_window, send
 from tests.app.fake_engine import FakeLoader
 
@@ -167,6 +168,29 @@ def test_devices_panel_shows_ranks(qtbot):
     card = w.devices.cards["This device"]
     assert "master" in card.role.text() and "4/6 blocks" in card.memory_label.text()
     assert abs(card.memory.fraction - 4 / 6) < 1e-6
+    close_window(w)
+
+
+def test_device_progress_comes_from_the_stage_field_not_its_text(qtbot):
+    """A DeviceStage reaches the device's card by its `device` field; stage text that only
+    looks like shipping names no device."""
+
+    class ShippingLoader(FakeLoader):
+        def __call__(self, model, opts, progress, **devices):
+            progress(DeviceStage("sending shards to the mini PC", "mini-pc"), 5, 10)
+            progress("sending shards to 'laptop'", 1, 2)
+            return super().__call__(model, opts, progress, **devices)
+
+    w = open_window(qtbot, ShippingLoader())
+    stages: list[tuple] = []
+    shipped: list[tuple] = []
+    w.engine.worker.loading_progress.connect(lambda *a: stages.append(a))
+    w.engine.worker.device_progress.connect(lambda *a: shipped.append(a))
+    w.load_model(None)  # again, now with both signals recorded from its start
+    qtbot.waitUntil(lambda: w.controller.ready, timeout=10_000)
+    assert shipped == [("mini-pc", 5, 10)]
+    assert ("sending shards to the mini PC", 5, 10) in stages
+    assert ("sending shards to 'laptop'", 1, 2) in stages
     close_window(w)
 
 
