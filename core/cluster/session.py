@@ -1,10 +1,14 @@
 """A master's session: this device (rank 0, optional extra local ranks) + paired workers.
 
     s = Session(model_dir, identity, [WorkerSpec(...)], opts=RunOptions(context=512))
-    s.start()                         # plan by memory budgets, split, ship, run, load
+    s.start()                         # ping, plan by memory budgets, split, ship, run, load
     ChatSession(tok, s.runner)        # s.step(ids, pos) like a LocalCluster
     s.device_status()                 # live rows for the Devices panel
     s.close()
+
+start() first pings every worker (in parallel, core/cluster/worker_ping.py): one that does
+not answer is left out of the plan, so a switched-off laptop does not keep the model from
+loading, and device_status() shows it offline ("Did not answer ...") until the next start.
 
 Every socket is CURVE (ZAP allow-list = the session's workers plus the ephemeral keys
 of our own local ranks). A worker that dies or drops off mid-reply makes that step raise
@@ -29,6 +33,7 @@ import torch
 from core.cluster.device_status import DeviceStatus
 from core.cluster.remote_rank import RemoteRankHost
 from core.cluster.worker_link import WorkerLink
+from core.cluster.worker_ping import split_answering
 from core.comm.curve import CurveServerConfig, KeyPair
 from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions
@@ -36,6 +41,7 @@ from core.errors import PeerError, TpiError
 
 Progress = Callable[[str, int, int], None]
 STATUS_EVERY_S = 1.0
+NOT_ANSWERED = "Did not answer when the model loaded; it joins at the next load."
 
 
 @dataclass(frozen=True)
@@ -48,12 +54,20 @@ class WorkerSpec:
     memory_budget: int  # bytes; sets its share of the model
 
 
+MasterBudget = int | Callable[[list[WorkerSpec]], int]
+
+
 class Session:
-    """Plan -> ship -> run -> generate over this device and its paired workers."""
+    """Ping -> plan -> ship -> run -> generate over this device and its paired workers.
+
+    `master_budget`: bytes for this device (shared by its local ranks), or a rule giving
+    them from the workers that answered the ping (called once, in start()); None or 0 =
+    the memory available now.
+    """
 
     def __init__(self, model_dir: Path, identity: KeyPair, workers: list[WorkerSpec], *,
                  opts: RunOptions | None = None, local_ranks: int = 0,
-                 master_budget: int | None = None, host: str = "127.0.0.1",
+                 master_budget: MasterBudget | None = None, host: str = "127.0.0.1",
                  progress: Progress | None = None,
                  on_status: Callable[[list[DeviceStatus]], None] | None = None):
         self.model_dir = Path(model_dir)
@@ -61,11 +75,13 @@ class Session:
         self.workers = list(workers)
         self.opts = opts or RunOptions()
         self.local_ranks = local_ranks
-        self.master_budget = master_budget or int(psutil.virtual_memory().available)
+        self._budget_rule = master_budget
+        self.master_budget = 0  # bytes; set by start() from the rule above
         self.host = host
         self.progress = progress
         self.on_status = on_status
-        self.links: dict[str, WorkerLink] = {}
+        self.links: dict[str, WorkerLink] = {}  # by public key: the workers that answered
+        self.silent: list[WorkerSpec] = []  # did not answer start()'s ping: left out
         self.cluster: LocalCluster | None = None
         self._members: list[WorkerSpec] = []  # workers in the current plan, by rank order
         self._allow = {w.public_key for w in self.workers}
@@ -79,10 +95,9 @@ class Session:
     # -- life cycle ----------------------------------------------------------------
 
     def start(self) -> Session:
-        for w in self.workers:
-            self.links[w.public_key] = WorkerLink(w.name, w.endpoint, w.public_key,
-                                                  self.identity, on_dead=self._link_died)
         try:
+            answering = self._contact_workers()
+            self.master_budget = self._budget_for(answering)
             self._build()
         except BaseException:
             self.close()
@@ -93,8 +108,28 @@ class Session:
             self._status_thread.start()
         return self
 
+    def _contact_workers(self) -> list[WorkerSpec]:
+        """Ping every worker; keep a link to each one answering (returned), note the rest."""
+        n = len(self.workers)
+        if self.progress is not None and n:
+            self.progress("contacting devices", 0, n)
+        answering, self.silent = split_answering(self.workers, self.identity)
+        for w in answering:
+            self.links[w.public_key] = WorkerLink(w.name, w.endpoint, w.public_key,
+                                                  self.identity, on_dead=self._link_died)
+        if self.progress is not None and n:
+            self.progress("contacting devices", n, n)
+        return answering
+
+    def _budget_for(self, answering: list[WorkerSpec]) -> int:
+        rule = self._budget_rule
+        if callable(rule):
+            return int(rule(answering))
+        return int(rule) if rule else int(psutil.virtual_memory().available)
+
     def _alive(self) -> list[WorkerSpec]:
-        return [w for w in self.workers if self.links[w.public_key].dead is None]
+        return [w for w in self.workers
+                if (link := self.links.get(w.public_key)) is not None and link.dead is None]
 
     def _build(self) -> None:
         members = self._alive()
@@ -208,7 +243,8 @@ class Session:
     # -- live view -----------------------------------------------------------------
 
     def device_status(self) -> list[DeviceStatus]:
-        """One row per device of the plan (workers that left show as offline)."""
+        """One row per device of the plan, then one per worker outside it (offline: it
+        left, or it did not answer start()'s ping)."""
         c = self.cluster
         stats = {s.rank: s for s in c.rank_stats()} if c is not None else {}
         total = sum(s.kv_heads for s in stats.values()) or 1
@@ -237,7 +273,8 @@ class Session:
             rows.append(row)
         for w in self.workers:
             if w not in self._members:
-                rows.append(DeviceStatus(name=w.name, state="offline"))
+                rows.append(DeviceStatus(name=w.name, state="offline",
+                                         share=NOT_ANSWERED if w in self.silent else ""))
         return rows
 
     def _push_status(self) -> None:

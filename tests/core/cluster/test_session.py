@@ -1,14 +1,18 @@
 """A master Session with real `tpi-chat worker` processes, CURVE everywhere on loopback:
-same greedy tokens as a local cluster, a SIGKILLed worker mid-reply, a corrupted shard."""
+same greedy tokens as a local cluster, a SIGKILLed worker mid-reply, a corrupted shard,
+an enrolled device that is off at start (left out, shown offline)."""
 
 from __future__ import annotations
 
 import hashlib
+import socket
+import threading
 import time
 
 import pytest
 
-from core.cluster.session import Session
+from core.cluster.session import Session, WorkerSpec
+from core.comm.curve import Keys
 from core.engine.generate import Generator
 from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions
@@ -102,3 +106,58 @@ def test_corrupted_shard_on_worker_is_resent(tiny, reference, tmp_path):
             s.close()
     finally:
         w.stop()
+
+
+def switched_off_device(name: str) -> WorkerSpec:
+    """An enrolled device that is off: nothing listens on its control port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return WorkerSpec(name, f"tcp://127.0.0.1:{port}", Keys.generate().public_key, 2**30)
+
+
+@pytest.mark.slow
+def test_a_device_that_does_not_answer_is_left_out_and_shown_offline(tiny, tmp_path):
+    master = make_device(tmp_path, "master", "worker")
+    w = WorkerProcess("w", tmp_path / "w", "1GB")
+    try:
+        off = switched_off_device("off")
+        stages: list[tuple[str, str | None, int, int]] = []
+        pushed: list[list] = []
+        got_push = threading.Event()
+
+        def progress(stage: str, done: int, total: int) -> None:
+            stages.append((str(stage), getattr(stage, "device", None), done, total))
+
+        def on_status(rows: list) -> None:
+            pushed.append(rows)
+            got_push.set()
+
+        budgets_asked: list[list[str]] = []
+
+        def budget(answering: list[WorkerSpec]) -> int:
+            budgets_asked.append([a.name for a in answering])
+            return 2**30
+
+        specs = [off, w.pair(master.identity, master.trust)]
+        s = Session(tiny, master.identity, specs, opts=OPTS, master_budget=budget,
+                    progress=progress, on_status=on_status).start()
+        try:
+            assert s.world_size == 2 and s.silent == [off] and budgets_asked == [["w"]]
+            assert stages[0] == ("contacting devices", None, 0, 2)
+            shipping = [x for x in stages if x[1] is not None]
+            assert shipping and {x[:2] for x in shipping} == {("sending shards to 'w'", "w")}
+            assert shipping[-1][2] == shipping[-1][3] > 0
+            assert Generator(s.runner, {2}).generate(PROMPT, GREEDY).token_ids
+
+            rows = s.device_status()
+            assert [(r.name, r.state) for r in rows][1:] == [("w", "ready"), ("off", "offline")]
+            assert rows[2].share == ("Did not answer when the model loaded; "
+                                     "it joins at the next load.")
+            assert got_push.wait(10.0)
+            assert pushed[-1][-1].name == "off" and pushed[-1][-1].share == rows[2].share
+        finally:
+            s.close()
+    finally:
+        w.stop()
+
