@@ -73,8 +73,11 @@ def test_session_devices_panel_and_a_worker_dropping_out(qtbot, themed, tiny_mod
             qtbot.waitUntil(lambda: bool(shipped) or w.controller.ready or bool(warnings),
                             timeout=LOAD_MS)
             assert shipped, (warnings, w.devices.state_of(name), w.status.cluster.text())
-            assert "loading" in w.devices.cards[name].role.text()
-            assert "Receiving model shards" in w.devices.cards[name].memory_label.text()
+            # `shipped` fills in the engine thread (a lambda runs in the sender's thread);
+            # the card updates when the GUI thread gets the queued signal
+            card = w.devices.cards[name]
+            qtbot.waitUntil(lambda: "loading" in card.role.text(), timeout=5000)
+            assert "Receiving model shards" in card.memory_label.text()
             w.cancel_load()
         assert not w.controller.ready and w.engine.worker._model is None and not warnings
 
