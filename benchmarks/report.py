@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from llamacpp_report import llamacpp_section
+from streaming_report import streaming_section
 
 ENGINE_TARGETS = (
     # (model, config, key, limit, what)
@@ -170,6 +171,7 @@ def render(out_dir: Path, extra: dict) -> str:
     engine = _load(out_dir / "engine.json")
     memory = _load(out_dir / "memory.json")
     col = _load(out_dir / "collectives.json")
+    streaming = _load(out_dir / "streaming.json")
     llama = [_load(p) for p in sorted(out_dir.glob("llamacpp*.json"))]
     mach = (engine or memory or {}).get("machine")
     lines = ["# Benchmark results", "",
@@ -186,6 +188,8 @@ def render(out_dir: Path, extra: dict) -> str:
             lines += engine_section(name, m)
     if memory:
         lines += memory_section(memory)
+    if streaming:
+        lines += streaming_section(streaming)
     if col:
         lines += collectives_section(col)
     for d in filter(None, llama):

@@ -3,6 +3,7 @@
   1. benchmarks/bench_collectives.py  (if present; another engineer's allreduce benchmark)
   2. benchmarks/bench_engine.py       ours vs transformers, default model and a random 1.1B
   3. benchmarks/bench_memory.py       window 2 vs all on a random 64-layer Llama
+     benchmarks/bench_streaming.py    window 2 vs all decode speed: warm, cold, link latency
   4. benchmarks/bench_llamacpp.py     only with LLAMA_CPP=1: ours vs llama.cpp vs transformers
 
 Each is its own subprocess writing benchmarks/out/<name>.json; a failing benchmark is
@@ -41,6 +42,7 @@ def plan(quick: bool) -> list[tuple[str, list[str], str]]:
                   "engine.json"))
     if not quick:
         steps.append(("memory", [str(HERE / "bench_memory.py")], "memory.json"))
+        steps.append(("streaming", [str(HERE / "bench_streaming.py")], "streaming.json"))
     if os.environ.get("LLAMA_CPP") == "1":  # builds llama-cpp-python if missing (minutes)
         steps.append(("llama.cpp", [str(HERE / "bench_llamacpp.py"),
                                     *(["--reps", "1"] if quick else [])], "llamacpp.json"))

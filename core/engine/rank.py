@@ -14,6 +14,7 @@ import torch
 from core.engine.kv_cache import KVCache
 from core.engine.layers import LayerShapes, attention, mlp
 from core.engine.linear import prepare_block
+from core.engine.page_cache import evict
 from core.engine.rope import rope_tables
 from core.engine.scheduler import MemoryScheduler
 from core.shard.blocks import attn_block, block_order, mlp_block
@@ -32,7 +33,7 @@ class RankRuntime:
     """Runs this rank's slices of all layers for a chunk of positions."""
 
     def __init__(self, rank_dir: Path, group: Allreduce, window: int | None,
-                 context: int = DEFAULT_CONTEXT):
+                 context: int = DEFAULT_CONTEXT, evict_streamed: bool = False):
         self.rank_dir = Path(rank_dir)
         # Size checks of every block file now: a truncated shard is named at start-up,
         # not half-way through a reply.
@@ -53,6 +54,7 @@ class RankRuntime:
             block_order(cfg.num_layers),
             lambda name: prepare_block(read_block(self.rank_dir, self.manifest, name)),
             window,
+            on_release=self._evict if evict_streamed else None,
         )
 
     @torch.inference_mode()
@@ -75,6 +77,10 @@ class RankRuntime:
             sched.release(name)
             x = x + self.group.allreduce_(h)
         return x
+
+    def _evict(self, name: str) -> None:
+        """Streamed block `name` used: drop its file from the page cache (cold reads)."""
+        evict(self.rank_dir / self.manifest.block(name).file)
 
     def close(self) -> None:
         self.scheduler.close()

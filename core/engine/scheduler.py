@@ -52,12 +52,14 @@ def block_bytes(block: Block) -> int:
 class MemoryScheduler:
     """Keeps at most `window` blocks of `order` resident, prefetching in cyclic order."""
 
-    def __init__(self, order: list[str], loader: Loader, window: int | None):
+    def __init__(self, order: list[str], loader: Loader, window: int | None,
+                 on_release: Callable[[str], None] | None = None):
         if window is not None and window < 1:
             raise ValueError("window must be at least 1 block, or None for all")
         self.order = list(order)
         self._index = {name: i for i, name in enumerate(self.order)}
         self._loader = loader
+        self._on_release = on_release  # e.g. drop the block's file from the page cache
         n = len(self.order)
         self.keep_all = window is None or window >= n
         self.window = n if self.keep_all else window
@@ -100,6 +102,9 @@ class MemoryScheduler:
                 self._bytes -= block_bytes(block)
                 self._record()
                 self._cond.notify_all()
+        if block is not None and self._on_release is not None:
+            del block  # its file mapping must be gone for the page cache to let go
+            self._on_release(name)
 
     def wait_all_loaded(self, progress: Callable[[int, int], None] | None = None) -> None:
         """With keep_all, wait until every block is in (start-up), reporting progress."""

@@ -101,3 +101,39 @@ def test_out_of_order_request_restarts_the_cycle():
         assert s.stats.peak_blocks <= 2
     finally:
         s.close()
+
+
+def test_release_hook_runs_once_per_streamed_block_in_order():
+    released: list[str] = []
+    s = MemoryScheduler(ORDER, CountingLoader(), 2, on_release=released.append)
+    try:
+        _one_pass(s)
+        _one_pass(s)
+        assert released == ORDER + ORDER
+    finally:
+        s.close()
+    kept: list[str] = []
+    s = MemoryScheduler(ORDER, CountingLoader(), None, on_release=kept.append)
+    try:
+        s.wait_all_loaded()
+        _one_pass(s)
+        assert kept == []  # resident blocks are never released
+    finally:
+        s.close()
+
+
+def test_loads_run_single_threaded_in_torch():
+    """A second OpenMP team (the prefetch thread's) made libgomp put every team to sleep
+    between parallel ops, ~60 us each on the compute thread; loads must stay at 1 thread."""
+    seen: list[int] = []
+
+    def loader(name: str):
+        seen.append(torch.get_num_threads())
+        return {"w": torch.zeros(4)}
+
+    s = MemoryScheduler(ORDER, loader, None)
+    try:
+        s.wait_all_loaded()
+        assert seen and set(seen) == {1}
+    finally:
+        s.close()

@@ -71,6 +71,23 @@ def test_windowed_scheduling_gives_the_same_logits(tiny, window, tmp_path):
         windowed.close()
 
 
+def test_evicting_streamed_blocks_gives_the_same_logits(tiny, tmp_path):
+    """Window 2 with every used block dropped from the page cache (the cold-read mode)."""
+    model_dir, ref = tiny
+    cfg = load_config(model_dir)
+    ids = list(range(5, 17))
+    full = ThreadCluster(model_dir, make_plan(cfg, [1, 1]), tmp_path / "a")
+    cold = ThreadCluster(model_dir, make_plan(cfg, [1, 1]), tmp_path / "b", window=2,
+                         evict_streamed=True)
+    try:
+        assert torch.equal(full.step_all(ids, 0), cold.step_all(ids, 0))
+        assert torch.equal(full.step([3], len(ids)), cold.step([3], len(ids)))
+        assert all(r.scheduler.stats.loads > 2 * cfg.num_layers for r in cold.ranks)
+    finally:
+        full.close()
+        cold.close()
+
+
 def test_prefill_in_chunks_equals_one_prefill(tiny, tmp_path):
     """A follow-up turn appends to the cache: chunked feeding must not change logits."""
     model_dir, _ = tiny
