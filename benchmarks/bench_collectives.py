@@ -4,7 +4,8 @@ Part 1: one process per rank (spawned), torch.set_num_threads(1) each, T=1 hidde
 of 576, 2048 and 8192 floats at 2, 3, 4 and 8 ranks. Every method of
 benchmarks/collective_methods.py runs in the same processes, `--repeats` times in rotated
 order; reported: the median over repeats of the median us per call as seen by rank 0.
-Ratios: star / tcp_star (target <= 1.5x, issue 6) and star / zmq_pingpong (the 2-rank
+Ratios: star / tcp_star (target <= 1.5x, issue 6; measured with the calls of both
+interleaved one by one, "paired", and each method on its own) and star / zmq_pingpong (the 2-rank
 ZeroMQ round trip of the same payload; target <= 2x, issue 3).
 
 Part 2: `tpi-chat generate` on the default model at 2 ranks, greedy, with an emulated
@@ -76,10 +77,16 @@ def _ratio_lines(results: dict, num: str, den: str, den_ws: str | None = None) -
     return lines
 
 
+def _paired_lines(results: dict) -> list[str]:
+    return [f"- {ws} ranks: " + ", ".join(f"h={d}: {per['paired'][str(d)]:.2f}x"
+                                         for d in HIDDEN)
+            for ws, per in results.items() if "paired" in per]
+
+
 def collective_table(results: dict) -> str:
     lines = ["| method | ranks | " + " | ".join(f"h={d} (us)" for d in HIDDEN) + " |",
              "|---|---|" + "---|" * len(HIDDEN)]
-    for m in METHODS:
+    for m in (m for m in METHODS if m != "paired"):  # paired holds ratios, not us
         for ws, per in results.items():
             if "error" in per:
                 if m == METHODS[0]:
@@ -88,7 +95,9 @@ def collective_table(results: dict) -> str:
             if m in per:
                 cells = [f"{per[m][str(d)]:.0f}" for d in HIDDEN]
                 lines.append(f"| {m} | {ws} | " + " | ".join(cells) + " |")
-    lines += ["", "star (fast path) / tcp_star, same run (target <= 1.5x):",
+    lines += ["", "star (fast path) / tcp_star, calls interleaved one by one in the same "
+              "processes (target <= 1.5x):", *_paired_lines(results),
+              "", "star (fast path) / tcp_star, each timed on its own in the same run:",
               *_ratio_lines(results, "star", "tcp_star"),
               "", "star (fast path) / zmq_pingpong at 2 ranks, same run (target <= 2x):",
               *_ratio_lines(results, "star", "zmq_pingpong", "2"),

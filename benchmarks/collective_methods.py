@@ -9,7 +9,9 @@ endpoint (port, ZeroMQ endpoints) to the workers through per-rank queues.
 - gloo: torch.distributed all_reduce;
 - tcp_star: a plain `socket` star (TCP_NODELAY, preallocated recv_into): the floor for
   any star written in Python;
-- zmq_pingpong (2 ranks only): a raw ZeroMQ PAIR round trip of the same payload.
+- zmq_pingpong (2 ranks only): a raw ZeroMQ PAIR round trip of the same payload;
+- paired: star and tcp_star open together, calls interleaved one by one: the ratio of
+  their medians (the issue's target), robust to the load changing between methods.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import statistics
 import time
 
 HIDDEN = (576, 2048, 8192)
-METHODS = ("star", "star_zmq", "ring", "gloo", "tcp_star", "zmq_pingpong")
+METHODS = ("star", "star_zmq", "ring", "gloo", "tcp_star", "zmq_pingpong", "paired")
 
 
 def _time_loop(fn, iters: int, warmup: int) -> float:
@@ -62,10 +64,7 @@ def _barrier(rank: int, ws: int, qs) -> None:
             raise RuntimeError("benchmark ranks out of step")
 
 
-def _ours(algo: str, transport: str, rank: int, ws: int, qs, iters: int,
-          warmup: int) -> dict[int, float]:
-    import torch
-
+def _group(algo: str, transport: str, rank: int, ws: int, qs):
     from core.comm.group import CommGroup
     if rank == 0:
         g = CommGroup.master(ws, algorithm=algo, transport=transport)
@@ -76,6 +75,13 @@ def _ours(algo: str, transport: str, rank: int, ws: int, qs, iters: int,
     want = list(range(1, ws)) if transport == "auto" else []
     if rank == 0 and g.local_links != want:
         raise RuntimeError(f"expected fast links to {want}, got {g.local_links}")
+    return g
+
+
+def _ours(algo: str, transport: str, rank: int, ws: int, qs, iters: int,
+          warmup: int) -> dict[int, float]:
+    import torch
+    g = _group(algo, transport, rank, ws, qs)
     out = {}
     for d in HIDDEN:
         t = torch.zeros(1, d)  # zeros: repeated sums never overflow
@@ -134,32 +140,63 @@ def _tcp_connect(rank: int, ws: int, qs) -> list[socket.socket]:
     return [conns[r] for r in range(1, ws)]
 
 
-def _tcp_star(rank: int, ws: int, qs, iters: int, warmup: int) -> dict[int, float]:
+def _tcp_step(rank: int, ws: int, socks: list[socket.socket], d: int):
+    """One raw-socket star allreduce of a [1, d] float32 tensor, as a callable."""
     import torch
+    t = torch.zeros(1, d)
+    view = memoryview(t.view(-1).view(torch.uint8).numpy())
+    if rank == 0:
+        scratch = torch.empty(ws - 1, d)
+        sviews = [memoryview(scratch[i].view(torch.uint8).numpy()) for i in range(ws - 1)]
+
+        def step():
+            for pc, sv in zip(socks, sviews, strict=True):
+                _recv_exact(pc, sv)
+            for i in range(ws - 1):
+                t.view(-1).add_(scratch[i])
+            for pc in socks:
+                pc.sendall(view)
+        return step
+
+    def step():
+        socks[0].sendall(view)
+        _recv_exact(socks[0], view)
+    return step
+
+
+def _tcp_star(rank: int, ws: int, qs, iters: int, warmup: int) -> dict[int, float]:
+    socks = _tcp_connect(rank, ws, qs)
+    out = {d: _time_loop(_tcp_step(rank, ws, socks, d), iters, warmup) for d in HIDDEN}
+    _barrier(rank, ws, qs)
+    for s in socks:
+        s.close()
+    return out
+
+
+def _paired(rank: int, ws: int, qs, iters: int, warmup: int) -> dict[int, float]:
+    """star / tcp_star with both open at once and calls interleaved one by one (ABBA...),
+    so both see the same moment of the machine: {hidden: ratio of the median times}."""
+    import torch
+    g = _group("star", "auto", rank, ws, qs)
     socks = _tcp_connect(rank, ws, qs)
     out = {}
     for d in HIDDEN:
         t = torch.zeros(1, d)
-        view = memoryview(t.view(-1).view(torch.uint8).numpy())
-        if rank == 0:
-            scratch = torch.empty(ws - 1, d)
-            sviews = [memoryview(scratch[i].view(torch.uint8).numpy()) for i in range(ws - 1)]
-
-            def step(t=t, view=view, scratch=scratch, sviews=sviews):
-                for pc, sv in zip(socks, sviews, strict=True):
-                    _recv_exact(pc, sv)
-                for i in range(ws - 1):
-                    t.view(-1).add_(scratch[i])
-                for pc in socks:
-                    pc.sendall(view)
-        else:
-            def step(view=view):
-                socks[0].sendall(view)
-                _recv_exact(socks[0], view)
-        out[d] = _time_loop(step, iters, warmup)
+        ours, raw = (lambda t=t: g.allreduce_(t)), _tcp_step(rank, ws, socks, d)
+        for _ in range(warmup):
+            ours()
+            raw()
+        times: dict[object, list[float]] = {ours: [], raw: []}
+        for i in range(iters):
+            for fn in ((ours, raw) if i % 2 == 0 else (raw, ours)):
+                t0 = time.perf_counter()
+                fn()
+                times[fn].append(time.perf_counter() - t0)
+        out[d] = statistics.median(times[ours]) / statistics.median(times[raw])
     _barrier(rank, ws, qs)
     for s in socks:
         s.close()
+    g.close()
     return out
 
 
@@ -205,6 +242,8 @@ def run_method(method: str, rank: int, ws: int, qs, iters: int,
         return _tcp_star(rank, ws, qs, iters, warmup)
     if method == "zmq_pingpong":
         return _zmq_pingpong(rank, ws, qs, iters, warmup)
+    if method == "paired":
+        return _paired(rank, ws, qs, iters, warmup)
     raise ValueError(f"unknown method {method!r}")
 
 
