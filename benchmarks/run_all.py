@@ -18,6 +18,7 @@ reported in RESULTS.md and the others still run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,19 @@ def plan(quick: bool) -> list[tuple[str, list[str], str]]:
     return steps
 
 
+def _keep_run_notes(extra: dict, args: argparse.Namespace) -> dict:
+    """A full run saves its notes (timings, errors) beside the JSON; --render-only reuses
+    them, so re-rendering RESULTS.md does not lose what the run said about itself."""
+    saved = OUT / "run_notes.json"
+    if args.render_only:
+        if saved.is_file():
+            return json.loads(saved.read_text())
+        return extra
+    if not args.quick:
+        saved.write_text(json.dumps(extra, indent=2))
+    return extra
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fast smoke run; RESULTS.md untouched")
@@ -78,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"total_min": None if args.render_only else round((time.monotonic() - t0) / 60, 1),
              "errors": errors,
              "notes": notes, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}
+    extra = _keep_run_notes(extra, args)
     md = render(OUT, extra)
     target = OUT / "RESULTS.quick.md" if args.quick else HERE / "RESULTS.md"
     target.write_text(md)
