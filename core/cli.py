@@ -25,6 +25,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shares", default=None, help="relative share per rank, e.g. 3,1")
     p.add_argument("--window", default="all",
                    help="resident blocks per rank, 'all', or 'auto' (fit each rank's budget)")
+    p.add_argument("--prefetch", type=int, default=None,
+                   help="streamed blocks loaded ahead of compute (default: as the window allows)")
     p.add_argument("--context", type=int, default=4096, help="context length in tokens")
     p.add_argument("--threads", type=int, default=None, help="torch threads per rank")
     p.add_argument("--link-delay-ms", type=float, default=0.0,

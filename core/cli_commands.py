@@ -24,6 +24,7 @@ def _options(args: Namespace) -> RunOptions:
             ranks=args.ranks,
             shares=parse_shares(args.shares) if args.shares else None,
             window=parse_window(args.window),
+            prefetch=args.prefetch,
             context=args.context,
             threads=args.threads,
             link_delay_ms=args.link_delay_ms,

@@ -88,7 +88,8 @@ class LocalCluster:
             if self.world_size > 1:
                 self._start_workers(report)
             group = _ReportingGroup(self) if self.world_size > 1 else self.group
-            self.rank0 = RankRuntime(self.rank_dirs[0], group, self.windows[0], opts.context)
+            self.rank0 = RankRuntime(self.rank_dirs[0], group, self.windows[0], opts.context,
+                                     prefetch=opts.prefetch)
             if self.rank0.scheduler.keep_all:
                 self.rank0.scheduler.wait_all_loaded(
                     lambda d, t: report("loading weights", d, t))
@@ -135,7 +136,7 @@ class LocalCluster:
         link = ({"delay_ms": o.link_delay_ms, "bandwidth_mbps": o.link_mbps}
                 if o.link_delay_ms or o.link_mbps else None)
         return {"rank_dir": str(self.rank_dirs[rank]), "window": self.windows[rank],
-                "context": o.context,
+                "prefetch": o.prefetch, "context": o.context,
                 "threads": o.threads_per_rank(), "world_size": self.world_size,
                 "endpoints": self.group.endpoints, "link": link}
 

@@ -20,6 +20,7 @@ class RunOptions:
     ranks: int = 1
     shares: list[float] | None = None  # relative memory budgets; None = equal
     window: Window = None  # resident blocks per rank; None = all; "auto" = from budgets
+    prefetch: int | None = None  # streamed blocks loaded ahead of compute; None = window's room
     budgets: list[int] | None = None  # memory budget per rank in bytes (window "auto")
     context: int = 4096
     threads: int | None = None  # torch threads per rank; None = cores / ranks
@@ -34,6 +35,8 @@ class RunOptions:
         self.dtype = SHORT_NAMES.get(self.dtype, self.dtype)
         if self.ranks < 1:
             raise ValueError("--ranks must be at least 1")
+        if self.prefetch is not None and self.prefetch < 1:
+            raise ValueError("--prefetch must be at least 1 block")
         if self.shares is not None and len(self.shares) != self.ranks:
             if self.ranks == 1:
                 self.ranks = len(self.shares)

@@ -33,7 +33,8 @@ class RankRuntime:
     """Runs this rank's slices of all layers for a chunk of positions."""
 
     def __init__(self, rank_dir: Path, group: Allreduce, window: int | None,
-                 context: int = DEFAULT_CONTEXT, evict_streamed: bool = False):
+                 context: int = DEFAULT_CONTEXT, evict_streamed: bool = False,
+                 prefetch: int | None = None):
         self.rank_dir = Path(rank_dir)
         # Size checks of every block file now: a truncated shard is named at start-up,
         # not half-way through a reply.
@@ -55,6 +56,7 @@ class RankRuntime:
             lambda name: prepare_block(read_block(self.rank_dir, self.manifest, name)),
             window,
             on_release=self._evict if evict_streamed else None,
+            prefetch=prefetch,
         )
 
     @torch.inference_mode()

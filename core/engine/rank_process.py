@@ -28,7 +28,7 @@ from core.comm.group import CommGroup
 from core.comm.linkemu import LinkEmulation
 from core.engine.rank import RankRuntime
 from core.engine.rank_stats import collect
-from core.errors import PeerError, TpiError
+from core.errors import PeerError, ProtocolError, TpiError
 
 CONTROL_OPS = ("hello", "setup", "ready", "error", "stats", "bye")
 SETUP_TIMEOUT_S = 60.0
@@ -96,7 +96,7 @@ def _run(client: ControlClient, rank: int, secrets: RankSecrets | None = None) -
                                  curve=secrets.curve if secrets else None)
         rank_dir = secrets.rank_dir if secrets and secrets.rank_dir else Path(setup["rank_dir"])
         runtime = RankRuntime(rank_dir, group, setup.get("window"),
-                              int(setup["context"]))
+                              int(setup["context"]), prefetch=_prefetch(setup))
         if runtime.scheduler.keep_all:
             runtime.scheduler.wait_all_loaded()
     except TpiError as e:
@@ -138,6 +138,16 @@ def _serve(runtime: RankRuntime, group: CommGroup, reporter: _Reporter, rank: in
                 return 0
     finally:
         stop.set()
+
+
+def _prefetch(setup: dict) -> int | None:
+    """The setup's prefetch depth: None or a positive int (it came over the wire)."""
+    v = setup.get("prefetch")
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ProtocolError(f"rank 0 sent a bad prefetch depth {v!r} (want a positive integer)")
+    return v
 
 
 def _push_stats(runtime: RankRuntime, reporter: _Reporter, rank: int,

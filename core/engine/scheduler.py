@@ -53,13 +53,19 @@ class MemoryScheduler:
     """Keeps at most `window` blocks of `order` resident, prefetching in cyclic order."""
 
     def __init__(self, order: list[str], loader: Loader, window: int | None,
-                 on_release: Callable[[str], None] | None = None):
+                 on_release: Callable[[str], None] | None = None, prefetch: int | None = None):
         if window is not None and window < 1:
             raise ValueError("window must be at least 1 block, or None for all")
+        if prefetch is not None and prefetch < 1:
+            raise ValueError("prefetch must be at least 1 block, or None for the window")
         self.order = list(order)
         self._index = {name: i for i, name in enumerate(self.order)}
         self._loader = loader
         self._on_release = on_release  # e.g. drop the block's file from the page cache
+        # Blocks loaded (or loading) ahead of compute, at most; None = as the window allows.
+        # Lower it to keep early loads from competing with compute for memory bandwidth.
+        self.prefetch = prefetch
+        self._ahead: set[str] = set()  # loaded, not yet acquired by compute
         n = len(self.order)
         self.keep_all = window is None or window >= n
         self.window = n if self.keep_all else window
@@ -90,6 +96,9 @@ class MemoryScheduler:
                     raise self._error
                 self._cond.wait()
             self.stats.stall_s += time.perf_counter() - t0
+            if name in self._ahead:
+                self._ahead.discard(name)
+                self._cond.notify_all()  # one more block may be loaded ahead now
             return self._resident[name]
 
     def release(self, name: str) -> None:
@@ -139,6 +148,7 @@ class MemoryScheduler:
     def _jump_to(self, name: str) -> None:
         """An out-of-order request (after an aborted step): restart the cycle at `name`."""
         self._gen += 1
+        self._ahead.clear()
         if not self.keep_all:
             self._resident.clear()
             self._bytes = 0
@@ -147,8 +157,12 @@ class MemoryScheduler:
         self._cond.notify_all()
 
     def _has_room(self) -> bool:
-        busy = len(self._resident) + (1 if self._loading else 0)
-        return busy < self.window
+        loading = 1 if self._loading else 0
+        if len(self._resident) + loading >= self.window:
+            return False
+        if self.keep_all or self.prefetch is None:
+            return True
+        return len(self._ahead) + loading < self.prefetch
 
     def _run(self) -> None:
         # Loads run torch ops too. With the default thread count this thread would start an
@@ -189,6 +203,7 @@ class MemoryScheduler:
             self.stats.load_s += time.perf_counter() - t0
             if gen == self._gen and not self._stop:
                 self._resident[name] = block
+                self._ahead.add(name)
                 self._bytes += size
                 self._cursor = (self._cursor + 1) % len(self.order)
                 self._record()

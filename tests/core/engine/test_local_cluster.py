@@ -60,6 +60,18 @@ def test_window_one_gives_the_same_tokens_as_all(tiny):
     assert runs[1].json()["window"] == "1"
 
 
+@pytest.mark.slow
+def test_prefetch_depth_reaches_every_rank_and_keeps_the_tokens(tiny):
+    base = ("generate", "--model", str(tiny), "--ranks", "2", "--temperature", "0",
+            "--max-new-tokens", "8", "--raw", "--json", "--prompt", PROMPT)
+    full, limited = run_cli(*base), run_cli(*base, "--window", "3", "--prefetch", "1")
+    assert full.code == 0 and limited.code == 0, limited.stderr
+    assert full.json()["token_ids"] == limited.json()["token_ids"]
+    bad = run_cli(*base, "--window", "3", "--prefetch", "0")
+    assert bad.code != 0 and "--prefetch must be at least 1 block" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_follow_up_reuses_the_kv_cache_and_matches_a_fresh_run(tiny):
     cluster = LocalCluster(tiny, RunOptions(ranks=2))
     try:

@@ -137,3 +137,33 @@ def test_loads_run_single_threaded_in_torch():
         assert seen and set(seen) == {1}
     finally:
         s.close()
+
+
+def test_prefetch_depth_limits_loads_ahead_of_compute():
+    """Window 4 would let 3 blocks come in ahead of the one in use; prefetch 1 allows one."""
+    for prefetch, want in ((1, 2), (None, 4)):
+        s = MemoryScheduler(ORDER, CountingLoader(), 4, prefetch=prefetch)
+        try:
+            s.acquire("b0")
+            deadline = time.monotonic() + 5
+            while s.resident()[0] < want and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # time for any extra (wrong) load to land
+            assert s.resident()[0] == want
+            s.release("b0")
+            assert _one_pass_from(s, 1) == [float(i) for i in range(1, 8)]
+        finally:
+            s.close()
+
+
+def _one_pass_from(s: MemoryScheduler, start: int) -> list[float]:
+    seen = []
+    for name in ORDER[start:]:
+        seen.append(float(s.acquire(name)["w"][0]))
+        s.release(name)
+    return seen
+
+
+def test_prefetch_depth_must_be_positive():
+    with pytest.raises(ValueError, match="prefetch"):
+        MemoryScheduler(ORDER, CountingLoader(), 4, prefetch=0)
