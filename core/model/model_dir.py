@@ -46,7 +46,7 @@ def validate_model_dir(model_dir: Path) -> Path:
     """`model_dir` if it has a supported config.json, weights and a tokenizer."""
     model_dir = Path(model_dir)
     load_config(model_dir)
-    WeightReader(model_dir)
+    WeightReader(model_dir).close()  # opening checks every weight file's header
     has_tokenizer = any((model_dir / f).is_file() for f in _TOKENIZER_FILES) or all(
         (model_dir / f).is_file() for f in ("vocab.json", "merges.txt")
     )
@@ -68,7 +68,9 @@ def model_hash(model_dir: str | Path) -> str:
         h.update((model_dir / "config.json").read_bytes())
     except OSError:
         raise ModelError(f"{model_dir} is not a model folder: it has no config.json") from None
-    for f in WeightReader(model_dir).files():
+    with WeightReader(model_dir) as reader:
+        files = reader.files()
+    for f in files:
         _hash_weight_file(h, f)
     return h.hexdigest()[:16]
 

@@ -55,6 +55,16 @@ class WeightReader:
             self._open[path] = h
         return h
 
+    def close(self) -> None:
+        """Drop every open file (its mapping goes with the last reference to it)."""
+        self._open.clear()
+
+    def __enter__(self) -> WeightReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def names(self) -> list[str]:
         return list(self._where)
 

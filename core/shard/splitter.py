@@ -75,7 +75,15 @@ def split_model(
     model_dir = Path(model_dir)
     cfg = load_config(model_dir)
     check_plan(cfg, plan)
-    reader = WeightReader(model_dir)
+    with WeightReader(model_dir) as reader:
+        return _split(model_dir, cfg, plan, reader, out_root, dtype, progress, on_written,
+                      model_hash)
+
+
+def _split(model_dir: Path, cfg: ModelConfig, plan: Plan, reader: WeightReader,
+           out_root: Path, dtype: torch.dtype, progress: Progress | None,
+           on_written: Callable[[int], None] | None, model_hash: str | None) -> SplitResult:
+    """split_model's body, with the weight files open (closed by the caller after)."""
     mhash = model_hash or model_fingerprint(model_dir, reader.files())
     dname = dtype_name(dtype)
     root = split_root(out_root, mhash, plan, dtype)

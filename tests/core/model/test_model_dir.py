@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from core.errors import ModelError
 from core.model import default_model
 from core.model.model_dir import model_hash, resolve_model
+from core.model.weights import WeightReader
 
 
 def _msg(excinfo) -> str:
@@ -134,3 +137,21 @@ def test_hash_of_sharded_dir(tiny_model):
     (tiny_model / "b.safetensors").unlink()
     with pytest.raises(ModelError):
         model_hash(tiny_model)
+
+
+def test_weight_reader_close_unmaps_its_files(tiny_model):
+    """The splitter and model checks open every weight file; closing must let them go
+    (a long-running app would otherwise keep each model it ever loaded mapped)."""
+    files = [str(f) for f in tiny_model.glob("*.safetensors")]
+
+    def mapped() -> bool:
+        maps = Path("/proc/self/maps").read_text()
+        return any(f in maps for f in files)
+
+    gc.collect()
+    assert files and not mapped()
+    with WeightReader(tiny_model) as reader:
+        reader.get(reader.names()[0])
+        assert mapped()
+    gc.collect()
+    assert not mapped()
