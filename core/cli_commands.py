@@ -98,18 +98,22 @@ def cmd_generate(args: Namespace) -> int:
         cluster.close()
 
 
+QUIT_COMMANDS = ("/quit", "/exit", "/q")
+
+
 def cmd_chat(args: Namespace) -> int:
     params = _sampling(args)
     cluster, tok = _start(args)
     session = ChatSession(tok, cluster.runner, system=args.system)
-    print(f"TPI Chat on {cluster.world_size} rank(s). Empty line or Ctrl-D quits.", flush=True)
+    print(f"TPI Chat on {cluster.world_size} rank(s). Empty line, /quit or Ctrl-D quits.",
+          flush=True)
     try:
         while True:
             try:
                 text = input("\nyou> ").strip()
             except EOFError:
                 break
-            if not text:
+            if not text or text in QUIT_COMMANDS:
                 break
             sys.stdout.write("bot> ")
             reply = session.send(text, params, on_text=lambda p: print(p, end="", flush=True))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -70,6 +72,15 @@ def test_prefetch_depth_reaches_every_rank_and_keeps_the_tokens(tiny):
     bad = run_cli(*base, "--window", "3", "--prefetch", "0")
     assert bad.code != 0 and "--prefetch must be at least 1 block" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_terminal_chat_answers_then_quits_on_slash_quit(tiny):
+    p = subprocess.run([sys.executable, "-m", "core.cli", "chat", "--model", str(tiny),
+                        "--max-new-tokens", "4"],
+                       input="hello there\n/quit\nnot sent\n", capture_output=True,
+                       text=True, timeout=240)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("bot> ") == 1  # one answer; /quit ended it before "not sent"
 
 
 def test_follow_up_reuses_the_kv_cache_and_matches_a_fresh_run(tiny):
