@@ -75,32 +75,25 @@ def split_model(
     model_dir = Path(model_dir)
     cfg = load_config(model_dir)
     check_plan(cfg, plan)
-    with WeightReader(model_dir) as reader:
-        return _split(model_dir, cfg, plan, reader, out_root, dtype, progress, on_written,
-                      model_hash)
+    with WeightReader(model_dir) as reader:  # closed after: the app splits many models
+        mhash = model_hash or model_fingerprint(model_dir, reader.files())
+        dname = dtype_name(dtype)
+        root = split_root(out_root, mhash, plan, dtype)
+        dirs = [rank_dir(root, r) for r in range(plan.world_size)]
 
-
-def _split(model_dir: Path, cfg: ModelConfig, plan: Plan, reader: WeightReader,
-           out_root: Path, dtype: torch.dtype, progress: Progress | None,
-           on_written: Callable[[int], None] | None, model_hash: str | None) -> SplitResult:
-    """split_model's body, with the weight files open (closed by the caller after)."""
-    mhash = model_hash or model_fingerprint(model_dir, reader.files())
-    dname = dtype_name(dtype)
-    root = split_root(out_root, mhash, plan, dtype)
-    dirs = [rank_dir(root, r) for r in range(plan.world_size)]
-
-    done = {r: complete_manifest(dirs[r], mhash, plan, dname) for r in range(plan.world_size)}
-    todo = [r for r, m in done.items() if m is None]
-    if todo:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in stale_tmp_dirs(root):
-            shutil.rmtree(stale, ignore_errors=True)
-        written = _write_ranks(
-            _Job(cfg, plan, mhash, dname, root, todo, BlockBuilder(reader, cfg, dtype)),
-            progress,
-            on_written,
-        )
-        done.update(written)
+        done = {r: complete_manifest(dirs[r], mhash, plan, dname)
+                for r in range(plan.world_size)}
+        todo = [r for r, m in done.items() if m is None]
+        if todo:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in stale_tmp_dirs(root):
+                shutil.rmtree(stale, ignore_errors=True)
+            written = _write_ranks(
+                _Job(cfg, plan, mhash, dname, root, todo, BlockBuilder(reader, cfg, dtype)),
+                progress,
+                on_written,
+            )
+            done.update(written)
     return SplitResult(
         root=root,
         rank_dirs=dirs,
