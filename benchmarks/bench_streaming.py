@@ -40,7 +40,6 @@ PROMPT_IDS = list(range(1000, 1037))  # 37 tokens, like the chat prompt of the o
 CONFIGS = {"resident": (None, False), "warm w2": (2, False), "cold w2": (2, True)}
 LINK_DELAYS_MS = (0.0, 2.0)
 CLI_PROMPT = "Tell me a story about a dragon."
-TARGET_WARM, TARGET_COLD, TARGET_LINK = 1.3, 1.5, 1.3
 
 
 def _read_bytes() -> int:

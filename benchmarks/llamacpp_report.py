@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cells import fmt
+
 NOISY = 0.5  # (max - min) / median over the repetitions above which a verdict is not given
 MEASURES = {"decode_ms_per_token": "decode ms/token", "ttft_512_ms": "TTFT 512-token prompt"}
 
@@ -14,10 +16,6 @@ FIRST16_NOTE = (
     "up to EOS. The default model's first token is a near-tie (\"The\" vs \"L\", 25.33 vs "
     "25.24 logits), so a quantised model (bf16, Q8_0) that flips it scores 0/16; "
     "tests/core/engine/test_weight_dtypes.py measures agreement over several prompts.")
-
-
-def _f(x, nd: int = 1) -> str:
-    return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
 def llamacpp_section(d: dict) -> list[str]:
@@ -45,13 +43,13 @@ def llamacpp_section(d: dict) -> list[str]:
                    if (r.get("worst_spread") or 0) > NOISY
                    else "PASS" if r["ratio"] <= r["limit"] else "MISS")
         lines.append(f"| {r['ours']} / {r['theirs']}, {MEASURES[r['measure']]} | "
-                     f"{_f(r['ratio'], 2)} | {'-' if r['limit'] is None else r['limit']} | "
+                     f"{fmt(r['ratio'], 2)} | {'-' if r['limit'] is None else r['limit']} | "
                      f"{verdict} |")
     lines += ["", "| engine | decode ms/token | spread | TTFT ms | TTFT-512 ms | "
               "first 16 tokens as ours fp32 |", "|---|---|---|---|---|---|"]
     for label, s in d["by_config"].items():
-        lines.append(f"| {label} | {_f(s['decode_ms_per_token'])} | {_f(s['decode_spread'], 2)} "
-                     f"| {_f(s['ttft_ms'], 0)} | {_f(s['ttft_512_ms'], 0)} | "
+        lines.append(f"| {label} | {fmt(s['decode_ms_per_token'])} | {fmt(s['decode_spread'], 2)} "
+                     f"| {fmt(s['ttft_ms'], 0)} | {fmt(s['ttft_512_ms'], 0)} | "
                      f"{s['same_first16_as_ours_fp32']}/16 |")
     lines += ["", FIRST16_NOTE]
     return lines + [""]

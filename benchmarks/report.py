@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cells import fmt, verdict
 from llamacpp_report import llamacpp_section
 from streaming_report import streaming_section
 
@@ -24,20 +25,6 @@ def _load(path: Path) -> dict | None:
         return None
 
 
-def _f(x, nd: int = 1) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
-
-
-def _verdict(value, limit) -> str:
-    if value is None:
-        return "not measured"
-    return "PASS" if value <= limit else "MISS"
-
-
 def machine_section(m: dict, extra: dict) -> list[str]:
     return [
         "## Machine", "",
@@ -45,7 +32,7 @@ def machine_section(m: dict, extra: dict) -> list[str]:
         f"- Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}",
         f"- Date: {m['date']}; load average at start {m['load_avg_at_start']}"
         + (f", at end {extra['load_avg_at_end']}" if extra.get("load_avg_at_end") else ""),
-        f"- Whole run: {_f(extra.get('total_min'))} min" if extra.get("total_min") else "",
+        f"- Whole run: {fmt(extra.get('total_min'))} min" if extra.get("total_min") else "",
         "",
     ]
 
@@ -56,15 +43,15 @@ def targets_section(engine: dict | None, memory: dict | None) -> list[str]:
     for model, cfg, key, limit, what in ENGINE_TARGETS:
         row = ((engine or {}).get("models", {}).get(model, {}).get("summary", {}).get(cfg, {}))
         paired = row.get("decode_vs_hf_paired") if key == "decode_vs_hf" else None
-        lines.append(f"| {what} | <= {limit} | {_f(row.get(key), 3)} | {_f(paired, 3)} | "
-                     f"{_verdict(row.get(key), limit)} |")
+        lines.append(f"| {what} | <= {limit} | {fmt(row.get(key), 3)} | {fmt(paired, 3)} | "
+                     f"{verdict(row.get(key), limit)} |")
     if memory:
         s = memory["summary"]
         ok = s["ratio"] <= s["target"] and s["same_tokens"]
         lines.append(
             f"| 64-layer Llama, 2 ranks: peak RSS of all processes, window 2 / window all, "
             f"same tokens ({'yes' if s['same_tokens'] else 'NO'}) | <= {s['target']} | "
-            f"{_f(s['ratio'], 3)} | psutil: {_f(s['ratio_psutil'], 3)} | "
+            f"{fmt(s['ratio'], 3)} | psutil: {fmt(s['ratio_psutil'], 3)} | "
             f"{'PASS' if ok else 'MISS'} |")
     else:
         lines.append("| 64-layer Llama, window 2 / all peak RSS | <= 0.4 | - | - | not measured |")
@@ -84,19 +71,19 @@ def engine_section(name: str, m: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in m["summary"].items():
-        vs = (f"{_f(r.get('decode_vs_hf'), 2)} ({_f(r.get('decode_vs_hf_paired'), 2)})"
+        vs = (f"{fmt(r.get('decode_vs_hf'), 2)} ({fmt(r.get('decode_vs_hf_paired'), 2)})"
               if label != "transformers" else "1")
-        rss = " / ".join(_f(x, 0) for x in r["peak_rss_mb_sampled"])
-        cli = " / ".join(_f(x, 0) for x in r["peak_rss_mb"])
-        ttft = _f(r["ttft_ms"], 0)
+        rss = " / ".join(fmt(x, 0) for x in r["peak_rss_mb_sampled"])
+        cli = " / ".join(fmt(x, 0) for x in r["peak_rss_mb"])
+        ttft = fmt(r["ttft_ms"], 0)
         if r.get("ttft_warm_ms") is not None:
-            ttft += f" (warm {_f(r['ttft_warm_ms'], 0)})"
+            ttft += f" (warm {fmt(r['ttft_warm_ms'], 0)})"
         lines.append(
-            f"| {label} | {ttft} | {_f(r['decode_ms_per_token'], 1)} | "
-            f"{_f(r['decode_spread'], 2)} | {vs} | {_f(r.get('decode_vs_1rank'), 2)} | {rss} | "
+            f"| {label} | {ttft} | {fmt(r['decode_ms_per_token'], 1)} | "
+            f"{fmt(r['decode_spread'], 2)} | {vs} | {fmt(r.get('decode_vs_1rank'), 2)} | {rss} | "
             f"{cli} | "
-            f"{_f(r['sum_peak_rss_mb'], 0)} | {'yes' if r['match_hf'] else 'NO'} | "
-            f"{_f(r['ru_read_mb'], 0)} | {_f(r['ru_majflt'], 0)} |")
+            f"{fmt(r['sum_peak_rss_mb'], 0)} | {'yes' if r['match_hf'] else 'NO'} | "
+            f"{fmt(r['ru_read_mb'], 0)} | {fmt(r['ru_majflt'], 0)} |")
     return lines + [""]
 
 
@@ -118,11 +105,11 @@ def memory_section(mem: dict) -> list[str]:
     ]
     for w, r in s["by_window"].items():
         lines.append(
-            f"| {w} | {_f(r['sum_rank_peak_rss_mb'], 0)} | "
-            f"{' / '.join(_f(x, 0) for x in r['peak_rss_mb'])} | "
-            f"{_f(r['psutil_sum_peak_rss_mb'], 0)} | {_f(r['psutil_peak_tree_rss_mb'], 0)} | "
-            f"{_f(r['ttft_ms'], 0)} | {_f(r['decode_ms_per_token'], 1)} | "
-            f"{_f(r['ru_read_mb'], 0)} | {_f(r['ru_majflt'], 0)} |")
+            f"| {w} | {fmt(r['sum_rank_peak_rss_mb'], 0)} | "
+            f"{' / '.join(fmt(x, 0) for x in r['peak_rss_mb'])} | "
+            f"{fmt(r['psutil_sum_peak_rss_mb'], 0)} | {fmt(r['psutil_peak_tree_rss_mb'], 0)} | "
+            f"{fmt(r['ttft_ms'], 0)} | {fmt(r['decode_ms_per_token'], 1)} | "
+            f"{fmt(r['ru_read_mb'], 0)} | {fmt(r['ru_majflt'], 0)} |")
     lines += ["", f"Ratio (sum of rank peaks): **{s['ratio']}**; from psutil sampling: "
               f"{s['ratio_psutil']}; target <= {s['target']}.", ""]
     return lines

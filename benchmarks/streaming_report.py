@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+from cells import fmt, verdict
 
-def _f(x, nd: int = 1) -> str:
-    return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
-
-
-def _verdict(x, limit: float) -> str:
-    return "-" if x is None else "PASS" if x <= limit else "MISS"
+WARM_LIMIT = 1.3  # window 2 / all resident, page cache warm (issue 6, item 4)
+COLD_LIMIT = 1.5  # window 2 cold / time to read the streamed bytes at the disk's speed
+LINK_LIMIT = 1.3  # window 2 / all, 2 ranks, per link latency
 
 
 def streaming_section(d: dict) -> list[str]:
@@ -20,33 +18,33 @@ def streaming_section(d: dict) -> list[str]:
         f"{[round(x, 2) for x in d['load_avg_at_end']]}. Default model fp32, {d['reps']} "
         f"repetitions, {d['tokens']} decode tokens after a 37-token prompt, each configuration "
         "a fresh process, order rotated; medians. Disk: sequential read of the rank's block "
-        f"files after dropping them from the page cache: {_f(s['disk_mb_per_s'])} MB/s "
-        f"(runs: {', '.join(_f(x['mb_per_s']) for x in disk)}; "
-        f"{_f(disk[0]['from_disk_mb'])} MB of {_f(disk[0]['mb'])} MB came from the disk).", "",
+        f"files after dropping them from the page cache: {fmt(s['disk_mb_per_s'])} MB/s "
+        f"(runs: {', '.join(fmt(x['mb_per_s']) for x in disk)}; "
+        f"{fmt(disk[0]['from_disk_mb'])} MB of {fmt(disk[0]['mb'])} MB came from the disk).", "",
         "| target | ratio of medians | limit | result |", "|---|---|---|---|",
         f"| 1 rank, page cache warm: window 2 / all resident, decode ms/token | "
-        f"{_f(s['warm_ratio'], 2)} | {d.get('target_warm', 1.3)} | "
-        f"{_verdict(s['warm_ratio'], 1.3)} |",
+        f"{fmt(s['warm_ratio'], 2)} | {WARM_LIMIT} | {verdict(s['warm_ratio'], WARM_LIMIT)} |",
         f"| 1 rank, cold (every block read from disk each token): window 2 / time to read "
-        f"the streamed bytes at the disk's speed ({_f(s['read_time_ms_per_token'])} ms) | "
-        f"{_f(s['cold_vs_read_time'], 2)} | 1.5 | {_verdict(s['cold_vs_read_time'], 1.5)} |",
+        f"the streamed bytes at the disk's speed ({fmt(s['read_time_ms_per_token'])} ms) | "
+        f"{fmt(s['cold_vs_read_time'], 2)} | {COLD_LIMIT} | "
+        f"{verdict(s['cold_vs_read_time'], COLD_LIMIT)} |",
     ]
     for key, label in (("0", "no added latency"), ("2", "2 ms emulated link latency")):
         r = s.get(f"link_{key}ms_ratio")
         ms = s.get(f"link_{key}ms_ms", {})
         lines.append(f"| 2 ranks, {label}: window 2 / all, decode ms/token "
-                     f"({_f(ms.get('w2'))} / {_f(ms.get('all'))}) | {_f(r, 2)} | 1.3 | "
-                     f"{_verdict(r, 1.3)} |")
+                     f"({fmt(ms.get('w2'))} / {fmt(ms.get('all'))}) | {fmt(r, 2)} | {LINK_LIMIT} | "
+                     f"{verdict(r, LINK_LIMIT)} |")
     lines += ["", "| 1 rank | decode ms/token | spread | streamed MB/token | from disk MB/token "
               "| major faults/token | minor faults/token | compute waited ms/token |",
               "|---|---|---|---|---|---|---|---|"]
     for name, runs in a["runs"].items():
         mid = sorted(runs, key=lambda r: r["ms_per_token"])[len(runs) // 2]
         lines.append(
-            f"| {name} | {_f(s['medians_ms'][name])} | {_f(s['spread'][name], 2)} | "
-            f"{_f(mid['streamed_mb_per_token'])} | {_f(mid['disk_mb_per_token'])} | "
-            f"{_f(mid['major_faults_per_token'])} | {_f(mid['minor_faults_per_token'])} | "
-            f"{_f(mid['stall_ms_per_token'], 2)} |")
+            f"| {name} | {fmt(s['medians_ms'][name])} | {fmt(s['spread'][name], 2)} | "
+            f"{fmt(mid['streamed_mb_per_token'])} | {fmt(mid['disk_mb_per_token'])} | "
+            f"{fmt(mid['major_faults_per_token'])} | {fmt(mid['minor_faults_per_token'])} | "
+            f"{fmt(mid['stall_ms_per_token'], 2)} |")
     lines += ["", STREAMING_NOTE, ""]
     return lines
 
