@@ -80,6 +80,16 @@ def _close(*socks: zmq.Socket) -> None:
         s.close(linger=0)
 
 
+def _assert_refused(server: Server, sock: zmq.Socket, mon: zmq.Socket, payload: bytes) -> None:
+    """The client's handshake fails authentication and the server gets nothing; closes both."""
+    try:
+        sock.send(payload, flags=zmq.NOBLOCK)
+        assert _handshake(mon) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        assert server.recv(0.5) is None
+    finally:
+        _close(sock, mon)
+
+
 def _trust(trust: TrustStore, ident: Identity) -> None:
     trust.add(TrustedPeer(ident.public_key, ident.name, "master"))
 
@@ -106,12 +116,7 @@ def test_unknown_key_gets_nothing_through(ctx: zmq.Context, setup) -> None:
     _trust(trust, Identity.generate("laptop"))
     stranger = Identity.generate("stranger")
     sock, mon = _client(ctx, server.port, stranger, worker.public_key)
-    try:
-        sock.send(b"let me in", flags=zmq.NOBLOCK)
-        assert _handshake(mon) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-        assert server.recv(0.5) is None
-    finally:
-        _close(sock, mon)
+    _assert_refused(server, sock, mon, b"let me in")
 
 
 def test_plaintext_client_gets_nothing_through(ctx: zmq.Context, setup) -> None:
@@ -150,12 +155,7 @@ def test_unpaired_key_is_refused_on_reconnect(ctx: zmq.Context, setup,
     # Unpair from another process's point of view: a second store on the same file.
     TrustStore.open("master", tmp_path).remove(laptop.public_key)
     sock, mon = _client(ctx, server.port, laptop, worker.public_key)
-    try:
-        sock.send(b"two", flags=zmq.NOBLOCK)
-        assert _handshake(mon) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-        assert server.recv(0.5) is None
-    finally:
-        _close(sock, mon)
+    _assert_refused(server, sock, mon, b"two")
 
 
 def test_each_server_uses_its_own_allow_list_and_errors_fail_closed(ctx: zmq.Context) -> None:
