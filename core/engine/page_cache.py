@@ -13,14 +13,10 @@ import os
 from pathlib import Path
 
 
-def can_evict() -> bool:
-    """posix_fadvise exists on Linux and most Unixes, not on macOS or Windows."""
-    return hasattr(os, "posix_fadvise")
-
-
 def evict(path: Path) -> None:
-    """Ask the kernel to drop `path`'s cached pages; a no-op where that is not offered."""
-    if not can_evict():
+    """Ask the kernel to drop `path`'s cached pages; a no-op where that is not offered
+    (posix_fadvise exists on Linux and most Unixes, not on macOS or Windows)."""
+    if not hasattr(os, "posix_fadvise"):
         return
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -66,7 +66,6 @@ class RankRuntime:
         self.cache.check_room(pos, T)
         if torch.get_num_threads() != self.threads:  # first step on this thread, or the
             torch.set_num_threads(self.threads)  # prefetch thread lowered the default
-
         cos, sin = self.cos[pos : pos + T, None], self.sin[pos : pos + T, None]  # [T, 1, hd]
         sched = self.scheduler
         for i in range(self.cfg.num_layers):
