@@ -98,7 +98,8 @@ class MemoryScheduler:
             self.stats.stall_s += time.perf_counter() - t0
             if name in self._ahead:
                 self._ahead.discard(name)
-                self._cond.notify_all()  # one more block may be loaded ahead now
+                if self.prefetch is not None:  # only then can this make room for a load
+                    self._cond.notify_all()
             return self._resident[name]
 
     def release(self, name: str) -> None:
