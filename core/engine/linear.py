@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from core.shard.blocks import SCALE
+from core.shard.quant import dequantize_int8
 
 Block = dict[str, torch.Tensor]
 INT8_GEMV_MAX_ROWS = 16  # above this, dequantize and use a GEMM (see module docstring)
@@ -76,5 +77,5 @@ def _int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor
 
 def rows(block: Block, name: str, ids: torch.Tensor) -> torch.Tensor:
     """Rows `ids` of an [out, in]-stored int8 matrix, dequantized -> [T, in] float32."""
-    return block[name][ids].float() * block[name + SCALE][ids].float()[:, None]
+    return dequantize_int8(block[name][ids], block[name + SCALE][ids])
 
