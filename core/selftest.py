@@ -92,6 +92,7 @@ def cluster_ids(model_dir: Path, prompt_ids: list[int], n: int, ranks: int) -> l
 
 def run_self_test(work: Path) -> str:
     """Run every check inside `work`; the verdict line, or AssertionError with the reason."""
+    from core.kernels import library
     from core.model.tokenizer import ChatTokenizer
 
     t0 = time.perf_counter()
@@ -107,8 +108,10 @@ def run_self_test(work: Path) -> str:
     if one != ref:
         raise AssertionError(f"1 rank gave {one}, transformers gave {ref}")
     secs = time.perf_counter() - t0
+    k = library.kernels()
+    kernels = f"compiled kernels, {k.level}" if k else "torch kernels"
     return (f"self-test passed: 2 ranks agree with 1 rank and transformers "
-            f"on {TOKENS} tokens ({secs:.1f} s)")
+            f"on {TOKENS} tokens ({secs:.1f} s, {kernels})")
 
 
 def _isolate(work: Path) -> None:

@@ -16,6 +16,7 @@ from core.engine.kv_cache import KVCache
 from core.engine.linear import linear
 from core.engine.norm import rms_norm
 from core.engine.rope import apply_rope
+from core.kernels import library
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ def attention(
     qkv = linear(h, w, "wqkv")  # [T, (n_q + 2 n_kv) * hd]
     if "bqkv" in w:
         qkv += w["bqkv"]
+    k = library.kernels()
+    if T == 1 and k and "q_norm" not in w and cache.k[layer].dtype == torch.float32:
+        # rope, cache write and attention in one compiled step (decode_ops.c)
+        out = k.attend_one(qkv.contiguous(), cos[0, 0], sin[0, 0], cache.k[layer],
+                           cache.v[layer], pos, s.n_q)
+        return linear(out, w, "wo")
     n_qk = s.n_q + s.n_kv
     qk = qkv[:, : n_qk * hd].view(T, n_qk, hd)  # query then key heads
     v = qkv[:, n_qk * hd :].view(T, s.n_kv, hd).transpose(0, 1)  # [n_kv, T, hd]
@@ -94,5 +101,9 @@ def mlp(x: torch.Tensor, w: dict[str, torch.Tensor], eps: float) -> torch.Tensor
     if w_down is None or w_down.numel() == 0:
         return torch.zeros_like(x)
     h = rms_norm(x, w["norm"], eps)
-    gate, up = linear(h, w, "w_gate_up").chunk(2, dim=-1)  # [T, C] each
-    return linear(F.silu(gate) * up, w, "w_down")  # [T, D]
+    gate_up = linear(h, w, "w_gate_up")  # [T, 2C]: gate columns, then up
+    k = library.kernels()
+    if k:
+        return linear(k.silu_mul(gate_up.contiguous()), w, "w_down")  # [T, D]
+    gate, up = gate_up.chunk(2, dim=-1)  # [T, C] each
+    return linear(F.silu(gate) * up, w, "w_down")

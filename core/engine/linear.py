@@ -2,14 +2,16 @@
 
 The residual stream and every output are float32; only the weights differ:
   float32   x @ w with w [in, out] (exact: the TP-vs-transformers contract is checked at fp32).
-            MKL runs a one-row product (decode) on one thread, which reads ~22 GB/s here;
-            as one bmm over column slices of w (views, no copy) torch gives each thread a
-            slice: 30.5 -> 23.5 ms for the default model's weights at 2 threads.
+            Decode (one row) runs the compiled kernel (core/kernels), which streams the
+            weights at the memory's speed: 26 -> 16 ms for the default model's weights at 2
+            threads. Without it, one bmm over column slices of w (views, no copy), since
+            MKL runs a one-row product on one thread (~22 GB/s here). Prefill: MKL's GEMM.
   bf16/fp16 x is rounded to the weight dtype, the kernel accumulates in fp32, out -> fp32
-  int8      w [out, in] int8 + per-row scales. Decode (few rows) uses torch's int8 weight-only
-            kernel, which streams 1 byte per weight; prefill (many rows) dequantizes to bf16
-            once per block and runs a bf16 GEMM, which measured ~4x faster than that kernel
-            at 512 rows on this CPU.
+  int8      w [out, in] int8 + per-row scales. Decode (few rows) uses the compiled kernel
+            (fp32 activations, 1 byte per weight streamed: 11 -> 7.5 ms for the default
+            model), else torch's int8 weight-only kernel (bf16 activations); prefill (many
+            rows) dequantizes to bf16 once per block and runs a bf16 GEMM, which measured
+            ~4x faster than torch's int8 kernel at 512 rows on this CPU.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from core.kernels import library
 from core.shard.blocks import SCALE
 from core.shard.quant import dequantize_int8
 
 Block = dict[str, torch.Tensor]
 INT8_GEMV_MAX_ROWS = 16  # above this, dequantize and use a GEMM (see module docstring)
 ALIGN = 64  # bytes
-ACT = torch.bfloat16  # activation dtype fed to the int8 kernel (it takes bf16 scales too)
+ACT = torch.bfloat16  # activation dtype fed to torch's int8 kernel (it takes bf16 scales too)
 
 
 def prepare_block(block: Block) -> Block:
-    """Once per load: int8 scales to the kernel's dtype; int8 matrices 64-byte aligned;
+    """Once per load: int8 scales to the decode kernel's dtype (fp32 for the compiled one,
+    bf16 for torch's); int8 matrices 64-byte aligned;
     vectors (norm weights, biases) of a bf16/fp16 shard to fp32, as the residual stream is.
 
     safetensors hands out tensors at their offset in the file; torch's int8 kernel
@@ -35,9 +39,10 @@ def prepare_block(block: Block) -> Block:
     Other dtypes are left where they are: a copy of every streamed fp32 block would cost
     memory bandwidth and peak memory for nothing.
     """
+    scale_dtype = torch.float32 if library.kernels() else ACT
     for name, t in block.items():
         if name.endswith(SCALE):
-            t = t.to(ACT)
+            t = t.to(scale_dtype).contiguous()
         elif t.dim() == 1 and t.dtype != torch.float32:
             t = t.float()  # fused rms_norm wants weight and input in one dtype
         if t.dtype == torch.int8 and t.data_ptr() % ALIGN:
@@ -59,6 +64,9 @@ def linear(x: torch.Tensor, block: Block, name: str) -> torch.Tensor:
 def _fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     n = torch.get_num_threads()
     (T, i), o = x.shape, w.shape[1]
+    k = library.kernels()
+    if T == 1 and k and w.is_contiguous():
+        return k.matvec_f32(x.contiguous(), w)
     if T > 1 or n == 1 or o % n:
         return x @ w  # GEMMs (prefill) are threaded by MKL already
     slices = w.view(i, n, o // n).transpose(0, 1)  # [n, in, out/n], strided view of w
@@ -67,10 +75,13 @@ def _fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    # q [out, in] int8, scale [out] bf16
-    xa = x.to(ACT)
+    # q [out, in] int8, scale [out] fp32 (compiled kernel) or bf16 (see prepare_block)
     if x.shape[0] <= INT8_GEMV_MAX_ROWS:
-        return torch._weight_int8pack_mm(xa, q, scale).float()
+        k = library.kernels()
+        if k and scale.dtype == torch.float32:
+            return k.matmul_i8(x.contiguous(), q, scale)
+        return torch._weight_int8pack_mm(x.to(scale.dtype), q, scale).float()
+    xa = x.to(ACT)
     # int8 -> bf16 is exact (|q| <= 127 fits bf16's 8-bit significand)
     return (F.linear(xa, q.to(ACT)) * scale).float()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.kernels import library
 from core.model.config import load_config
 from core.shard.plan import Plan, RankShare, make_plan
 from tests.fixtures.thread_cluster import ThreadCluster
@@ -39,6 +40,19 @@ def test_prefill_and_decode_logits_match_transformers(tiny, shares, tmp_path):
     model_dir, ref = tiny
     cfg = load_config(model_dir)
     plan = _zero_head_plan(cfg) if shares == "zero-heads" else make_plan(cfg, shares)
+    _check_against_transformers(model_dir, ref, plan, tmp_path)
+
+
+def test_torch_kernels_alone_match_transformers(tiny, monkeypatch, tmp_path):
+    """The path taken where the compiled kernels cannot be built (no C compiler)."""
+    monkeypatch.setattr(library, "kernels", lambda: None)
+    model_dir, ref = tiny
+    _check_against_transformers(model_dir, ref, make_plan(load_config(model_dir), [1, 1]),
+                                tmp_path)
+
+
+def _check_against_transformers(model_dir, ref, plan: Plan, tmp_path) -> None:
+    cfg = load_config(model_dir)
     cluster = ThreadCluster(model_dir, plan, tmp_path)
     try:
         ids = torch.randint(3, cfg.vocab_size, (14,), generator=torch.Generator().manual_seed(1))

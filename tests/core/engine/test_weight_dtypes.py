@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.kernels import library
 from core.model.config import load_config
 from core.shard.plan import make_plan
 from core.shard.quant import dequantize_int8, quantize_int8
@@ -35,6 +36,16 @@ def _logits(model_dir, shares, dtype, out, ids):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8], ids=str)
 @pytest.mark.parametrize("shares", [[1], [1, 1]], ids=str)
 def test_logit_error_is_bounded(tiny, shares, dtype, tmp_path):
+    _check_bounded_error(tiny, shares, dtype, tmp_path)
+
+
+def test_int8_with_torch_kernels_alone_is_bounded(tiny, monkeypatch, tmp_path):
+    """No compiled kernels (no C compiler): bf16 scales and torch's int8 kernel."""
+    monkeypatch.setattr(library, "kernels", lambda: None)
+    _check_bounded_error(tiny, [1, 1], torch.int8, tmp_path)
+
+
+def _check_bounded_error(tiny, shares, dtype, tmp_path) -> None:
     ids = list(range(7, 21))
     want = _logits(tiny, shares, torch.float32, tmp_path / "fp32", ids)
     got = _logits(tiny, shares, dtype, tmp_path / "q", ids)

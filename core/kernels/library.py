@@ -1,0 +1,109 @@
+"""ctypes bindings of the compiled decode kernels (matvec.c, decode_ops.c), loaded once per
+process.
+
+`kernels()` is None when the library cannot be had (no compiler, TPI_CHAT_KERNELS=0, a
+build error): callers then use torch's kernels. Nothing here crosses the network; the
+library is built from the source shipped with the app.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+
+import torch
+
+from core.kernels.build import KernelBuildError, find_or_build
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "TPI_CHAT_KERNELS"  # "0" turns the compiled kernels off
+LEVELS = {0: "plain C", 1: "AVX2", 2: "AVX-512"}
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+class Kernels:
+    """The loaded library. Tensors must be contiguous and of the dtypes named."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self._f32 = lib.tpi_matvec_f32
+        self._f32.argtypes = [_P, _P, _P, _I64, _I64, _INT]
+        self._f32.restype = _INT
+        self._i8 = lib.tpi_matmul_i8
+        self._i8.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _INT]
+        self._i8.restype = None
+        lib.tpi_i8_level.restype = _INT
+        self._norm = lib.tpi_rms_norm
+        self._norm.argtypes = [_P, _P, _P, _I64, _I64, ctypes.c_float]
+        self._norm.restype = None
+        self._silu = lib.tpi_silu_mul
+        self._silu.argtypes = [_P, _P, _I64, _I64]
+        self._silu.restype = None
+        self._attend = lib.tpi_attend_one
+        self._attend.argtypes = [_P] * 7 + [_I64] * 5 + [_INT]
+        self._attend.restype = None
+        self.level = LEVELS.get(lib.tpi_i8_level(), "unknown")
+
+    def matvec_f32(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x [1, K] float32 @ w [K, N] float32 -> [1, N] float32."""
+        (K, N) = w.shape
+        y = torch.empty(1, N)
+        if self._f32(x.data_ptr(), w.data_ptr(), y.data_ptr(), K, N, torch.get_num_threads()):
+            raise MemoryError("out of memory in the fp32 decode kernel")
+        return y
+
+    def matmul_i8(self, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """x [M, K] float32, q [N, K] int8, scale [N] float32 -> x @ (q * scale).T [M, N]."""
+        (N, K), M = q.shape, x.shape[0]
+        y = torch.empty(M, N)
+        self._i8(x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), M, K, N,
+                 torch.get_num_threads())
+        return y
+
+
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        """x [T, D] float32, w [D] float32 -> [T, D], as HF's LlamaRMSNorm."""
+        T, D = x.shape
+        out = torch.empty(T, D)
+        self._norm(x.data_ptr(), w.data_ptr(), out.data_ptr(), T, D, eps)
+        return out
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """gate_up [T, 2C] float32 -> silu(gate) * up [T, C]."""
+        T, C = gate_up.shape[0], gate_up.shape[1] // 2
+        out = torch.empty(T, C)
+        self._silu(gate_up.data_ptr(), out.data_ptr(), T, C)
+        return out
+
+    def attend_one(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int,
+                   n_q: int) -> torch.Tensor:
+        """One decode position; qkv [1, (n_q + 2 n_kv) hd] float32 is rotated in place.
+
+        cos, sin [hd] (rope.py's tables at `pos`); caches [n_kv, max_seq, hd] get this
+        position's k and v. Returns the attention output [1, n_q hd].
+        """
+        n_kv, max_seq, hd = k_cache.shape
+        out = torch.empty(1, n_q * hd)
+        scores = torch.empty(n_q * (pos + 1))
+        self._attend(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(),
+                     v_cache.data_ptr(), out.data_ptr(), scores.data_ptr(), n_q, n_kv, hd,
+                     max_seq, pos, torch.get_num_threads())
+        return out
+
+
+@functools.cache
+def kernels() -> Kernels | None:
+    """The process's kernels, or None (with the reason logged once)."""
+    if os.environ.get(ENV_VAR, "1") == "0":
+        log.info("compiled decode kernels are off (%s=0)", ENV_VAR)
+        return None
+    try:
+        k = Kernels(ctypes.CDLL(str(find_or_build())))
+    except (KernelBuildError, OSError, AttributeError) as e:
+        log.warning("compiled decode kernels unavailable, using torch's: %s", e)
+        return None
+    log.info("compiled decode kernels loaded (int8 loop: %s)", k.level)
+    return k

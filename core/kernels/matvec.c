@@ -1,0 +1,225 @@
+/* Decode-step matrix-vector products for the weights a shard stores (core/shard/blocks.py).
+ *
+ * One token's decode reads every weight once, so it is bound by memory bandwidth; torch's
+ * kernels for a single activation row reach ~23 GB/s (fp32) and ~10 GB/s (int8) on a
+ * 2-core desktop CPU that streams ~34 GB/s. These loops get to that floor.
+ *
+ * Threads: OpenMP. Built with -fopenmp, this library needs libgomp.so.1, which the
+ * dynamic linker resolves to the copy torch already loaded (same soname), so torch's ops
+ * and these share one thread pool; a second pool would sleep/wake against torch's on
+ * every op. The caller passes torch's thread count.
+ *
+ * CPU features: compiled for the baseline ISA; the hot loops carry x86 target clones or
+ * intrinsics chosen at run time, so one binary runs on any x86-64 (and builds elsewhere
+ * with the plain C loops).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <omp.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+#define MAX_THREADS 64
+
+/* ---- float32, w [K, N] (the layout x @ w of core/engine/linear.py) -------------------- */
+
+/* out[N] = x[k0:k1] @ w[k0:k1, :]. Rows four at a time: out is touched once per four rows
+ * of w, and each row is a contiguous stream, which the prefetchers follow. */
+CLONES static void f32_rows(const float *restrict x, const float *restrict w,
+                            float *restrict out, int64_t N, int64_t k0, int64_t k1) {
+    for (int64_t j = 0; j < N; j++) out[j] = 0.0f;
+    int64_t k = k0;
+    for (; k + 4 <= k1; k += 4) {
+        const float a = x[k], b = x[k + 1], c = x[k + 2], d = x[k + 3];
+        const float *w0 = w + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
+        for (int64_t j = 0; j < N; j++) out[j] += a * w0[j] + b * w1[j] + c * w2[j] + d * w3[j];
+    }
+    for (; k < k1; k++) {
+        const float a = x[k];
+        const float *w0 = w + k * N;
+        for (int64_t j = 0; j < N; j++) out[j] += a * w0[j];
+    }
+}
+
+/* Per-thread partial sums; grown, never shrunk (at most N floats: 192 KB for a 49k vocab). */
+static __thread float *scratch;
+static __thread int64_t scratch_n;
+
+static float *scratch_for(int64_t n) {
+    if (scratch_n < n) {
+        free(scratch);
+        scratch = aligned_alloc(64, (size_t)((n * 4 + 63) / 64) * 64);
+        scratch_n = scratch ? n : 0;
+    }
+    return scratch;
+}
+
+/* y[N] = x[K] @ w[K, N]. Threads split K (each streams a contiguous run of rows), then the
+ * partial sums are added, the columns split between threads. Returns 0, or -1 when out of
+ * memory (y is then undefined). */
+int tpi_matvec_f32(const float *x, const float *w, float *y, int64_t K, int64_t N,
+                   int nthreads) {
+    float *parts[MAX_THREADS];
+    int failed = 0;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    if (nthreads < 1) nthreads = 1;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+        float *out = t == 0 ? y : scratch_for(N);
+        parts[t] = out;
+        if (out) f32_rows(x, w, out, N, K * t / n, K * (t + 1) / n);
+        else failed = 1;
+        #pragma omp barrier
+        if (!failed) {
+            int64_t j0 = N * t / n, j1 = N * (t + 1) / n;
+            for (int s = 1; s < n; s++) {
+                const float *p = parts[s];
+                for (int64_t j = j0; j < j1; j++) y[j] += p[j];
+            }
+        }
+    }
+    return failed ? -1 : 0;
+}
+
+/* ---- int8, q [N, K] per-row scale s[N] (core/shard/quant.py) -------------------------- */
+
+typedef void (*i8_rows_fn)(const float *, const int8_t *, const float *, float *,
+                           int64_t, int64_t, int64_t, int64_t, int64_t);
+
+/* y[m, n] = s[n] * dot(q[n, :], x[m, :]) for rows n0..n1 of q and all M rows of x. */
+static void i8_rows_plain(const float *restrict x, const int8_t *restrict q,
+                          const float *restrict s, float *restrict y, int64_t M, int64_t K,
+                          int64_t N, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *r = q + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = x + m * K;
+            float acc = 0.0f;
+            for (int64_t k = 0; k < K; k++) acc += (float)r[k] * xm[k];
+            y[m * N + n] = acc * s[n];
+        }
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* Four rows of q at once: four independent FMA chains (one would wait on FMA latency),
+ * each row a sequential stream. The prefetch runs one four-row group ahead: without it a
+ * single core read int8 rows at ~7 GB/s, with it ~13. */
+#define GROUP 4
+
+__attribute__((target("avx512f")))
+static void i8_rows_avx512(const float *restrict x, const int8_t *restrict q,
+                           const float *restrict s, float *restrict y, int64_t M, int64_t K,
+                           int64_t N, int64_t n0, int64_t n1) {
+    const int64_t K16 = K & ~(int64_t)15;
+    int64_t n = n0;
+    for (; n + GROUP <= n1; n += GROUP) {
+        const int8_t *r = q + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = x + m * K;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t k = 0; k < K16; k += 16) {
+                if (m == 0 && (k & 63) == 0)
+                    for (int i = 0; i < GROUP; i++)
+                        _mm_prefetch((const char *)(r + (GROUP + i) * K + k), _MM_HINT_T0);
+                const __m512 xv = _mm512_loadu_ps(xm + k);
+#define ROW(i, a) a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(             \
+                          _mm_loadu_si128((const __m128i *)(r + (i) * K + k)))), xv, a)
+                ROW(0, a0); ROW(1, a1); ROW(2, a2); ROW(3, a3);
+#undef ROW
+            }
+            float t[GROUP] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1),
+                              _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)};
+            for (int i = 0; i < GROUP; i++) {
+                for (int64_t k = K16; k < K; k++) t[i] += (float)r[i * K + k] * xm[k];
+                y[m * N + n + i] = t[i] * s[n + i];
+            }
+        }
+    }
+    i8_rows_plain(x, q, s, y, M, K, N, n, n1);
+}
+
+__attribute__((target("avx2,fma")))
+static float hsum256(__m256 v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+__attribute__((target("avx2,fma")))
+static void i8_rows_avx2(const float *restrict x, const int8_t *restrict q,
+                         const float *restrict s, float *restrict y, int64_t M, int64_t K,
+                         int64_t N, int64_t n0, int64_t n1) {
+    const int64_t K8 = K & ~(int64_t)7;
+    int64_t n = n0;
+    for (; n + GROUP <= n1; n += GROUP) {
+        const int8_t *r = q + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = x + m * K;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t k = 0; k < K8; k += 8) {
+                if (m == 0 && (k & 63) == 0)
+                    for (int i = 0; i < GROUP; i++)
+                        _mm_prefetch((const char *)(r + (GROUP + i) * K + k), _MM_HINT_T0);
+                const __m256 xv = _mm256_loadu_ps(xm + k);
+#define ROW(i, a) a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(             \
+                          _mm_loadl_epi64((const __m128i *)(r + (i) * K + k)))), xv, a)
+                ROW(0, a0); ROW(1, a1); ROW(2, a2); ROW(3, a3);
+#undef ROW
+            }
+            __m256 acc[GROUP] = {a0, a1, a2, a3};
+            for (int i = 0; i < GROUP; i++) {
+                float t = hsum256(acc[i]);
+                for (int64_t k = K8; k < K; k++) t += (float)r[i * K + k] * xm[k];
+                y[m * N + n + i] = t * s[n + i];
+            }
+        }
+    }
+    i8_rows_plain(x, q, s, y, M, K, N, n, n1);
+}
+#endif
+
+static i8_rows_fn pick_i8(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return i8_rows_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return i8_rows_avx2;
+#endif
+    return i8_rows_plain;
+}
+
+/* y[M, N] = (x[M, K] @ q[N, K].T) * s[N]. Threads split the rows of q, so each weight byte
+ * is read once per call, whatever M. */
+void tpi_matmul_i8(const float *x, const int8_t *q, const float *s, float *y, int64_t M,
+                   int64_t K, int64_t N, int nthreads) {
+    static i8_rows_fn rows;
+    if (!rows) rows = pick_i8();
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    if (nthreads < 1) nthreads = 1;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+        /* split on GROUP boundaries so no thread ends on the plain tail loop */
+        int64_t g = (N + GROUP - 1) / GROUP;
+        int64_t a = g * t / n * GROUP, b = g * (t + 1) / n * GROUP;
+        rows(x, q, s, y, M, K, N, a, b < N ? b : N);
+    }
+}
+
+/* Which int8 loop this CPU runs: 2 avx512, 1 avx2, 0 plain C (for logs and tests). */
+int tpi_i8_level(void) {
+    i8_rows_fn f = pick_i8();
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (f == i8_rows_avx512) return 2;
+    if (f == i8_rows_avx2) return 1;
+#endif
+    return f == i8_rows_plain ? 0 : -1;
+}
