@@ -6,7 +6,8 @@ The residual stream and every output are float32; only the weights differ:
             weights at the memory's speed: 26 -> 16 ms for the default model's weights at 2
             threads. Without it, one bmm over column slices of w (views, no copy), since
             MKL runs a one-row product on one thread (~22 GB/s here). Prefill: MKL's GEMM.
-  bf16/fp16 x is rounded to the weight dtype, the kernel accumulates in fp32, out -> fp32
+  bf16/fp16 decode: the compiled kernel widens each weight to fp32 (x stays fp32); prefill
+            and the fallback round x to the weight dtype, accumulate in fp32, out -> fp32
   int8      w [out, in] int8 + per-row scales. Decode (few rows) uses the compiled kernel
             (fp32 activations, 1 byte per weight streamed: 11 -> 7.5 ms for the default
             model), else torch's int8 weight-only kernel (bf16 activations); prefill (many
@@ -54,19 +55,19 @@ def prepare_block(block: Block) -> Block:
 def linear(x: torch.Tensor, block: Block, name: str) -> torch.Tensor:
     """x [T, in] float32 @ block[name] -> [T, out] float32."""
     w = block[name]
-    if w.dtype == torch.float32:
-        return _fp32(x, w)
     if w.dtype == torch.int8:
         return _int8(x, w, block[name + SCALE])
+    k = library.kernels()
+    if x.shape[0] == 1 and k and k.has_matvec(w.dtype) and w.is_contiguous():
+        return k.matvec(x.contiguous(), w)  # decode: compiled, at memory speed
+    if w.dtype == torch.float32:
+        return _fp32(x, w)
     return (x.to(w.dtype) @ w).float()
 
 
 def _fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     n = torch.get_num_threads()
     (T, i), o = x.shape, w.shape[1]
-    k = library.kernels()
-    if T == 1 and k and w.is_contiguous():
-        return k.matvec_f32(x.contiguous(), w)
     if T > 1 or n == 1 or o % n:
         return x @ w  # GEMMs (prefill) are threaded by MKL already
     slices = w.view(i, n, o // n).transpose(0, 1)  # [n, in, out/n], strided view of w

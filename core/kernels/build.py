@@ -74,10 +74,19 @@ def compile_to(target: Path) -> None:
             raise KernelBuildError(f"'{cc}' could not compile the kernels: {last}")
         os.replace(tmp, target)
         log.info("compiled decode kernels into %s", target)
+        _drop_older(target)
     except subprocess.TimeoutExpired:
         raise KernelBuildError(f"'{cc}' took over {COMPILE_TIMEOUT_S} s") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _drop_older(target: Path) -> None:
+    """Builds of older sources are never loaded again (names carry the source hash).
+    Unlinking one a running process has mapped is safe: its mapping stays valid."""
+    for old in target.parent.glob("libtpi_kernels-*.so"):
+        if old != target:
+            old.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,15 +22,20 @@ log = logging.getLogger(__name__)
 ENV_VAR = "TPI_CHAT_KERNELS"  # "0" turns the compiled kernels off
 LEVELS = {0: "plain C", 1: "AVX2", 2: "AVX-512"}
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+MATVEC_SYMBOLS = {torch.float32: "tpi_matvec_f32", torch.bfloat16: "tpi_matvec_bf16",
+                  torch.float16: "tpi_matvec_f16"}
 
 
 class Kernels:
     """The loaded library. Tensors must be contiguous and of the dtypes named."""
 
     def __init__(self, lib: ctypes.CDLL):
-        self._f32 = lib.tpi_matvec_f32
-        self._f32.argtypes = [_P, _P, _P, _I64, _I64, _INT]
-        self._f32.restype = _INT
+        self._matvec = {}
+        for dtype, symbol in MATVEC_SYMBOLS.items():
+            fn = getattr(lib, symbol)
+            fn.argtypes = [_P, _P, _P, _I64, _I64, _INT]
+            fn.restype = _INT
+            self._matvec[dtype] = fn
         self._i8 = lib.tpi_matmul_i8
         self._i8.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _INT]
         self._i8.restype = None
@@ -46,12 +51,17 @@ class Kernels:
         self._attend.restype = None
         self.level = LEVELS.get(lib.tpi_i8_level(), "unknown")
 
-    def matvec_f32(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """x [1, K] float32 @ w [K, N] float32 -> [1, N] float32."""
+    def has_matvec(self, dtype: torch.dtype) -> bool:
+        return dtype in self._matvec
+
+    def matvec(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x [1, K] float32 @ w [K, N] (float32, bfloat16 or float16) -> [1, N] float32,
+        accumulated in float32."""
         (K, N) = w.shape
         y = torch.empty(1, N)
-        if self._f32(x.data_ptr(), w.data_ptr(), y.data_ptr(), K, N, torch.get_num_threads()):
-            raise MemoryError("out of memory in the fp32 decode kernel")
+        if self._matvec[w.dtype](x.data_ptr(), w.data_ptr(), y.data_ptr(), K, N,
+                                 torch.get_num_threads()):
+            raise MemoryError("out of memory in the decode kernel")
         return y
 
     def matmul_i8(self, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -25,25 +25,52 @@
 
 #define MAX_THREADS 64
 
-/* ---- float32, w [K, N] (the layout x @ w of core/engine/linear.py) -------------------- */
+/* ---- float32 / bfloat16 / float16, w [K, N] (the layout x @ w of core/engine/linear.py) */
 
 /* out[N] = x[k0:k1] @ w[k0:k1, :]. Rows four at a time: out is touched once per four rows
- * of w, and each row is a contiguous stream, which the prefetchers follow. */
-CLONES static void f32_rows(const float *restrict x, const float *restrict w,
-                            float *restrict out, int64_t N, int64_t k0, int64_t k1) {
-    for (int64_t j = 0; j < N; j++) out[j] = 0.0f;
-    int64_t k = k0;
-    for (; k + 4 <= k1; k += 4) {
-        const float a = x[k], b = x[k + 1], c = x[k + 2], d = x[k + 3];
-        const float *w0 = w + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
-        for (int64_t j = 0; j < N; j++) out[j] += a * w0[j] + b * w1[j] + c * w2[j] + d * w3[j];
+ * of w, and each row is a contiguous stream, which the prefetchers follow. LOAD widens one
+ * stored weight to float; the same loop serves float32, bfloat16 and float16 weights. */
+#define ROWS_KERNEL(name, T, LOAD)                                                          \
+    CLONES static void name(const float *restrict x, const T *restrict w,                  \
+                            float *restrict out, int64_t N, int64_t k0, int64_t k1) {      \
+        for (int64_t j = 0; j < N; j++) out[j] = 0.0f;                                     \
+        int64_t k = k0;                                                                    \
+        for (; k + 4 <= k1; k += 4) {                                                      \
+            const float a = x[k], b = x[k + 1], c = x[k + 2], d = x[k + 3];                \
+            const T *w0 = w + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;             \
+            for (int64_t j = 0; j < N; j++)                                                \
+                out[j] += a * LOAD(w0[j]) + b * LOAD(w1[j]) + c * LOAD(w2[j]) +            \
+                          d * LOAD(w3[j]);                                                 \
+        }                                                                                  \
+        for (; k < k1; k++) {                                                              \
+            const float a = x[k];                                                          \
+            const T *w0 = w + k * N;                                                       \
+            for (int64_t j = 0; j < N; j++) out[j] += a * LOAD(w0[j]);                     \
+        }                                                                                  \
     }
-    for (; k < k1; k++) {
-        const float a = x[k];
-        const float *w0 = w + k * N;
-        for (int64_t j = 0; j < N; j++) out[j] += a * w0[j];
-    }
+
+static inline float f32_load(float v) { return v; }
+
+/* bfloat16 is the top half of a float32: widening is a shift, exact. */
+static inline float bf16_load(uint16_t v) {
+    union { uint32_t u; float f; } c = {.u = (uint32_t)v << 16};
+    return c.f;
 }
+
+/* float16 by integer ops, which vectorize everywhere (GCC leaves _Float16 loops scalar):
+ * the 15 magnitude bits shifted into place read as float32 at 2^-112 times the value, for
+ * normal and subnormal halves alike; inf and NaN keep an all-ones exponent. Exact. */
+static inline float f16_load(uint16_t h) {
+    union { uint32_t u; float f; } c = {.u = (uint32_t)(h & 0x7fff) << 13};
+    c.f *= 0x1p112f;
+    c.u |= (uint32_t)(h & 0x8000) << 16;
+    if ((h & 0x7c00) == 0x7c00) c.u |= 0x7f800000;
+    return c.f;
+}
+
+ROWS_KERNEL(f32_rows, float, f32_load)
+ROWS_KERNEL(bf16_rows, uint16_t, bf16_load)
+ROWS_KERNEL(f16_rows, uint16_t, f16_load)
 
 /* Per-thread partial sums; grown, never shrunk (at most N floats: 192 KB for a 49k vocab). */
 static __thread float *scratch;
@@ -61,30 +88,34 @@ static float *scratch_for(int64_t n) {
 /* y[N] = x[K] @ w[K, N]. Threads split K (each streams a contiguous run of rows), then the
  * partial sums are added, the columns split between threads. Returns 0, or -1 when out of
  * memory (y is then undefined). */
-int tpi_matvec_f32(const float *x, const float *w, float *y, int64_t K, int64_t N,
-                   int nthreads) {
-    float *parts[MAX_THREADS];
-    int failed = 0;
-    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    if (nthreads < 1) nthreads = 1;
-    #pragma omp parallel num_threads(nthreads)
-    {
-        int t = omp_get_thread_num(), n = omp_get_num_threads();
-        float *out = t == 0 ? y : scratch_for(N);
-        parts[t] = out;
-        if (out) f32_rows(x, w, out, N, K * t / n, K * (t + 1) / n);
-        else failed = 1;
-        #pragma omp barrier
-        if (!failed) {
-            int64_t j0 = N * t / n, j1 = N * (t + 1) / n;
-            for (int s = 1; s < n; s++) {
-                const float *p = parts[s];
-                for (int64_t j = j0; j < j1; j++) y[j] += p[j];
-            }
-        }
+#define MATVEC(name, T, rows)                                                               \
+    int name(const float *x, const T *w, float *y, int64_t K, int64_t N, int nthreads) {   \
+        float *parts[MAX_THREADS];                                                         \
+        int failed = 0;                                                                    \
+        if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;                                \
+        if (nthreads < 1) nthreads = 1;                                                    \
+        _Pragma("omp parallel num_threads(nthreads)")                                      \
+        {                                                                                  \
+            int t = omp_get_thread_num(), n = omp_get_num_threads();                       \
+            float *out = t == 0 ? y : scratch_for(N);                                      \
+            parts[t] = out;                                                                \
+            if (out) rows(x, w, out, N, K * t / n, K * (t + 1) / n);                       \
+            else failed = 1;                                                               \
+            _Pragma("omp barrier")                                                         \
+            if (!failed) {                                                                 \
+                int64_t j0 = N * t / n, j1 = N * (t + 1) / n;                              \
+                for (int s = 1; s < n; s++) {                                              \
+                    const float *p = parts[s];                                             \
+                    for (int64_t j = j0; j < j1; j++) y[j] += p[j];                        \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+        return failed ? -1 : 0;                                                            \
     }
-    return failed ? -1 : 0;
-}
+
+MATVEC(tpi_matvec_f32, float, f32_rows)
+MATVEC(tpi_matvec_bf16, uint16_t, bf16_rows)
+MATVEC(tpi_matvec_f16, uint16_t, f16_rows)
 
 /* ---- int8, q [N, K] per-row scale s[N] (core/shard/quant.py) -------------------------- */
 

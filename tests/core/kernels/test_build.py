@@ -17,11 +17,14 @@ needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler 
 @needs_cc
 def test_compiles_once_into_the_cache_and_reuses_it(tmp_path, monkeypatch):
     monkeypatch.setenv("TPI_CHAT_CACHE", str(tmp_path))
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "libtpi_kernels-0ld.so").write_bytes(b"an older build")
     first = build.find_or_build()
     assert first.parent == tmp_path / "kernels" and first.name == build.library_name()
     stamp = first.stat().st_mtime_ns
     assert build.find_or_build() == first and first.stat().st_mtime_ns == stamp
-    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp files left
+    # no temp files left, and the older build is gone
+    assert [p.name for p in first.parent.iterdir()] == [first.name]
 
 
 def test_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):

@@ -40,12 +40,15 @@ def test_kernels_share_torchs_openmp_runtime(k):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("K,N", [(64, 96), (576, 960), (37, 1001), (5, 3)])
-def test_matvec_f32_matches_torch(k, K, N, threads):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_matvec_matches_torch_in_fp32(k, K, N, threads, dtype):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         x, w = torch.randn(1, K, generator=_gen()), torch.randn(K, N, generator=_gen(1))
-        assert torch.allclose(k.matvec_f32(x, w), x @ w, atol=1e-4, rtol=1e-4)
+        w = w.to(dtype)
+        want = x @ w.float()  # the weights as stored, widened exactly; fp32 products
+        assert torch.allclose(k.matvec(x, w), want, atol=1e-4, rtol=1e-4)
     finally:
         torch.set_num_threads(old)
 
@@ -75,6 +78,18 @@ def test_silu_mul_matches_torch(k):
     gu = torch.randn(3, 2 * 41, generator=_gen(6)) * 4
     gate, up = gu.chunk(2, dim=-1)
     assert torch.allclose(k.silu_mul(gu), F.silu(gate) * up, atol=1e-5, rtol=1e-5)
+
+
+def test_float16_weights_widen_exactly_including_subnormals_and_inf(k):
+    halves = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    finite = halves[torch.isfinite(halves)]  # every finite half, subnormals included
+    w = finite[:, None]  # [K, 1]: y = sum_k x_k w_k; one 1 in x picks one weight
+    for i in torch.randint(0, finite.numel(), (64,), generator=_gen(8)).tolist():
+        x = torch.zeros(1, finite.numel())
+        x[0, i] = 1.0
+        assert k.matvec(x, w).item() == finite[i].item()
+    inf = torch.tensor([[float("inf")]], dtype=torch.float16)
+    assert k.matvec(torch.ones(1, 1), inf).item() == float("inf")
 
 
 @pytest.mark.parametrize("n_q,n_kv,pos", [(9, 3, 0), (4, 4, 5), (8, 2, 300)])
