@@ -7,13 +7,14 @@ setting "window": "auto", "all" or a number; `window_option` turns it into RunOp
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSignalBlocker, Signal
+from PySide6.QtCore import QSignalBlocker, QTimer, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QSpinBox, QWidget
 
 from core.engine.options import Window
 
 DEFAULT = "auto"
 MAX_BLOCKS = 4096
+SETTLE_MS = 800  # a block count is applied once the arrows/wheel rest this long
 _CHOICES = [("Auto", "auto"), ("All in memory", "all"), ("N blocks", "blocks")]
 
 
@@ -48,8 +49,12 @@ class MemoryWindowSetting(QWidget):
         self.blocks.setToolTip("Blocks per device (2 = one in use, the next one loading)")
         lay.addWidget(self.mode, 1)
         lay.addWidget(self.blocks)
+        # Each change reloads the model: clicking 2 -> 5 must reload once, at 5, not at 3, 4, 5.
+        self._settle = QTimer(self, singleShot=True, interval=SETTLE_MS)
+        self._settle.timeout.connect(self._emit)
         self.mode.currentIndexChanged.connect(self._edited)
-        self.blocks.valueChanged.connect(self._edited)
+        self.blocks.valueChanged.connect(self._settle.start)
+        self.blocks.editingFinished.connect(self._apply_now)  # Enter / focus out
         self._sync_enabled()
 
     def value(self) -> str | int:
@@ -70,5 +75,16 @@ class MemoryWindowSetting(QWidget):
         self.blocks.setEnabled(self.mode.currentData() == "blocks")
 
     def _edited(self, *_args) -> None:
+        """A mode change applies at once (and takes any pending count with it)."""
         self._sync_enabled()
+        self._settle.stop()
+        self._emit()
+
+    def _apply_now(self) -> None:
+        """Enter or leaving the box applies a pending count without waiting."""
+        if self._settle.isActive():
+            self._settle.stop()
+            self._emit()
+
+    def _emit(self) -> None:
         self.changed.emit(self.value())

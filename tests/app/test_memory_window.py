@@ -86,3 +86,25 @@ def test_choosing_n_blocks_reloads_with_that_window_and_the_cards_show_it(qtbot,
         assert again.run_options().window == 3
     finally:
         close_window(again)
+
+
+def test_arrow_clicks_reload_once_when_they_settle(qtbot):
+    from PySide6.QtCore import Qt
+
+    setting = MemoryWindowSetting()
+    qtbot.addWidget(setting)
+    setting.set_value(2)
+    got: list = []
+    setting.changed.connect(got.append)
+    for _ in range(3):  # 2 -> 5, as fast as a user clicks
+        qtbot.keyClick(setting.blocks, Qt.Key.Key_Up)
+    assert got == []  # nothing reloads mid-way
+    qtbot.waitUntil(lambda: got == [5], timeout=5000)
+    qtbot.wait(100)
+    assert got == [5]
+
+    qtbot.keyClick(setting.blocks, Qt.Key.Key_Down)  # 4, then Enter applies it at once
+    qtbot.keyClick(setting.blocks, Qt.Key.Key_Enter)
+    assert got == [5, 4]
+    setting.mode.setCurrentIndex(setting.mode.findData("all"))  # a mode change: at once
+    assert got == [5, 4, "all"]
