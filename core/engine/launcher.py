@@ -82,7 +82,9 @@ class LocalCluster:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one step (or stats round) at a time
         self._idents: dict[int, bytes] = {}
-        torch.set_num_threads(opts.threads_per_rank())
+        self.local_ranks = 1 + sum(isinstance(h, LocalRankHost) for h in self.hosts)
+        self.threads = opts.threads_per_rank(self.local_ranks)
+        torch.set_num_threads(self.threads)
         self.group = self._make_group()
         try:
             if self.world_size > 1:
@@ -108,6 +110,9 @@ class LocalCluster:
         keys = Keys.generate()
         self._local_keys.add(keys.public_key)
         return LocalRankHost(self._logs, keys, self.curve.identity.public_key, rank)
+
+    def _is_local(self, rank: int) -> bool:
+        return isinstance(self.hosts[rank - 1], LocalRankHost)
 
     def host_name(self, rank: int) -> str:
         return "this device" if rank == 0 else self.hosts[rank - 1].name
@@ -137,7 +142,9 @@ class LocalCluster:
                 if o.link_delay_ms or o.link_mbps else None)
         return {"rank_dir": str(self.rank_dirs[rank]), "window": self.windows[rank],
                 "prefetch": o.prefetch, "context": o.context,
-                "threads": o.threads_per_rank(), "world_size": self.world_size,
+                # 0: a peer device picks from its own cores
+                "threads": self.threads if self._is_local(rank) else (o.threads or 0),
+                "world_size": self.world_size,
                 "endpoints": self.group.endpoints, "link": link}
 
     def _handshake(self, report: Progress) -> None:

@@ -23,7 +23,7 @@ class RunOptions:
     prefetch: int | None = None  # streamed blocks loaded ahead of compute; None = window's room
     budgets: list[int] | None = None  # memory budget per rank in bytes (window "auto")
     context: int = 4096
-    threads: int | None = None  # torch threads per rank; None = cores / ranks
+    threads: int | None = None  # torch threads per rank; None = cores / ranks on that machine
     link_delay_ms: float = 0.0  # emulated per-link latency (benchmarks)
     link_mbps: float | None = None
     dtype: str = "float32"  # shard weight dtype: float32, bfloat16, float16 or int8 (or short)
@@ -51,8 +51,10 @@ class RunOptions:
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
-    def threads_per_rank(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) // self.ranks)
+    def threads_per_rank(self, local_ranks: int | None = None) -> int:
+        """--threads, else this machine's cores shared by the ranks it runs (`local_ranks`,
+        default all ranks): a rank on another device is no reason to idle cores here."""
+        return self.threads or max(1, (os.cpu_count() or 1) // (local_ranks or self.ranks))
 
 
 def parse_window(text: str) -> Window:

@@ -87,7 +87,8 @@ def _run(client: ControlClient, rank: int, secrets: RankSecrets | None = None) -
         print(f"rank {rank}: rank 0 sent no setup within {SETUP_TIMEOUT_S:g} s", file=sys.stderr)
         return 1
     setup = msg.meta
-    torch.set_num_threads(int(setup["threads"]))
+    # 0 = this device's own choice: all its cores (it runs one rank)
+    torch.set_num_threads(int(setup["threads"]) or os.cpu_count() or 1)
     reporter = _Reporter(client)
     try:
         link = LinkEmulation(**setup["link"]) if setup.get("link") else None

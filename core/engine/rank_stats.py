@@ -28,13 +28,14 @@ class RankStats:
     stall_s: float
     kv_heads: int
     mlp_cols: int
+    threads: int = 0  # torch threads of its layer compute (0: not reported)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> RankStats:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def peak_rss_mb() -> float:
@@ -64,4 +65,5 @@ def collect(runtime, rank: int) -> RankStats:
         stall_s=round(sched.stats.stall_s, 4),
         kv_heads=share.num_kv_heads,
         mlp_cols=share.num_cols,
+        threads=runtime.threads,
     )

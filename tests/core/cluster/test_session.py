@@ -5,6 +5,7 @@ an enrolled device that is off at start (left out, shown offline)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -140,10 +141,14 @@ def test_a_device_that_does_not_answer_is_left_out_and_shown_offline(tiny, tmp_p
             return 2**30
 
         specs = [off, w.pair(master.identity, master.trust)]
-        s = Session(tiny, master.identity, specs, opts=OPTS, master_budget=budget,
-                    progress=progress, on_status=on_status).start()
+        # no --threads: each machine picks from its own cores
+        s = Session(tiny, master.identity, specs, opts=RunOptions(context=256),
+                    master_budget=budget, progress=progress, on_status=on_status).start()
         try:
             assert s.world_size == 2 and s.silent == [off] and budgets_asked == [["w"]]
+            # rank 0 is the only rank on this machine, and the peer runs one: all cores each
+            cores = os.cpu_count() or 1
+            assert [st.threads for st in s.cluster.rank_stats()] == [cores, cores]
             assert stages[0] == ("contacting devices", None, 0, 2)
             shipping = [x for x in stages if x[1] is not None]
             assert shipping and {x[:2] for x in shipping} == {("sending shards to 'w'", "w")}

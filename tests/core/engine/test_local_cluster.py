@@ -86,6 +86,8 @@ def test_terminal_chat_answers_then_quits_on_slash_quit(tiny):
 def test_follow_up_reuses_the_kv_cache_and_matches_a_fresh_run(tiny):
     cluster = LocalCluster(tiny, RunOptions(ranks=2))
     try:
+        per_rank = max(1, (os.cpu_count() or 1) // 2)  # two ranks here share the cores
+        assert [st.threads for st in cluster.rank_stats()] == [per_rank, per_rank]
         tok = ChatTokenizer(tiny)
         chat = ChatSession(tok, cluster.runner, system="Be brief.")
         chat.send("hello", GREEDY)
