@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,31 @@ def test_attend_one_matches_torch_attention(k, n_q, n_kv, pos):
     got = k.attend_one(qkv, cos, sin, k_cache, v_cache, pos, n_q)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
     assert torch.allclose(k_cache[:, pos], key, atol=1e-6) and torch.equal(v_cache[:, pos], v)
+
+
+CHECK_EVERY_LOOP = """
+import torch
+from core.kernels.library import kernels
+from core.shard.quant import dequantize_int8, quantize_int8
+k = kernels()
+g = torch.Generator().manual_seed(0)
+for M, K, N in [(1, 576, 960), (3, 100, 37), (1, 7, 5)]:
+    q, s = quantize_int8(torch.randn(N, K, generator=g))
+    x = torch.randn(M, K, generator=g)
+    err = (k.matmul_i8(x, q, s) - x @ dequantize_int8(q, s).t()).abs().max().item()
+    assert err < 1e-4, (M, K, N, err)
+print(k.level)
+"""
+
+
+@needs_cc
+@pytest.mark.parametrize("isa,level", [("avx2", "AVX2"), ("plain", "plain C")])
+def test_each_int8_loop_is_right_where_the_cpu_has_it(isa, level, tmp_path):
+    """The loops a CPU without AVX-512 (or without AVX2) runs, forced on this one."""
+    if isa == "avx2" and "avx2" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has no AVX2")
+    env = dict(os.environ, TPI_CHAT_KERNEL_ISA=isa, TPI_CHAT_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", CHECK_EVERY_LOOP], env=env, text=True,
+                         capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == level
