@@ -148,6 +148,12 @@ NOTES = [
     "- The machine is shared and noisy (other jobs, 2 cores); it also pages out memory and "
     "page cache left idle for about 30 s, so streamed (windowed) runs may read from disk "
     "(see disk read / major faults) while resident runs mostly do not.",
+    "- 2 ranks vs 1 rank on this one 2-core machine: both ranks stream weights through the "
+    "same memory bus (~34 GB/s in all), so each gets about half of it, and rank 0 also "
+    "reads the lm_head (113 MB fp32) while rank 1 waits. Once the compiled kernels made one "
+    "rank read at the bus's speed, local TP can only add its allreduces: the ratio went from "
+    "1.15 (torch kernels, 1 rank at 38 ms) to ~1.5 with 2 ranks faster than before (40 -> "
+    "34 ms). TP pays across devices, each with its own memory bus.",
     "- Tests never assert on these times; rerun `make bench` on a quiet machine for CI "
     "numbers.",
 ]
