@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from core.cluster.ship_sender import ShipProgress, split_id_for
+from core.cluster.this_machine import on_this_machine
 from core.cluster.worker_link import WorkerLink
 from core.engine.rank_host import Progress
 from core.errors import TpiError
@@ -20,6 +21,7 @@ class RemoteRankHost:
     def __init__(self, link: WorkerLink):
         self.link = link
         self.name = f"'{link.name}'"
+        self.same_machine = on_this_machine(link.endpoint)
         self.rank = 0
         self.started_at = float("inf")
 

@@ -82,7 +82,8 @@ class LocalCluster:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one step (or stats round) at a time
         self._idents: dict[int, bytes] = {}
-        self.local_ranks = 1 + sum(isinstance(h, LocalRankHost) for h in self.hosts)
+        # ranks sharing this machine's cores: local processes, and workers running here
+        self.local_ranks = 1 + sum(h.same_machine for h in self.hosts)
         self.threads = opts.threads_per_rank(self.local_ranks)
         torch.set_num_threads(self.threads)
         self.group = self._make_group()
@@ -110,9 +111,6 @@ class LocalCluster:
         keys = Keys.generate()
         self._local_keys.add(keys.public_key)
         return LocalRankHost(self._logs, keys, self.curve.identity.public_key, rank)
-
-    def _is_local(self, rank: int) -> bool:
-        return isinstance(self.hosts[rank - 1], LocalRankHost)
 
     def host_name(self, rank: int) -> str:
         return "this device" if rank == 0 else self.hosts[rank - 1].name
@@ -143,7 +141,8 @@ class LocalCluster:
         return {"rank_dir": str(self.rank_dirs[rank]), "window": self.windows[rank],
                 "prefetch": o.prefetch, "context": o.context,
                 # 0: a peer device picks from its own cores
-                "threads": self.threads if self._is_local(rank) else (o.threads or 0),
+                "threads": self.threads if self.hosts[rank - 1].same_machine
+                else (o.threads or 0),
                 "world_size": self.world_size,
                 "endpoints": self.group.endpoints, "link": link}
 

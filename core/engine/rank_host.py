@@ -22,6 +22,7 @@ class RankHost(Protocol):
     """One worker rank's home; `name` is what error messages and the Devices panel show."""
 
     name: str
+    same_machine: bool  # runs on our cores (a local process, or a worker on this machine)
 
     def start(self, rank: int, control: str, rank_dir: Path, report: Progress) -> None:
         """Start rank `rank` (connecting to `control`) on the shards of `rank_dir`."""
@@ -59,6 +60,8 @@ def spawn_rank(control: str, rank: int, log_path: Path, secrets: RankSecrets | N
 
 class LocalRankHost:
     """A rank process on this machine; with CURVE it gets an ephemeral key pair on stdin."""
+
+    same_machine = True
 
     def __init__(self, logs: Path, keys: Keys | None = None, server_key: str = "",
                  rank: int = 0):
