@@ -82,9 +82,8 @@ class LocalCluster:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one step (or stats round) at a time
         self._idents: dict[int, bytes] = {}
-        # ranks sharing this machine's cores: local processes, and workers running here
-        self.local_ranks = 1 + sum(h.same_machine for h in self.hosts)
-        self.threads = opts.threads_per_rank(self.local_ranks)
+        # ranks sharing this machine's cores: rank 0, local processes, workers running here
+        self.threads = opts.threads_per_rank(1 + sum(h.same_machine for h in self.hosts))
         torch.set_num_threads(self.threads)
         self.group = self._make_group()
         try:

@@ -47,10 +47,10 @@ def attention(
     qkv = linear(h, w, "wqkv")  # [T, (n_q + 2 n_kv) * hd]
     if "bqkv" in w:
         qkv += w["bqkv"]
-    k = library.kernels()
-    if T == 1 and k and "q_norm" not in w and cache.k[layer].dtype == torch.float32:
+    kern = library.kernels()
+    if T == 1 and kern and "q_norm" not in w and cache.k[layer].dtype == torch.float32:
         # rope, cache write and attention in one compiled step (decode_ops.c)
-        out = k.attend_one(qkv.contiguous(), cos[0, 0], sin[0, 0], cache.k[layer],
+        out = kern.attend_one(qkv.contiguous(), cos[0, 0], sin[0, 0], cache.k[layer],
                            cache.v[layer], pos, s.n_q)
         return linear(out, w, "wo")
     n_qk = s.n_q + s.n_kv
@@ -102,8 +102,8 @@ def mlp(x: torch.Tensor, w: dict[str, torch.Tensor], eps: float) -> torch.Tensor
         return torch.zeros_like(x)
     h = rms_norm(x, w["norm"], eps)
     gate_up = linear(h, w, "w_gate_up")  # [T, 2C]: gate columns, then up
-    k = library.kernels()
-    if k:
-        return linear(k.silu_mul(gate_up.contiguous()), w, "w_down")  # [T, D]
+    kern = library.kernels()
+    if kern:
+        return linear(kern.silu_mul(gate_up.contiguous()), w, "w_down")  # [T, D]
     gate, up = gate_up.chunk(2, dim=-1)  # [T, C] each
     return linear(F.silu(gate) * up, w, "w_down")

@@ -14,8 +14,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     torch's fused kernel matches HF's five-op version on fp32 input (max diff 0 in our
     checks) and is one op instead of six: ~60 norms a token make the difference visible in decode.
     """
-    k = library.kernels()
-    if k and x.dtype == weight.dtype == torch.float32 and x.is_contiguous():
+    kern = library.kernels()
+    if kern and x.dtype == weight.dtype == torch.float32 and x.is_contiguous():
         # on CPU F.rms_norm is six aten ops (~25 us); the compiled one is one call
-        return k.rms_norm(x.view(-1, x.shape[-1]), weight, eps).view(x.shape)
+        return kern.rms_norm(x.view(-1, x.shape[-1]), weight, eps).view(x.shape)
     return F.rms_norm(x, weight.shape, weight, eps)

@@ -72,7 +72,6 @@ class Kernels:
                  torch.get_num_threads())
         return y
 
-
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         """x [T, D] float32, w [D] float32 -> [T, D], as HF's LlamaRMSNorm."""
         T, D = x.shape
