@@ -23,4 +23,9 @@ class ProtocolError(TpiError):
 
 
 class PeerError(TpiError):
-    """A peer rank died, timed out or refused us."""
+    """A peer rank died, timed out or refused us; `ranks` names the ranks to blame, when
+    known (a cluster leaves their devices out of the next plan)."""
+
+    def __init__(self, message: str = "", ranks: tuple[int, ...] | list[int] = ()):
+        super().__init__(message)
+        self.ranks = tuple(ranks)

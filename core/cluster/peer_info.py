@@ -12,7 +12,6 @@ The service's SRV port is the worker's plaintext pairing/info port.
 
 from __future__ import annotations
 
-import os
 import platform as _platform
 import re
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 import psutil
 
 from core.cluster.identity import MAX_NAME_CHARS, Identity
+from core.cpu import usable_cores
 
 _FP_RE = re.compile(r"^[0-9a-f]{4}(-[0-9a-f]{4}){3}$")
 _MAX_PLATFORM_CHARS = 64
@@ -106,7 +106,7 @@ def local_peer_info(identity: Identity, address: str, port: int, paired: bool,
     mem = psutil.virtual_memory()
     return PeerInfo(name=identity.name, address=address, port=port,
                     version=PROTOCOL_VERSION, mem_total=int(mem.total),
-                    mem_free=int(mem.available), cores=os.cpu_count() or 1,
+                    mem_free=int(mem.available), cores=usable_cores(),
                     platform=f"{_platform.system()}-{_platform.machine()}"[:_MAX_PLATFORM_CHARS],
                     fingerprint=identity.fingerprint, paired=paired,
                     control_port=control_port)

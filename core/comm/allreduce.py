@@ -185,6 +185,8 @@ def allreduce_(p: DataPlane, t: torch.Tensor, algorithm: str | None = None) -> t
     if algo == "star":
         return star_allreduce_(p, t)  # p.views checks the tensor
     if algo == "ring":
+        if not p.wire_ring:
+            raise ValueError("this group was made without ring links (ring=False)")
         check_tensor(t)
         return ring_allreduce_(p, t)
     raise ValueError(f"unknown allreduce algorithm {algo!r}")

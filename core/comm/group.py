@@ -58,17 +58,23 @@ class CommGroup:
                op_timeout: float = DEFAULT_OP_TIMEOUT,
                limits: CodecLimits = DEFAULT_LIMITS,
                curve: CurveServerConfig | None = None,
-               transport: str = "auto") -> CommGroup:
+               transport: str = "auto", ring: bool = True) -> CommGroup:
         """Rank 0: bind on ephemeral ports of `host`; hand `endpoints` to the workers.
 
         With `curve`, every link to another device is CurveZMQ: the star admits only
         `curve.allow`ed keys. `transport` "auto" puts the star links of workers on this
         machine on raw loopback TCP (core/comm/fastlink.py); "zmq" keeps them on ZeroMQ.
+        `ring=False` (star groups only) skips the worker-to-worker ring links: the group
+        then needs only each worker to reach rank 0, as on a home network where two
+        devices on different subnets cannot reach each other.
         """
         if world_size < 1:
             raise ValueError("world_size must be >= 1")
+        if not ring and algorithm == "ring":
+            raise ValueError("a ring group needs its ring links")
         plane, endpoints = handshake.open_master(world_size, host, link, algorithm,
                                                  op_timeout, limits, curve, transport)
+        plane.wire_ring = ring
         return cls(plane, endpoints)
 
     @classmethod

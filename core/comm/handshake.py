@@ -37,6 +37,7 @@ from core.comm.curve import (
     make_curve_client,
     make_curve_server,
 )
+from core.comm.endpoint import WILDCARDS, dialable, host_of, with_host
 from core.comm.linkemu import LinkEmulation
 from core.comm.plane import ALGORITHMS, TRANSPORTS, DataPlane
 from core.comm.transport import bind_random, configure, wait_for
@@ -111,6 +112,16 @@ def open_master(world_size: int, host: str, link: LinkEmulation | None, algorith
     return p, endpoints
 
 
+def endpoints_for(endpoints: dict[str, Any], peer_host: str | None) -> dict[str, Any]:
+    """`open_master`'s endpoints as a worker on `peer_host` dials them (None: this
+    machine): a wildcard bind becomes the address on the route to it."""
+    out = dict(endpoints)
+    for key in ("star", "ring0"):
+        if key in out:
+            out[key] = dialable(out[key], peer_host)
+    return out
+
+
 def _refuse(sock: zmq.Socket, ident: bytes, reason: str) -> None:
     try:
         sock.send_multipart([ident, wire.pack(wire.Kind.REFUSE), reason.encode()],
@@ -154,7 +165,8 @@ def master_wait_ready(p: DataPlane, ring0: str, timeout: float) -> None:
 
     def timed_out() -> PeerError:
         why = f" The last peer refused: {refusal}" if refusal else ""
-        return PeerError(f"{missing()} did not join within {timeout:g} s.{why}")
+        return PeerError(f"{missing()} did not join within {timeout:g} s.{why}",
+                         [r for r in range(1, p.world_size) if r not in joined])
 
     while len(joined) < p.world_size - 1:
         frames = wait_for(lambda: sock.recv_multipart(copy=False), timeout=_left(deadline),
@@ -185,10 +197,12 @@ def master_wait_ready(p: DataPlane, ring0: str, timeout: float) -> None:
         p.watch.learn(0, frames[0], meta["rank"])
 
     ring = [ring0] + [joined[r]["ring"] for r in range(1, p.world_size)]
-    welcome = encode("welcome", {"ring": ring, "algorithm": p.algorithm})
+    welcome = encode("welcome", {"ring": ring, "algorithm": p.algorithm,
+                                 "wire_ring": p.wire_ring})
     for r in range(1, p.world_size):
         p.send(sock, [p.ident_of[r], wire.pack(wire.Kind.WELCOME), *welcome], [])
-    _wire_ring(p, ring, deadline)
+    if p.wire_ring:
+        _wire_ring(p, ring, deadline)
     _accept_fast(p, {r for r, m in joined.items() if m.get("fast")}, deadline)
 
     ready: set[int] = set()
@@ -196,7 +210,8 @@ def master_wait_ready(p: DataPlane, ring0: str, timeout: float) -> None:
         ident = wait_for(sock.recv, timeout=_left(deadline), closing=p.closing, watch=p.watch,
                          on_timeout=lambda: PeerError(
                              f"{_ranks([r for r in joined if r not in ready])} did not finish "
-                             f"joining within {timeout:g} s."))
+                             f"joining within {timeout:g} s.",
+                             [r for r in joined if r not in ready]))
         r = p.rank_of.get(ident)
         frames = sock.recv_multipart() if sock.rcvmore else []
         if r is None:
@@ -340,7 +355,11 @@ def _join(p: DataPlane, star: str, host: str, join_timeout: float,
             or not all(isinstance(e, str) for e in ring) or algo not in ALGORITHMS):
         raise ProtocolError("rank 0's welcome is malformed.")
     p.algorithm = algo
-    _wire_ring(p, ring, deadline)
+    p.wire_ring = m.get("wire_ring", True) is not False
+    if host_of(ring[0]) in WILDCARDS:  # rank 0 listens on all interfaces: its ring socket
+        ring[0] = with_host(ring[0], host_of(star))  # is where we reached its star
+    if p.wire_ring:
+        _wire_ring(p, ring, deadline)
     if fast:
         p.set_fast({0: fastlink.connect(p.fast_offer["port"], p.rank, p.token, p.link,
                                         p.op_timeout, _left(deadline))})

@@ -80,6 +80,7 @@ class DataPlane:
     op_timeout: float = 60.0
     limits: CodecLimits = DEFAULT_LIMITS
     algorithm: str = "star"
+    wire_ring: bool = True  # rank 0's choice, told to workers in the welcome
     token: str = ""
     ident_of: dict[int, bytes] = field(default_factory=dict)  # rank 0: worker rank -> id
     rank_of: dict[bytes, int] = field(default_factory=dict)  # rank 0: id -> worker rank

@@ -20,7 +20,9 @@ import torch
 
 from core.comm.control import BadMessage, ControlServer
 from core.comm.curve import CurveServerConfig, Keys
+from core.comm.endpoint import dialable
 from core.comm.group import CommGroup
+from core.comm.handshake import endpoints_for
 from core.comm.linkemu import LinkEmulation
 from core.engine.auto_window import rank_windows, window_label
 from core.engine.head import Head
@@ -39,7 +41,8 @@ from core.shard.plan import make_plan
 from core.shard.splitter import split_model
 
 Progress = Callable[[str, int, int], None]
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 120.0  # every rank loaded and ready (big shards take a while)
+HELLO_TIMEOUT_S = 30.0  # a rank's first word after its start: process up, rank 0 reached
 
 
 class LocalCluster:
@@ -120,14 +123,22 @@ class LocalCluster:
         link = None
         if self.opts.link_delay_ms or self.opts.link_mbps:
             link = LinkEmulation(self.opts.link_delay_ms, self.opts.link_mbps)
-        return CommGroup.master(self.world_size, self.bind_host, link=link, curve=self.curve)
+        # star only: no worker-to-worker links, so devices need to reach this one alone
+        return CommGroup.master(self.world_size, self.bind_host, link=link, curve=self.curve,
+                                ring=False)
 
     def _start_workers(self, report: Progress) -> None:
         self.control = ControlServer(self.bind_host, ops=CONTROL_OPS, curve=self.curve)
         self._logs.mkdir(parents=True, exist_ok=True)
         for r, host in enumerate(self.hosts, start=1):
             self.started.append(host)
-            host.start(r, self.control.endpoint, Path(self.rank_dirs[r]), report)
+            try:
+                control = dialable(self.control.endpoint, host.peer_host)
+                host.start(r, control, Path(self.rank_dirs[r]), report)
+            except OSError as e:  # e.g. no route to that device
+                raise PeerError(f"{host.name} could not start rank {r}: {e}", [r]) from None
+            except TpiError as e:  # shipping failed, or the worker refused run_rank
+                raise PeerError(str(e), [r]) from None
         self._handshake(report)
         self._listener = threading.Thread(target=self._listen, name="control-listen",
                                           daemon=True)
@@ -143,21 +154,29 @@ class LocalCluster:
                 "threads": self.threads if self.hosts[rank - 1].same_machine
                 else (o.threads or 0),
                 "world_size": self.world_size,
-                "endpoints": self.group.endpoints, "link": link}
+                "endpoints": endpoints_for(self.group.endpoints, self.hosts[rank - 1].peer_host),
+                "link": link}
 
     def _handshake(self, report: Progress) -> None:
         """hello -> setup for every worker, the data plane joined, then ready from all."""
         need = set(range(1, self.world_size))
         greeted: set[int] = set()
         ready: set[int] = set()
-        deadline = time.monotonic() + START_TIMEOUT_S
+        started = time.monotonic()
+        deadline = started + START_TIMEOUT_S
         joined = False
         while ready != need:
             self._check_procs()
             if time.monotonic() > deadline:
                 names = ", ".join(self.host_name(r) for r in sorted(need - ready))
                 raise PeerError(f"{names} did not start within {START_TIMEOUT_S:g} s; see "
-                                f"{self._logs}")
+                                f"{self._logs}", sorted(need - ready))
+            if time.monotonic() > started + HELLO_TIMEOUT_S and greeted != need:
+                silent = sorted(need - greeted)
+                names = ", ".join(self.host_name(r) for r in silent)
+                raise PeerError(f"{names} did not reach this computer within "
+                                f"{HELLO_TIMEOUT_S:g} s of starting its rank (a firewall, or "
+                                "an address this computer no longer has?)", silent)
             if greeted == need and not joined:
                 self._join_data_plane()
                 joined = True
@@ -171,8 +190,8 @@ class LocalCluster:
                 self.control.send(ident, "setup", self._setup_for(rank))
                 greeted.add(rank)
             elif msg.op == "error":
-                raise TpiError(f"{self.host_name(rank) if rank > 0 else 'a rank'} could not "
-                               f"start: {msg.meta.get('message')}")
+                raise PeerError(f"{self.host_name(rank) if rank > 0 else 'a rank'} could not "
+                                f"start: {msg.meta.get('message')}", [rank] if rank > 0 else [])
             elif msg.op == "ready":
                 ready.add(rank)
                 self._stats[rank] = RankStats.from_dict(msg.meta)
@@ -214,7 +233,7 @@ class LocalCluster:
             why = h.exit_reason()
             if why is not None and r not in self._errors:
                 self._errors[r] = why
-                raise PeerError(f"{h.name} (rank {r}) stopped during start-up: {why}")
+                raise PeerError(f"{h.name} (rank {r}) stopped during start-up: {why}", [r])
 
     # --- running ------------------------------------------------------------------------
 

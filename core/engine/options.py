@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
+from core.cpu import usable_cores
 from core.shard.layout import DTYPES, SHORT_NAMES
 
 Window = int | None | Literal["auto"]  # blocks, None = all, "auto" = per rank from budgets
@@ -54,7 +54,7 @@ class RunOptions:
     def threads_per_rank(self, local_ranks: int | None = None) -> int:
         """--threads, else this machine's cores shared by the ranks it runs (`local_ranks`,
         default all ranks): a rank on another device is no reason to idle cores here."""
-        return self.threads or max(1, (os.cpu_count() or 1) // (local_ranks or self.ranks))
+        return self.threads or max(1, usable_cores() // (local_ranks or self.ranks))
 
 
 def parse_window(text: str) -> Window:

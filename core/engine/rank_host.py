@@ -23,6 +23,7 @@ class RankHost(Protocol):
 
     name: str
     same_machine: bool  # runs on our cores (a local process, or a worker on this machine)
+    peer_host: str | None  # the address rank 0 is dialled from; None: this machine
 
     def start(self, rank: int, control: str, rank_dir: Path, report: Progress) -> None:
         """Start rank `rank` (connecting to `control`) on the shards of `rank_dir`."""
@@ -62,6 +63,7 @@ class LocalRankHost:
     """A rank process on this machine; with CURVE it gets an ephemeral key pair on stdin."""
 
     same_machine = True
+    peer_host = None
 
     def __init__(self, logs: Path, keys: Keys | None = None, server_key: str = "",
                  rank: int = 0):

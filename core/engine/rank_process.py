@@ -26,6 +26,7 @@ from core.comm.control import ControlClient
 from core.comm.curve import CurveClientConfig, Keys
 from core.comm.group import CommGroup
 from core.comm.linkemu import LinkEmulation
+from core.cpu import usable_cores
 from core.engine.rank import RankRuntime
 from core.engine.rank_stats import collect
 from core.errors import PeerError, ProtocolError, TpiError
@@ -88,7 +89,7 @@ def _run(client: ControlClient, rank: int, secrets: RankSecrets | None = None) -
         return 1
     setup = msg.meta
     # 0 = this device's own choice: all its cores (it runs one rank)
-    torch.set_num_threads(int(setup["threads"]) or os.cpu_count() or 1)
+    torch.set_num_threads(int(setup["threads"]) or usable_cores())
     reporter = _Reporter(client)
     try:
         link = LinkEmulation(**setup["link"]) if setup.get("link") else None
