@@ -18,6 +18,20 @@ from core.engine.rank_process import RankSecrets
 
 MAX_RUNNING = 8
 MAX_REMEMBERED = 64
+TAIL_BYTES = 4096  # of a rank's log, to find its last line
+MAX_WORDS = 300  # characters of that line sent to the master
+
+
+def log_tail(path: Path) -> str:
+    """The last non-empty line of a log (bounded read), or "" when there is none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - TAIL_BYTES))
+            lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip()[:MAX_WORDS] if lines else ""
 
 
 def _die_with_parent() -> None:
@@ -55,6 +69,12 @@ class RankRunner:
         out = {str(r): c for (k, r), c in self.exits.items() if k == master_key}
         out.update({str(r): -1 for (k, r) in self.procs if k == master_key})
         return out
+
+    def last_words(self, master_key: str) -> dict[str, str]:
+        """{"<rank>": the last line its log holds} for one master's failed ranks: the
+        master quotes it on the device's card."""
+        return {str(r): log_tail(self.logs / f"rank{r}.log")
+                for (k, r), c in self.exits.items() if k == master_key and c != 0}
 
     def reap(self) -> None:
         for key, p in list(self.procs.items()):

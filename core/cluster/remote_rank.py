@@ -12,6 +12,7 @@ from pathlib import Path
 from core.cluster.ship_sender import ShipProgress, split_id_for
 from core.cluster.this_machine import on_this_machine
 from core.cluster.worker_link import WorkerLink
+from core.comm.endpoint import host_of
 from core.engine.rank_host import Progress
 from core.errors import TpiError
 from core.progress import DeviceStage
@@ -22,6 +23,7 @@ class RemoteRankHost:
         self.link = link
         self.name = f"'{link.name}'"
         self.same_machine = on_this_machine(link.endpoint)
+        self.peer_host = host_of(link.endpoint)
         self.rank = 0
         self.started_at = float("inf")
 
@@ -44,7 +46,10 @@ class RemoteRankHost:
         if self.link.ranks_asked_at < self.started_at:
             return None  # the worker's last report predates this rank
         code = self.link.ranks.get(str(self.rank), -1)
-        return None if code == -1 else f"its rank process exited with code {code}"
+        if code == -1:
+            return None
+        words = self.link.last_words.get(str(self.rank))
+        return f"its rank process exited with code {code}" + (f": {words}" if words else "")
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.link.dead:

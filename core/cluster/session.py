@@ -21,6 +21,7 @@ matches again: the caller's conversation is untouched.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -32,13 +33,16 @@ import torch
 
 from core.cluster.device_status import DeviceStatus
 from core.cluster.remote_rank import RemoteRankHost
+from core.cluster.this_machine import on_this_machine
 from core.cluster.worker_link import WorkerLink
 from core.cluster.worker_ping import split_answering
 from core.comm.curve import CurveServerConfig, KeyPair
+from core.comm.endpoint import host_of, wildcard_for
 from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions
 from core.errors import PeerError, TpiError
 
+log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 STATUS_EVERY_S = 1.0
 NOT_ANSWERED = "Did not answer when the model loaded; it joins at the next load."
@@ -67,7 +71,7 @@ class Session:
 
     def __init__(self, model_dir: Path, identity: KeyPair, workers: list[WorkerSpec], *,
                  opts: RunOptions | None = None, local_ranks: int = 0,
-                 master_budget: MasterBudget | None = None, host: str = "127.0.0.1",
+                 master_budget: MasterBudget | None = None, host: str | None = None,
                  progress: Progress | None = None,
                  on_status: Callable[[list[DeviceStatus]], None] | None = None):
         self.model_dir = Path(model_dir)
@@ -82,6 +86,7 @@ class Session:
         self.on_status = on_status
         self.links: dict[str, WorkerLink] = {}  # by public key: the workers that answered
         self.silent: list[WorkerSpec] = []  # did not answer start()'s ping: left out
+        self.failed: dict[str, str] = {}  # public key -> why its rank could not start
         self.cluster: LocalCluster | None = None
         self._members: list[WorkerSpec] = []  # workers in the current plan, by rank order
         self._allow = {w.public_key for w in self.workers}
@@ -89,6 +94,7 @@ class Session:
         self._on_cluster = 0  # how many of them the current cluster's KV cache holds
         self._tps: float | None = None
         self._busy = False
+        self._rejoin = False  # a device came back: re-plan at the next message
         self._stop = threading.Event()
         self._status_thread: threading.Thread | None = None
 
@@ -114,9 +120,10 @@ class Session:
         if self.progress is not None and n:
             self.progress("contacting devices", 0, n)
         answering, self.silent = split_answering(self.workers, self.identity)
-        for w in answering:
-            self.links[w.public_key] = WorkerLink(w.name, w.endpoint, w.public_key,
-                                                  self.identity, on_dead=self._link_died)
+        for w in self.workers:  # the silent ones too: their heartbeat notices a return
+            self.links[w.public_key] = WorkerLink(
+                w.name, w.endpoint, w.public_key, self.identity, on_dead=self._link_died,
+                on_back=self._link_back, dead=None if w in answering else "did not answer")
         if self.progress is not None and n:
             self.progress("contacting devices", n, n)
         return answering
@@ -132,7 +139,31 @@ class Session:
                 if (link := self.links.get(w.public_key)) is not None and link.dead is None]
 
     def _build(self) -> None:
-        members = self._alive()
+        """A plan over the devices answering. A device whose rank cannot start is left out
+        (its card keeps the reason) and the plan is made again without it, down to this
+        computer alone: a failing device never takes the model away."""
+        while True:
+            members = [w for w in self._alive() if w.public_key not in self.failed]
+            try:
+                return self._build_over(members)
+            except PeerError as e:
+                blamed = [members[r - 1 - self.local_ranks] for r in e.ranks
+                          if 0 < r - self.local_ranks <= len(members)]
+                if not blamed:
+                    raise
+                for w in blamed:
+                    self.failed[w.public_key] = str(e)
+                    log.warning("left '%s' out of the plan: %s", w.name, e)
+
+    def _bind_host(self, members: list[WorkerSpec]) -> str:
+        """Loopback while every rank is on this machine; else all interfaces (CURVE and
+        the allow-list guard them), each rank told our address on its own route."""
+        if self.host is not None:
+            return self.host
+        away = [host_of(w.endpoint) for w in members if not on_this_machine(w.endpoint)]
+        return wildcard_for(away) if away else "127.0.0.1"
+
+    def _build_over(self, members: list[WorkerSpec]) -> None:
         n = 1 + self.local_ranks + len(members)
         shares = [float(self.master_budget)] * (1 + self.local_ranks)
         shares += [float(w.memory_budget) for w in members]
@@ -144,12 +175,12 @@ class Session:
                                              for w in members]
         curve = CurveServerConfig(self.identity, self._allow.__contains__)
         self.cluster = LocalCluster(self.model_dir, opts, self.progress, hosts=hosts,
-                                    bind_host=self.host, curve=curve)
+                                    bind_host=self._bind_host(members), curve=curve)
         self._members = members
         self._on_cluster = 0
 
     def recover(self) -> None:
-        """Drop the current plan and start a new one over the devices still answering."""
+        """Drop the current plan and start a new one over the devices answering now."""
         if self.cluster is not None:
             self.cluster.close()
             self.cluster = None
@@ -188,9 +219,18 @@ class Session:
     def world_size(self) -> int:
         return self.cluster.world_size if self.cluster else 0
 
+    @property
+    def window_label(self) -> str:
+        return self.cluster.window_label if self.cluster else ""
+
+    def refresh_stats(self, timeout: float = 5.0) -> list:
+        """Fresh RankStats of every rank of the current plan (see LocalCluster)."""
+        return self.cluster.refresh_stats(timeout) if self.cluster else []
+
     def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
         """One forward step over the current plan (re-planned first after a failure)."""
-        if self.cluster is None:
+        if self.cluster is None or (self._rejoin and len(ids) > 1):  # a new message
+            self._rejoin = False
             self.recover()
         del self._history[pos:]
         if pos > len(self._history):
@@ -234,6 +274,14 @@ class Session:
                              f"The next message runs on {on}. ({e})")
         return PeerError(f"{e} The next message starts the devices again.")
 
+    def _link_back(self, link: WorkerLink) -> None:
+        """A device that was out answers again: it gets another chance at the next
+        message (never in the middle of a reply)."""
+        self.failed.pop(link.worker_key, None)
+        self.silent = [w for w in self.silent if w.public_key != link.worker_key]
+        if link.worker_key not in {w.public_key for w in self._members}:
+            self._rejoin = True
+
     def _link_died(self, link: WorkerLink) -> None:
         """Heartbeat lost: interrupt a step waiting on that device (its group is done)."""
         c = self.cluster
@@ -272,7 +320,13 @@ class Session:
                 row.rss_mb = s.rss_mb
             rows.append(row)
         for w in self.workers:
-            if w not in self._members:
+            if w in self._members:
+                continue
+            why = self.failed.get(w.public_key)
+            if why is not None:
+                rows.append(DeviceStatus(name=w.name, state="failed",
+                                         share=f"Left out: {why}"))
+            else:
                 rows.append(DeviceStatus(name=w.name, state="offline",
                                          share=NOT_ANSWERED if w in self.silent else ""))
         return rows

@@ -3,7 +3,8 @@
 Two DEALERs, so a long shard transfer never delays a heartbeat: `request`/`ship` use the
 command socket (one caller at a time), a background thread pings on its own socket
 every second and keeps the round-trip time (last RTT_HISTORY values) and the worker's
-report on its ranks. No pong for DEAD_AFTER_S marks the link dead and calls `on_dead`.
+report on its ranks. No pong for DEAD_AFTER_S marks the link dead and calls `on_dead`;
+the pings go on, and the first pong after that clears it and calls `on_back`.
 """
 
 from __future__ import annotations
@@ -25,23 +26,28 @@ from core.errors import PeerError, ProtocolError
 PING_EVERY_S = 1.0
 DEAD_AFTER_S = 2.5
 RTT_HISTORY = 60
+MAX_WORDS = 300  # characters of a worker's log line we keep
 
 
 class WorkerLink:
     """Commands and liveness of one worker, as seen from the master."""
 
     def __init__(self, name: str, endpoint: str, worker_key: str, identity: KeyPair,
-                 on_dead: Callable[[WorkerLink], None] | None = None):
+                 on_dead: Callable[[WorkerLink], None] | None = None,
+                 on_back: Callable[[WorkerLink], None] | None = None,
+                 dead: str | None = None):
         self.name, self.endpoint, self.worker_key = name, endpoint, worker_key
         self._curve = CurveClientConfig(identity, worker_key)
         self._cmd = ControlClient(endpoint, ops=TO_MASTER, curve=self._curve)
         self._lock = threading.Lock()
         self.on_dead = on_dead
+        self.on_back = on_back
         self.rtt_ms: deque[float] = deque(maxlen=RTT_HISTORY)
         self.ranks: dict[str, int] = {}
         self.ranks_asked_at = 0.0  # when the ping behind `ranks` was sent
+        self.last_words: dict[str, str] = {}  # "<rank>": last log line of a failed rank
         self.last_pong = time.monotonic()
-        self.dead: str | None = None
+        self.dead: str | None = dead  # why it is not answering; None while it is
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{name}",
                                         daemon=True)
@@ -92,6 +98,10 @@ class WorkerLink:
                 if got:
                     self.rtt_ms.append((time.monotonic() - t0) * 1000)
                     self.last_pong = time.monotonic()
+                    if self.dead is not None:  # it is back (restarted, or the link healed)
+                        self.dead = None
+                        if self.on_back is not None:
+                            self.on_back(self)
                 elif self.dead is None and time.monotonic() - self.last_pong > DEAD_AFTER_S:
                     self._mark_dead(f"no answer for {DEAD_AFTER_S:g} s")
                 self._stop.wait(max(0.0, t0 + PING_EVERY_S - time.monotonic()))
@@ -109,6 +119,10 @@ class WorkerLink:
                     self.ranks = {str(k): int(v) for k, v in list(ranks.items())[:256]
                                   if isinstance(v, int)}
                     self.ranks_asked_at = t0
+                why = msg.meta.get("why")
+                if isinstance(why, dict):  # the worker's own log line of a failed rank
+                    self.last_words = {str(k)[:8]: v[:MAX_WORDS] for k, v in
+                                       list(why.items())[:16] if isinstance(v, str)}
                 return True
         return False
 
