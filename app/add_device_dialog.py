@@ -30,13 +30,14 @@ from PySide6.QtWidgets import (
 )
 
 from app.device_roster import GB, DeviceRoster, EnrolledDevice
-from app.pairing_jobs import JobSignals, PairJob, ProbeJob, parse_host_port
+from app.pairing_jobs import JobSignals, PairJob, ProbeJob
 from app.peer_browser import PeerBrowser, connect_queued
 from app.peer_list_model import PeerListModel
 from app.theme import theme
 from core.cluster.discovery import PeerEvent
 from core.cluster.pairing import PairedPeer
 from core.cluster.peer_info import PeerInfo
+from core.comm.endpoint import parse_host_port
 
 MIN_BUDGET_GB = 0.5
 INTRO = ("Run <code>tpi-chat worker</code> on the other device. It appears below when it "

@@ -55,6 +55,7 @@ class ChatController(QObject):
         self.stream: _Stream | None = None
         self.ready = False
         self.queued = False  # a user message waits for the model to be ready
+        self.load_error = ""  # why the last load gave no model (none is loading now)
         self.last_error = ""
         composer.submitted.connect(self.send_text)
         composer.stop_requested.connect(self.stop)
@@ -115,6 +116,11 @@ class ChatController(QObject):
         history = [{"role": m.role, "content": m.content} for m in msgs]
         if conv is None or not history or history[-1]["role"] != "user":
             return
+        if not self.ready and self.load_error:  # nothing is loading: say so, never wait
+            self.view.begin_stream()
+            self.view.end_stream("", error=f"No model is loaded ({self.load_error}). Load "
+                                 "one from the Model menu, then Regenerate.")
+            return
         if not self.ready:
             self.queued = True
             self.view.begin_stream()
@@ -132,9 +138,20 @@ class ChatController(QObject):
         self.engine.send(history, conv.system_prompt, self.params())
 
     def model_ready(self, ready: bool) -> None:
+        """True: a model is loaded; False: one is loading now."""
         self.ready = ready
+        self.load_error = ""
         if ready and self.queued:
             self.start_reply()
+
+    def model_failed(self, message: str) -> None:
+        """The load ended without a model: a waiting message ends with why."""
+        self.ready = False
+        self.load_error = message.rstrip(".")
+        if self.queued:
+            self.queued = False
+            self.view.end_stream("", error=f"The model did not load: {message}")
+            self.composer.set_busy(False)
 
     def stop(self) -> None:
         if self.busy:

@@ -118,6 +118,7 @@ class DeviceCard(QFrame):
     """
 
     remove_requested = Signal(str)
+    retry_requested = Signal(str)  # device name: plan the model again, with it
 
     def __init__(self, name: str, parent: QWidget | None = None):
         super().__init__(parent)
@@ -130,6 +131,7 @@ class DeviceCard(QFrame):
         head = QHBoxLayout()
         self.dot = QLabel("\u25cf", self)
         self.title = QLabel(name, self)
+        self.title.setTextFormat(Qt.TextFormat.PlainText)  # a device names itself
         self.title.setObjectName("DeviceName")
         self.role = QLabel(self)
         self.role.setObjectName("Muted")
@@ -146,9 +148,16 @@ class DeviceCard(QFrame):
         lay.addLayout(head)
         self.body = lay
         self.share = QLabel(self)
+        self.share.setTextFormat(Qt.TextFormat.PlainText)  # may quote a device's own log
         self.share.setObjectName("Muted")
         self.share.setWordWrap(True)
+        self.share.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(self.share)
+        self.retry_button = QPushButton("Retry", self)
+        self.retry_button.setToolTip("Try this device again: the model reloads with it")
+        self.retry_button.clicked.connect(lambda: self.retry_requested.emit(self.name))
+        self.retry_button.hide()
+        lay.addWidget(self.retry_button, 0, Qt.AlignmentFlag.AlignLeft)
         self.memory_label = QLabel(self)
         self.memory_label.setStyleSheet("font-size: 12px;")
         self.memory_label.setWordWrap(True)
@@ -196,7 +205,7 @@ class DeviceCard(QFrame):
     def update_status(self, s: DeviceStatus, sample: bool = True) -> None:
         """Show `s`; `sample` adds its RTT to the sparkline (once per status report)."""
         colors = {"ready": "ok", "busy": "accent", "loading": "warn", "offline": "danger",
-                  "paired": "muted", "starting": "warn"}
+                  "failed": "danger", "paired": "muted", "starting": "warn"}
         self.dot.setStyleSheet(f"color: {theme().hex(colors.get(s.state, 'muted'))};")
         self.dot.setToolTip(s.state)
         self.role.setText(f"{s.role} \u00b7 {s.state}")
@@ -220,8 +229,13 @@ class DeviceCard(QFrame):
         self.memory.set_fraction(frac)
         if s.rtt_ms is not None and sample:
             self.spark.add(s.rtt_ms)
-        self.spark.setVisible(bool(self.spark.samples) and s.state != "offline")
-        if s.state == "offline":
+        self.spark.setVisible(bool(self.spark.samples) and s.state not in ("offline",
+                                                                          "failed"))
+        out = s.state in ("offline", "failed")
+        self.retry_button.setVisible(out and self.remove_key is not None)
+        if s.state == "failed":
+            rtt = "Left out of the model"
+        elif s.state == "offline":
             rtt = "Offline: not answering"
         elif s.rtt_ms is not None:
             rtt = f"Link RTT {s.rtt_ms:.2f} ms" if s.rtt_ms < 10 else f"Link RTT {s.rtt_ms:.0f} ms"
@@ -229,7 +243,7 @@ class DeviceCard(QFrame):
             rtt = "Link RTT \u2014 (local)"
         if s.state == "paired":
             rtt = ""
-        if s.tokens_per_s and rtt and s.state != "offline":
+        if s.tokens_per_s and rtt and not out:
             rtt += f" \u00b7 {s.tokens_per_s:.1f} tok/s"
         self.rtt_label.setText(rtt)
         self.rtt_label.setVisible(bool(rtt))
@@ -241,11 +255,13 @@ class DevicesPanel(QWidget):
     """Cards for the devices of the cluster, "Add device…" and the local workers setting.
 
     Signals: `add_device_requested()`, `remove_device_requested(public_key)`,
+    `retry_device_requested(name)` (a device left out or offline: try it again),
     `local_workers_changed(n)` (extra local worker processes, 0..MAX_EXTRA_LOCAL_WORKERS).
     """
 
     add_device_requested = Signal()
     remove_device_requested = Signal(str)
+    retry_device_requested = Signal(str)  # device name
     local_workers_changed = Signal(int)
 
     def __init__(self, parent: QWidget | None = None):
@@ -369,6 +385,7 @@ class DevicesPanel(QWidget):
             if card is None:
                 card = DeviceCard(s.name)
                 card.remove_requested.connect(self.remove_device_requested)
+                card.retry_requested.connect(self.retry_device_requested)
                 self.cards[s.name] = card
             self.cards_layout.insertWidget(i, card)
             i += 1

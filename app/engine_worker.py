@@ -5,15 +5,16 @@ thread never runs torch and never waits on it. Loading goes through a *loader* c
 tests can plug in another backend:
 
     loader(model: str | None, opts: RunOptions, progress(stage, done, total)) -> LoadedModel
-    loader(..., devices=[WorkerSpec fields], on_status=rows_cb)  # when devices are enrolled
+    loader(..., devices=[WorkerSpec], on_status=rows_cb)  # when devices are enrolled
 
 `stop()` and `cancel_load()` are plain thread-safe methods meant to be called directly from
 the GUI thread (a queued slot could not run while the engine thread is busy generating).
-`set_remote_devices()` (same kind) hands over the enrolled devices (DeviceRoster.worker_specs:
-WorkerSpec fields) for the next load: with any, default_loader runs a cluster Session
-(app/session_loader.py) whose status thread pushes `stats` once a second, even while a
-step waits on a device; a stage about one device (core.progress.DeviceStage: shard
-shipping) is also reported as `device_progress` under that device's name.
+`set_remote_devices()` (same kind) hands over the enrolled devices
+(DeviceRoster.worker_specs) for the next load: with any, default_loader runs a cluster
+Session (through core.cluster.open_model, as the command line does) whose status thread
+pushes `stats` once a second, even while a step waits on a device; a stage about one
+device (core.progress.DeviceStage: shard shipping) is also reported as `device_progress`
+under that device's name.
 """
 
 from __future__ import annotations
@@ -23,19 +24,18 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import shiboken6
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from app.device_status import DeviceStatus, from_rank_stats
+from core.cluster.session import WorkerSpec
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from core.errors import TpiError
 from core.progress import DeviceStage
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 STATS_INTERVAL_S = 1.0
 
 Progress = Callable[[str, int, int], None]
@@ -90,45 +90,26 @@ class LoadCancelled(Exception):
     """Raised from a progress callback when the user cancelled the load."""
 
 
-def model_display_name(model: str | None) -> str:
-    if model is None:
-        return DEFAULT_MODEL_NAME
-    p = Path(model)
-    return p.stem if p.suffix.lower() == ".gguf" else p.name
-
-
-def open_model(model: str | None, progress: Progress) -> tuple[Any, Any]:
-    """(model_dir, ChatTokenizer): GGUF import or HF dir lookup, with progress; the first
-    half of every load, local or over devices."""
-    from core.model.model_dir import resolve_model
-    from core.model.tokenizer import ChatTokenizer
-
-    model_dir = resolve_model(model, lambda d, t: progress("Importing model", d, t))
-    progress("Loading tokenizer", 0, 1)
-    return model_dir, ChatTokenizer(model_dir)
-
-
 def default_loader(model: str | None, opts: RunOptions, progress: Progress,
-                   devices: list[dict] | None = None,
+                   devices: list[WorkerSpec] | None = None,
                    on_status: Callable[[list], None] | None = None) -> LoadedModel:
-    """resolve_model (GGUF import with progress) + tokenizer + LocalCluster, or a cluster
-    Session when `devices` (enrolled workers) are given."""
-    if devices:
-        from app.session_loader import session_loader
-
-        return session_loader(model, opts, progress, devices, on_status)
-    from core.engine.launcher import LocalCluster
+    """core.cluster.open_model: GGUF import with progress, tokenizer, then a LocalCluster,
+    or a cluster Session when `devices` (enrolled workers) are given."""
+    from app.store import data_dir
+    from core.cluster.open_model import model_display_name, open_model, start_cluster
 
     model_dir, tokenizer = open_model(model, progress)
-    cluster = LocalCluster(model_dir, opts, progress=progress)
-    return LoadedModel(
-        name=model_display_name(model),
-        world_size=cluster.world_size,
-        close=cluster.close,
-        rank_stats=cluster.rank_stats,
-        tokenizer=tokenizer,
-        runner=cluster.runner,
-    )
+    runner = start_cluster(model_dir, opts, devices or [], data_dir=data_dir(),
+                           progress=progress, on_status=on_status)
+    loaded = LoadedModel(name=model_display_name(model), world_size=runner.world_size,
+                         close=runner.close, tokenizer=tokenizer, runner=runner)
+    if devices:  # a Session: its rows are complete and it re-plans after a failure
+        loaded.device_status = runner.device_status
+        loaded.current_world_size = lambda: runner.world_size
+        loaded.recover = runner.recover
+    else:
+        loaded.rank_stats = runner.rank_stats
+    return loaded
 
 
 class _RecordingRunner:
@@ -172,7 +153,7 @@ class EngineWorker(QObject):
         self._last_stats = 0.0
         self._last_tps: float | None = None
         self._timer: QTimer | None = None
-        self._remote: list[dict] = []
+        self._remote: list[WorkerSpec] = []
         self._load_id = 0  # status rows of a closed session must not reach the panel
         #: thread ids that ran generate / a forward step (tests assert the GUI thread is absent)
         self.torch_thread_ids: set[int] = set()
@@ -187,14 +168,14 @@ class EngineWorker(QObject):
         with self._lock:
             self._cancelled_seq = max(self._cancelled_seq, seq)
 
-    def set_remote_devices(self, specs: list[dict]) -> None:
-        """The paired devices the next load may use (name, endpoint, public_key, budget)."""
+    def set_remote_devices(self, specs: list[WorkerSpec]) -> None:
+        """The paired devices the next load may use."""
         with self._lock:
-            self._remote = [dict(s) for s in specs]
+            self._remote = list(specs)
 
-    def remote_devices(self) -> list[dict]:
+    def remote_devices(self) -> list[WorkerSpec]:
         with self._lock:
-            return [dict(s) for s in self._remote]
+            return list(self._remote)
 
     def _is_cancelled(self, seq: int) -> bool:
         with self._lock:

@@ -27,7 +27,7 @@ from app.device_roster import DeviceRoster
 from app.device_watch import DeviceWatch
 from app.devices_panel import DevicesPanel
 from app.engine_host import EngineHost
-from app.engine_worker import DEFAULT_MODEL_NAME, ReplyStats
+from app.engine_worker import ReplyStats
 from app.input_box import InputBox
 from app.settings_panel import SettingsPanel
 from app.status_bar import StatusBar
@@ -35,6 +35,7 @@ from app.store import Store, data_dir
 from app.theme import app_icon
 from app.window_setting import DEFAULT as DEFAULT_WINDOW
 from app.window_setting import window_option
+from core.cluster.open_model import DEFAULT_MODEL_NAME
 from core.engine.options import RunOptions
 
 MAX_LOCAL_RANKS = 4
@@ -129,6 +130,7 @@ class MainWindow(QMainWindow):
         d = self.devices
         d.add_device_requested.connect(self.open_add_device)
         d.remove_device_requested.connect(self.remove_device)
+        d.retry_device_requested.connect(self.retry_device)
         d.local_workers_changed.connect(lambda n: self.set_local_ranks(n + 1))
         self.roster.changed.connect(self._roster_changed)
         self._roster_changed()
@@ -365,6 +367,11 @@ class MainWindow(QMainWindow):
         if dev.name in self.devices.cards:  # the running model uses it: plan again without
             self.reload_when_idle()
 
+    def retry_device(self, name: str) -> None:
+        """The user asked to try a device that was left out again: a new plan with it."""
+        self.status.note(f"Trying \u201c{name}\u201d again; the model reloads.")
+        self.reload_when_idle()
+
     def _device_reappeared(self, name: str) -> None:
         """An enrolled device is (back) on the network: re-plan if the model left it out."""
         if self.controller.ready and self.devices.state_of(name) in ("offline", "paired"):
@@ -402,6 +409,7 @@ class MainWindow(QMainWindow):
         self.status.set_loading(False, "")
         self.status.model.setText("No model")
         self.status.note("Model not loaded")
+        self.controller.model_failed(message)
         QMessageBox.warning(self, "Could not load the model", message)
 
     def _reply_finished(self, stats: ReplyStats) -> None:

@@ -79,21 +79,3 @@ class ProbeJob(_Job):
 
     def work(self) -> object:
         return probe_manual(self.host, self.port, self.timeout)
-
-
-def parse_host_port(text: str) -> tuple[str, int] | None:
-    """"192.168.1.20:5555" or "[fe80::1]:5555" -> (host, port); None when malformed."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            return None
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            return None
-    if not host or not port_text.isdigit():
-        return None
-    port = int(port_text)
-    return (host, port) if 0 < port < 65536 else None

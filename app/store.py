@@ -9,16 +9,15 @@ of the assistant message row.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from platformdirs import user_data_dir
+from core.cluster.identity import DATA_ENV_VAR, default_data_dir
 
-ENV_VAR = "TPI_CHAT_DATA"
+ENV_VAR = DATA_ENV_VAR
 DB_NAME = "chats.sqlite3"
 
 _SCHEMA = """
@@ -45,9 +44,9 @@ CREATE TABLE IF NOT EXISTS settings (
 
 
 def data_dir() -> Path:
-    """The folder holding the database, created if missing."""
-    override = os.environ.get(ENV_VAR)
-    path = Path(override).expanduser() if override else Path(user_data_dir("tpi-chat"))
+    """The folder holding the database (and, shared with the command line, this
+    computer's identity and devices), created if missing."""
+    path = default_data_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

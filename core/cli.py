@@ -5,6 +5,8 @@ point; it starts the window when there are no arguments and hands everything els
   tpi-chat chat                 interactive chat in the terminal
   tpi-chat generate --prompt T  one reply, streamed to stdout (--json for numbers)
   tpi-chat split                pre-split a model for a plan
+  tpi-chat pair HOST:PORT --code NNN-NNN   pair a device (its worker shows the code)
+  tpi-chat devices              the paired devices, and whether each answers now
   tpi-chat worker               serve this device to a master (pairing code on the console)
   tpi-chat rank ...             internal: a local worker rank process
   tpi-chat --self-test          check this installation on a tiny model, 1 vs 2 ranks
@@ -32,7 +34,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link-delay-ms", type=float, default=0.0,
                    help="emulated latency added to every link (benchmarks)")
     p.add_argument("--link-mbps", type=float, default=None, help="emulated link bandwidth")
+    p.add_argument("--devices", default="none",
+                   help="paired devices to run on: all, none (default) or NAME[,NAME...]")
+    _data_dir_arg(p)
     _dtype_arg(p)
+
+
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="identity and paired devices (default: the app's, or $TPI_CHAT_DATA)")
 
 
 def _dtype_arg(p: argparse.ArgumentParser) -> None:
@@ -75,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shares", default=None)
     _dtype_arg(s)
 
+    pr = sub.add_parser("pair", help="pair a device running `tpi-chat worker`")
+    pr.add_argument("address", metavar="HOST:PORT", help="the address the worker prints")
+    pr.add_argument("--code", required=True, help="the pairing code the worker shows")
+    pr.add_argument("--budget", default=None, help="memory the model may use there (1GB)")
+    _data_dir_arg(pr)
+
+    d = sub.add_parser("devices", help="list the paired devices and whether they answer")
+    _data_dir_arg(d)
+
     r = sub.add_parser("rank", help=argparse.SUPPRESS)
     r.add_argument("--control", required=True)
     r.add_argument("--rank", type=int, required=True)
@@ -90,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--masters", action="store_true", help="list the paired masters and exit")
     w.add_argument("--unpair", metavar="NAME|FINGERPRINT|all", default=None,
                    help="forget a paired master (it is refused from its next connect) and exit")
+    svc = w.add_mutually_exclusive_group()
+    svc.add_argument("--install-service", action="store_true",
+                     help="start this worker (with these options) at every boot, no login "
+                          "needed (systemd/launchd/Task Scheduler), and exit")
+    svc.add_argument("--uninstall-service", action="store_true",
+                     help="stop and remove that boot service, and exit")
     return parser
 
 
@@ -110,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             from core.worker import main as worker_main
 
             return worker_main(args)
+        if args.cmd in ("pair", "devices"):
+            from core.cluster import devices_cli
+
+            return getattr(devices_cli, f"cmd_{args.cmd}")(args)
         from core import cli_commands
 
         return getattr(cli_commands, f"cmd_{args.cmd}")(args)

@@ -6,11 +6,15 @@ import json
 import sys
 from argparse import Namespace
 
+from core.cluster.devices_cli import data_dir_of
+from core.cluster.open_model import open_model, start_cluster
+from core.cluster.roster import Roster
+from core.cluster.session import Session
 from core.engine.chat import ChatSession
 from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions, parse_window
 from core.engine.sampler import SamplingParams
-from core.errors import TpiError
+from core.errors import PeerError, TpiError
 from core.model.model_dir import resolve_model
 from core.model.tokenizer import ChatTokenizer
 from core.progress import TermProgress
@@ -46,14 +50,27 @@ def _sampling(args: Namespace) -> SamplingParams:
         raise TpiError(str(e)) from None
 
 
-def _start(args: Namespace) -> tuple[LocalCluster, ChatTokenizer]:
+def _start(args: Namespace) -> tuple[LocalCluster | Session, ChatTokenizer]:
+    """This computer, plus the paired devices --devices names (left out when they do
+    not answer or cannot start: the run goes on without them)."""
     opts = _options(args)
-    bar = TermProgress("importing model")
-    model_dir = resolve_model(args.model, progress=bar)
-    bar.close()
-    tokenizer = ChatTokenizer(model_dir)
-    cluster = LocalCluster(model_dir, opts, progress=_stage_progress())
+    data_dir = data_dir_of(args)
+    devices = Roster(data_dir).worker_specs(args.devices)
+    progress = _stage_progress()
+    model_dir, tokenizer = open_model(args.model, progress)
+    cluster = start_cluster(model_dir, opts, devices, data_dir=data_dir, progress=progress)
+    if isinstance(cluster, Session):
+        _say_left_out(cluster)
     return cluster, tokenizer
+
+
+def _say_left_out(session: Session) -> None:
+    for w in session.silent:
+        print(f"tpi-chat: '{w.name}' did not answer; running without it", file=sys.stderr)
+    for w in session.workers:
+        if w.public_key in session.failed:
+            print(f"tpi-chat: '{w.name}' left out: {session.failed[w.public_key]}",
+                  file=sys.stderr)
 
 
 def _stage_progress():
@@ -116,9 +133,16 @@ def cmd_chat(args: Namespace) -> int:
             if not text or text in QUIT_COMMANDS:
                 break
             sys.stdout.write("bot> ")
-            reply = session.send(text, params, on_text=lambda p: print(p, end="", flush=True))
+            try:
+                reply = session.send(text, params,
+                                     on_text=lambda p: print(p, end="", flush=True))
+            except PeerError as e:  # a device dropped out: the conversation goes on
+                print(f"\n[{e}]", flush=True)
+                continue
             r = reply.result
-            print(f"\n[{r.tokens_per_s:.1f} tokens/s, first token after {r.ttft_ms:.0f} ms]")
+            print(f"\n[{r.tokens_per_s:.1f} tokens/s, first token after {r.ttft_ms:.0f} ms"
+                  f", {cluster.world_size} rank{'s' if cluster.world_size != 1 else ''}]",
+                  flush=True)
         return 0
     finally:
         cluster.close()

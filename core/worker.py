@@ -29,10 +29,12 @@ from core.cluster.shard_cache import ShardCache
 from core.cluster.ship_messages import REQUEST_OPS
 from core.cluster.ship_receiver import serve_shipping
 from core.cluster.trust import TrustStore
+from core.cluster.worker_ports import bind_preferring, save_ports, saved_ports
 from core.cluster.worker_protocol import TO_WORKER, RunRank, parse_size
 from core.comm.codec import CodecLimits, Message
 from core.comm.control import BadMessage, ControlServer
 from core.comm.curve import CurveServerConfig
+from core.comm.endpoint import host_of
 from core.errors import PeerError, ProtocolError, TpiError
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,18 @@ LIMITS = CodecLimits(max_header_bytes=256 * 1024, max_total_bytes=8 * 2**20 + 2*
 
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+def check_reachable(endpoint: str, timeout: float = 1.5) -> None:
+    """Refuse run_rank at once when the master's control port cannot be reached from
+    here: a rank would only wait for a setup that never comes. Short: the control loop
+    (and so every master's heartbeat) waits for it."""
+    host, port = host_of(endpoint), int(endpoint.rsplit(":", 1)[1])
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise ProtocolError(f"this device cannot reach the master at {host} port {port} "
+                            f"({e.strerror or e})") from None
 
 
 def _lan_address() -> str:
@@ -69,17 +83,24 @@ class WorkerDaemon:
         self.cache = ShardCache(self.data_dir / "shards")
         self.ranks = RankRunner(self.identity, self.address, self.data_dir / "logs")
         self.refused = 0  # bad control messages seen (strangers never get this far)
-        self.ctl = ControlServer(self.bind, ops=TO_WORKER, limits=LIMITS,
-                                 curve=CurveServerConfig(self.identity, self.trust.contains))
+        last = saved_ports(self.data_dir)
+        curve = CurveServerConfig(self.identity, self.trust.contains)
+        self.ctl = bind_preferring(lambda p: ControlServer(
+            self.bind, ops=TO_WORKER, limits=LIMITS, curve=curve, port=p), last.get("control"))
         self.ctl_port = int(self.ctl.endpoint.rsplit(":", 1)[1])
-        try:
-            self.pairing = PairingServer(self.identity, self.trust, self.bind, port,
-                                         on_new_code=lambda c: _say(f"pairing code: {c}"),
-                                         on_paired=lambda p: _say(f"paired with '{p.name}'"),
-                                         describe=self.describe)
+        def pairing_on(p: int) -> PairingServer:
+            return PairingServer(self.identity, self.trust, self.bind, p,
+                                 on_new_code=lambda c: _say(f"pairing code: {c}"),
+                                 on_paired=lambda peer: _say(f"paired with '{peer.name}'"),
+                                 describe=self.describe)
+
+        try:  # an explicit --port is taken as asked, or fails
+            self.pairing = pairing_on(port) if port else bind_preferring(
+                pairing_on, last.get("pairing"))
         except BaseException:
             self.ctl.close()
             raise
+        save_ports(self.data_dir, self.ctl_port, self.pairing.port)
         self.advertiser: Advertiser | None = None
 
     def describe(self) -> PeerInfo:
@@ -122,7 +143,8 @@ class WorkerDaemon:
         if msg.op == "ping":
             t = msg.meta.get("t")
             return "pong", {"t": t if isinstance(t, int | float) else 0,
-                            "ranks": self.ranks.status(key)}
+                            "ranks": self.ranks.status(key),
+                            "why": self.ranks.last_words(key)}
         if msg.op in REQUEST_OPS:
             return serve_shipping(self.cache, msg)
         if msg.op == "info":
@@ -131,6 +153,7 @@ class WorkerDaemon:
             req = RunRank.from_meta(msg.meta)
             if not self.cache.is_complete(req.split_id):
                 raise ProtocolError(f"shard {req.split_id} is not on this worker; ship it first")
+            check_reachable(req.control)
             self.ranks.start(key, req.rank, req.control, self.cache.rank_dir(req.split_id))
             _say(f"running rank {req.rank} of {req.split_id}")
             return "rank_started", {"rank": req.rank}
@@ -194,6 +217,12 @@ def manage_masters(data_dir: Path, unpair: str | None) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "install_service", False) or getattr(args, "uninstall_service", False):
+        from core.cluster import worker_service
+
+        if getattr(args, "install_service", False):
+            return worker_service.install_service(args)
+        return worker_service.uninstall_service(args)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     if args.masters or args.unpair:
         return manage_masters(data_dir, args.unpair)

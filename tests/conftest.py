@@ -15,3 +15,16 @@ def _session_env(tmp_path_factory):
     if "TPI_CHAT_CACHE" not in os.environ:
         os.environ["TPI_CHAT_CACHE"] = str(tmp_path_factory.mktemp("tpi-cache"))
     yield
+
+
+@pytest.fixture
+def remote_workers():
+    """Workers on devices of their own (network namespaces on a bridge): see
+    tests/fixtures/home_lan.py. Skipped where namespaces cannot be made (not root)."""
+    from tests.fixtures import home_lan
+
+    why = home_lan.available()
+    if why is not None:
+        pytest.skip(why)
+    with home_lan.HomeLan() as lan:
+        yield home_lan.RemoteWorkers(lan)

@@ -28,6 +28,7 @@ from zmq.utils import z85
 from core.errors import TpiError
 
 APP_NAME = "tpi-chat"
+DATA_ENV_VAR = "TPI_CHAT_DATA"
 IDENTITY_FILE = "identity.json"
 _FORMAT_VERSION = 1
 MAX_NAME_CHARS = 64
@@ -39,8 +40,11 @@ class IdentityError(TpiError):
 
 
 def default_data_dir() -> Path:
-    """Where identity and trust stores live unless told otherwise."""
-    return Path(platformdirs.user_data_dir(APP_NAME))
+    """Where identity, trust stores and the app's data live unless told otherwise:
+    $TPI_CHAT_DATA, else the user data folder. The app and the command line share it."""
+    override = os.environ.get(DATA_ENV_VAR)
+    return Path(override).expanduser() if override else Path(
+        platformdirs.user_data_dir(APP_NAME))
 
 
 def is_public_key(key: object) -> bool:

@@ -229,7 +229,10 @@ class Session:
 
     def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
         """One forward step over the current plan (re-planned first after a failure)."""
-        if self.cluster is None or (self._rejoin and len(ids) > 1):  # a new message
+        # a step that does not extend the last one starts a reply (a decode step feeds one
+        # token at the end of the history): the moment to let a returned device in
+        starts_reply = len(ids) > 1 or pos < len(self._history)
+        if self.cluster is None or (self._rejoin and starts_reply):
             self._rejoin = False
             self.recover()
         del self._history[pos:]

@@ -42,7 +42,7 @@ from core.shard.splitter import split_model
 
 Progress = Callable[[str, int, int], None]
 START_TIMEOUT_S = 120.0  # every rank loaded and ready (big shards take a while)
-HELLO_TIMEOUT_S = 30.0  # a rank's first word after its start: process up, rank 0 reached
+HELLO_TIMEOUT_S = 30.0  # a device's rank's first word: its process up, rank 0 reached
 
 
 class LocalCluster:
@@ -171,8 +171,8 @@ class LocalCluster:
                 names = ", ".join(self.host_name(r) for r in sorted(need - ready))
                 raise PeerError(f"{names} did not start within {START_TIMEOUT_S:g} s; see "
                                 f"{self._logs}", sorted(need - ready))
-            if time.monotonic() > started + HELLO_TIMEOUT_S and greeted != need:
-                silent = sorted(need - greeted)
+            silent = sorted(r for r in need - greeted if self.hosts[r - 1].peer_host)
+            if silent and time.monotonic() > started + HELLO_TIMEOUT_S:
                 names = ", ".join(self.host_name(r) for r in silent)
                 raise PeerError(f"{names} did not reach this computer within "
                                 f"{HELLO_TIMEOUT_S:g} s of starting its rank (a firewall, or "

@@ -78,7 +78,7 @@ class FakeLoader:
 
     def __call__(self, model, opts: RunOptions, progress, **devices) -> LoadedModel:
         self.load_threads.add(threading.get_ident())
-        self.device_names.append([d["name"] for d in devices.get("devices", [])])
+        self.device_names.append([d.name for d in devices.get("devices", [])])
         steps = 10
         for i in range(steps + 1):
             progress("Importing model", i, steps)

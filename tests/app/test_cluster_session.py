@@ -1,8 +1,9 @@
 """The app on a cluster Session: this computer + a real paired `tpi-chat worker` process on
-loopback, a tiny random model. The devices panel shows the worker's memory window and a
-live, changing RTT; a worker killed mid-reply ends the reply with a clear message, its
-card goes offline, and the next message is answered on the devices left. Throughout, the
-GUI thread neither runs torch nor waits on a socket."""
+a device of its own (a network namespace, tests/fixtures/home_lan.py), a tiny random model.
+The devices panel shows the worker's memory window and a live, changing RTT; a worker
+killed mid-reply ends the reply with a clear message, its card goes offline, and the next
+message is answered on the devices left; a device whose rank cannot start is left out with
+its reason. Throughout, the GUI thread neither runs torch nor waits on a socket."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import threading
 import uuid
 
 import pytest
+from PySide6.QtCore import Qt
 
 from app.device_roster import GB, DeviceRoster
 from app.engine_worker import default_loader
 from app.store import Store, data_dir
 from tests.app.conftest import close_window, open_window, send
 from tests.app.thread_guard import GuiThreadGuard
-from tests.app.worker_process import WorkerProcess, enroll_in_app
+from tests.app.worker_process import enroll_in_app
 
 pytestmark = pytest.mark.slow
 
@@ -52,15 +54,15 @@ def card_numbers(card) -> tuple[int, int, float | None]:
 
 
 def test_session_devices_panel_and_a_worker_dropping_out(qtbot, themed, tiny_model, tmp_path,
-                                                         monkeypatch):
+                                                         monkeypatch, remote_workers):
     name = f"app-worker-{uuid.uuid4().hex[:6]}"
-    worker = WorkerProcess(name, tmp_path / "worker")
+    worker = remote_workers.start(name, tmp_path / "worker")
     try:
         assert enroll_in_app(worker, GB) == name
         store = Store()
         (spec,) = DeviceRoster(store, data_dir()).worker_specs()
         store.close()
-        assert spec["endpoint"] == f"tcp://127.0.0.1:{worker.control_port}"
+        assert spec.endpoint == f"tcp://{worker.host}:{worker.control_port}"
         warnings = no_modal_warnings(monkeypatch)
         guard = GuiThreadGuard().arm(monkeypatch)
         w = open_window(qtbot, default_loader, wait_ready=False, model=str(tiny_model),
@@ -136,17 +138,17 @@ def test_session_devices_panel_and_a_worker_dropping_out(qtbot, themed, tiny_mod
 
 
 def test_an_enrolled_device_that_is_off_is_left_out_until_it_is_back(
-        qtbot, themed, tiny_model, tmp_path, monkeypatch):
+        qtbot, themed, tiny_model, tmp_path, monkeypatch, remote_workers):
     warnings = no_modal_warnings(monkeypatch)
     name = f"off-worker-{uuid.uuid4().hex[:6]}"
-    worker = WorkerProcess(name, tmp_path / "worker")
+    worker = remote_workers.start(name, tmp_path / "worker")
     try:
         enroll_in_app(worker, GB)
     finally:
         worker.stop()
     w = open_window(qtbot, default_loader, wait_ready=False, model=str(tiny_model),
                     sampling=GREEDY)
-    w.discovery_interfaces = ["127.0.0.1"]  # before the device watch starts
+    w.discovery_interfaces = [remote_workers.host_ip]  # before the device watch starts
     qtbot.waitUntil(lambda: w.controller.ready or bool(warnings), timeout=LOAD_MS)
     assert not warnings and w.status.cluster.text() == "1 rank"
     qtbot.waitUntil(lambda: w.devices.state_of(name) == "offline", timeout=10_000)
@@ -154,14 +156,48 @@ def test_an_enrolled_device_that_is_off_is_left_out_until_it_is_back(
     send(qtbot, w, "Hello?", timeout=REPLY_MS)
     assert not w.controller.last_error and w.chat_view.messages[-1].text()
 
-    # the worker starts again (new ports): mDNS finds it, the model re-plans with it
-    worker = WorkerProcess(name, tmp_path / "worker")
+    # the worker starts again: mDNS finds it, the model re-plans with it
+    worker = remote_workers.start(name, tmp_path / "worker")
     try:
         qtbot.waitUntil(lambda: w.status.cluster.text() == "2 ranks" and w.controller.ready,
                         timeout=LOAD_MS)
         qtbot.waitUntil(lambda: w.devices.state_of(name) == "ready", timeout=10_000)
         send(qtbot, w, "And now?", timeout=REPLY_MS)
         assert not w.controller.last_error and not warnings
+        close_window(w)
+    finally:
+        worker.stop()
+
+
+def test_a_device_whose_rank_cannot_start_never_takes_the_model_away(
+        qtbot, themed, tiny_model, tmp_path, monkeypatch, remote_workers):
+    """The device answers, takes its shards, but cannot reach this computer (a strict
+    firewall): it is left out, its card says why in its own words with a Retry button,
+    and the app answers on this computer alone."""
+    warnings = no_modal_warnings(monkeypatch)
+    name = f"walled-{uuid.uuid4().hex[:6]}"
+    worker = remote_workers.start(name, tmp_path / "worker")
+    try:
+        enroll_in_app(worker, GB)
+        device = remote_workers.by_name[name]
+        device.firewall(remote_workers.host_ip, [worker.control_port, worker.port])
+        w = open_window(qtbot, default_loader, wait_ready=False, model=str(tiny_model),
+                        sampling=GREEDY)
+        qtbot.waitUntil(lambda: w.controller.ready or bool(warnings), timeout=LOAD_MS)
+        assert not warnings and w.status.cluster.text() == "1 rank"
+        qtbot.waitUntil(lambda: w.devices.state_of(name) == "failed", timeout=10_000)
+        card = w.devices.cards[name]
+        assert "cannot reach the master" in card.share.text()
+        assert card.share.textFormat() == Qt.TextFormat.PlainText
+        assert not card.retry_button.isHidden() and "Left out" in card.rtt_label.text()
+        send(qtbot, w, "Hello?", timeout=REPLY_MS)
+        assert not w.controller.last_error and w.chat_view.messages[-1].text()
+
+        # Retry: the model reloads with it, and it is left out again for the same reason
+        with qtbot.waitSignal(w.engine.worker.ready, timeout=LOAD_MS):
+            qtbot.mouseClick(card.retry_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: w.devices.state_of(name) == "failed", timeout=10_000)
+        assert not warnings
         close_window(w)
     finally:
         worker.stop()

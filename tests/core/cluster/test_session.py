@@ -1,11 +1,11 @@
-"""A master Session with real `tpi-chat worker` processes, CURVE everywhere on loopback:
-same greedy tokens as a local cluster, a SIGKILLed worker mid-reply, a corrupted shard,
-an enrolled device that is off at start (left out, shown offline)."""
+"""A master Session with real `tpi-chat worker` processes, each on a device of its own
+(a network namespace on a bridge, tests/fixtures/home_lan.py), CURVE everywhere: same
+greedy tokens as a local cluster, a SIGKILLed worker mid-reply and its return, a
+corrupted shard, an enrolled device that is off at start (left out, shown offline)."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import threading
 import time
@@ -14,6 +14,7 @@ import pytest
 
 from core.cluster.session import Session, WorkerSpec
 from core.comm.curve import Keys
+from core.cpu import usable_cores
 from core.engine.generate import Generator
 from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions
@@ -21,7 +22,6 @@ from core.engine.sampler import SamplingParams
 from core.errors import PeerError
 from tests.core.cluster.devices import make_device
 from tests.fixtures.tiny_models import make_tiny_model
-from tests.fixtures.worker_process import WorkerProcess
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=16)
 PROMPT = [1, 5, 9, 23, 42, 7, 99, 3]
@@ -43,15 +43,18 @@ def reference(tiny):
 
 
 @pytest.mark.slow
-def test_remote_ranks_match_local_then_survive_a_killed_worker(tiny, reference, tmp_path):
+def test_remote_ranks_match_local_then_survive_a_killed_worker(tiny, reference, tmp_path,
+                                                                remote_workers):
     master = make_device(tmp_path, "master", "worker")
-    w1, w2 = (WorkerProcess(n, tmp_path / n, "1GB") for n in ("w1", "w2"))
+    w1, w2 = (remote_workers.start(n, tmp_path / n, "1GB") for n in ("w1", "w2"))
     try:
         specs = [w.pair(master.identity, master.trust) for w in (w1, w2)]
         s = Session(tiny, master.identity, specs, opts=OPTS, master_budget=2**30).start()
         try:
             gen = Generator(s.runner, {2})
             assert gen.generate(PROMPT, GREEDY).token_ids == reference
+            # other devices: the CurveZMQ data plane, not the loopback fast path
+            assert s.cluster.group.local_links == [] and s.cluster.bind_host == "0.0.0.0"
             rows = s.device_status()
             assert [r.name for r in rows] == ["This device", "w1", "w2"]
             assert rows[1].role == "worker" and rows[1].resident_blocks > 0
@@ -74,6 +77,15 @@ def test_remote_ranks_match_local_then_survive_a_killed_worker(tiny, reference, 
             gen.generate(PROMPT, GREEDY)
             assert s.world_size == 2
             assert [r.state for r in s.device_status()][-1] == "offline"
+
+            # w2 comes back (same device, same ports): it rejoins at the next message
+            w2 = remote_workers.start("w2", tmp_path / "w2", "1GB")
+            deadline = time.monotonic() + 15
+            while not s._rejoin and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert gen.generate(PROMPT, GREEDY).token_ids == reference
+            assert s.world_size == 3
+            assert [r.state for r in s.device_status()] == ["ready"] * 3
         finally:
             s.close()
     finally:
@@ -82,9 +94,9 @@ def test_remote_ranks_match_local_then_survive_a_killed_worker(tiny, reference, 
 
 
 @pytest.mark.slow
-def test_corrupted_shard_on_worker_is_resent(tiny, reference, tmp_path):
+def test_corrupted_shard_on_worker_is_resent(tiny, reference, tmp_path, remote_workers):
     master = make_device(tmp_path, "master", "worker")
-    w = WorkerProcess("w", tmp_path / "w", "1GB")
+    w = remote_workers.start("w", tmp_path / "w", "1GB")
     try:
         spec = w.pair(master.identity, master.trust)
         s = Session(tiny, master.identity, [spec], opts=OPTS, local_ranks=1,
@@ -118,9 +130,10 @@ def switched_off_device(name: str) -> WorkerSpec:
 
 
 @pytest.mark.slow
-def test_a_device_that_does_not_answer_is_left_out_and_shown_offline(tiny, tmp_path):
+def test_a_device_that_does_not_answer_is_left_out_and_shown_offline(tiny, tmp_path,
+                                                                      remote_workers):
     master = make_device(tmp_path, "master", "worker")
-    w = WorkerProcess("w", tmp_path / "w", "1GB")
+    w = remote_workers.start("w", tmp_path / "w", "1GB")
     try:
         off = switched_off_device("off")
         stages: list[tuple[str, str | None, int, int]] = []
@@ -146,9 +159,8 @@ def test_a_device_that_does_not_answer_is_left_out_and_shown_offline(tiny, tmp_p
                     master_budget=budget, progress=progress, on_status=on_status).start()
         try:
             assert s.world_size == 2 and s.silent == [off] and budgets_asked == [["w"]]
-            # the worker listens on loopback: it shares this machine's cores with rank 0
-            per_rank = max(1, (os.cpu_count() or 1) // 2)
-            assert [st.threads for st in s.cluster.rank_stats()] == [per_rank, per_rank]
+            # rank 0 takes this machine's cores; the device its own (pinned to one)
+            assert [st.threads for st in s.cluster.rank_stats()] == [usable_cores(), 1]
             assert stages[0] == ("contacting devices", None, 0, 2)
             shipping = [x for x in stages if x[1] is not None]
             assert shipping and {x[:2] for x in shipping} == {("sending shards to 'w'", "w")}

@@ -1,0 +1,199 @@
+"""Devices on a real (emulated) home network: every worker in its own network namespace,
+joined to this computer by veth pairs on bridges, never through this machine's loopback.
+
+Driven as a user's script would: `tpi-chat pair`, `tpi-chat devices`, `tpi-chat generate
+--devices all` as processes (the master pinned to core 0, the workers to core 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.fixtures import home_lan
+from tests.fixtures.cli import run_cli
+from tests.fixtures.tiny_models import make_tiny_model
+from tests.fixtures.worker_process import ROOT, WorkerProcess
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(home_lan.available() is not None,
+                                 reason=str(home_lan.available()))]
+
+PROMPT = "The capital of France is"
+GEN = ("--temperature", "0", "--max-new-tokens", "12", "--raw", "--json", "--threads", "1",
+       "--context", "256")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("llama"), "llama", num_hidden_layers=4)
+
+
+@pytest.fixture(scope="module")
+def one_rank_tokens(tiny):
+    run = run_cli("generate", "--model", str(tiny), "--prompt", PROMPT, *GEN)
+    assert run.code == 0, run.stderr
+    return run.json()["token_ids"]
+
+
+@pytest.fixture
+def lan():
+    with home_lan.HomeLan() as lan:
+        yield lan
+
+
+def master_cli(data_dir, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`tpi-chat ARGS` on this computer (root namespace), pinned to core 0."""
+    env = {**os.environ, "TPI_CHAT_DATA": str(data_dir), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "core.cli", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def pair(master_dir, worker: WorkerProcess, budget: str = "1GB") -> None:
+    run = master_cli(master_dir, "pair", f"{worker.host}:{worker.port}",
+                     "--code", worker.codes()[-1], "--budget", budget)
+    assert run.returncode == 0, run.stderr
+    assert f"paired with '{worker.name}'" in run.stdout
+
+
+def test_pair_and_generate_across_two_networks(tiny, one_rank_tokens, lan, tmp_path):
+    """Two devices on two networks (Wi-Fi and Ethernet, say: this computer has an address
+    on each), one capped at 100 Mbit: the same greedy tokens as one rank alone."""
+    wifi, ethernet = lan.network(), lan.network()
+    d1, d2 = wifi.device("minipc", mbit=100), ethernet.device("board")
+    w1 = WorkerProcess("minipc", tmp_path / "w1", "1GB", device=d1, cores=[1])
+    w2 = WorkerProcess("board", tmp_path / "w2", "1GB", device=d2, cores=[1])
+    assert (w1.host, w2.host) == (d1.ip, d2.ip)
+    master = tmp_path / "master"
+    pair(master, w1)
+    pair(master, w2)
+
+    listed = master_cli(master, "devices")
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"minipc .* answers", listed.stdout), listed.stdout
+    assert re.search(r"board .* answers", listed.stdout), listed.stdout
+
+    run = master_cli(master, "generate", "--model", str(tiny), "--prompt", PROMPT, *GEN,
+                     "--devices", "all")
+    assert run.returncode == 0, run.stderr + "\n".join(w1.lines + w2.lines)
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["ranks"] == 3, run.stderr
+    assert got["token_ids"] == one_rank_tokens
+    # each worker ran its rank, reached over its own network
+    assert any("running rank" in x for x in w1.lines)
+    assert any("running rank" in x for x in w2.lines)
+    w1.stop()
+    w2.stop()
+
+
+def test_a_device_that_cannot_reach_this_computer_is_left_out(tiny, one_rank_tokens, lan,
+                                                                tmp_path):
+    """A strict firewall between them: the worker answers pings but its rank cannot
+    connect back. The run goes on without it, saying why in the device's own words."""
+    net = lan.network()
+    dev = net.device("walled")
+    w = WorkerProcess("walled", tmp_path / "w", "1GB", device=dev, cores=[1])
+    master = tmp_path / "master"
+    pair(master, w)
+    dev.firewall(net.host_ip, answer_from_ports=[w.control_port, w.port])
+    run = master_cli(master, "generate", "--model", str(tiny), "--prompt", PROMPT, *GEN,
+                     "--devices", "walled")
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["ranks"] == 1 and got["token_ids"] == one_rank_tokens
+    assert "'walled' left out" in run.stderr
+    assert "cannot reach the master" in run.stderr, run.stderr
+    w.stop()
+
+
+
+class Chat:
+    """`tpi-chat chat` on this computer, its stdout read line by line (bounded waits)."""
+
+    def __init__(self, data_dir, *args: str):
+        env = {**os.environ, "TPI_CHAT_DATA": str(data_dir), "PYTHONPATH": str(ROOT),
+               "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", "0", sys.executable, "-m", "core.cli", "chat", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=env, cwd=ROOT, bufsize=1)
+        self.out = ""
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while ch := self.proc.stdout.read(1):
+            with self._lock:
+                self.out += ch
+
+    def say(self, text: str) -> int:
+        """Send a message; returns where its output starts."""
+        with self._lock:
+            mark = len(self.out)
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return mark
+
+    def wait_for(self, pattern: str, since: int = 0, timeout: float = 120) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                m = re.search(pattern, self.out[since:])
+            if m:
+                return m
+            assert self.proc.poll() is None, self.out
+            time.sleep(0.02)
+        raise AssertionError(f"no {pattern!r} in: {self.out[since:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def test_chat_goes_on_when_a_device_is_killed_mid_reply_and_it_rejoins(lan, tmp_path):
+    tiny = make_tiny_model(tmp_path / "llama", "llama", num_hidden_layers=4,
+                           max_position_embeddings=4096)
+    net = lan.network()
+    d1, d2 = net.device("one", mbit=100), net.device("two")
+    w1 = WorkerProcess("one", tmp_path / "w1", "1GB", device=d1, cores=[1])
+    w2 = WorkerProcess("two", tmp_path / "w2", "1GB", device=d2, cores=[1])
+    master = tmp_path / "master"
+    pair(master, w1)
+    pair(master, w2)
+    # 10 ms per send (emulated link): slow enough to kill a device in the middle of a reply
+    chat = Chat(master, "--model", str(tiny), "--devices", "all", "--threads", "1",
+                "--context", "4096", "--max-new-tokens", "40", "--link-delay-ms", "10")
+    try:
+        chat.wait_for(r"Empty line, /quit")
+        chat.wait_for(r"3 ranks\]", chat.say("hello"))
+        mark = chat.say("tell me a long story")
+        chat.wait_for(r"bot> [^\n]*\S", mark)
+        w2.kill()
+        killed = time.monotonic()
+        m = chat.wait_for(r"\[device 'two' stopped answering[^\]]*\]", mark, timeout=30)
+        detect_s = time.monotonic() - killed
+        print(f"chat said within {detect_s:.2f} s: {m[0]}")
+        assert detect_s < 3.0
+        chat.wait_for(r"2 ranks\]", chat.say("are you still there?"))
+
+        # back (same ports): once its link's heartbeat finds it, the next message uses it
+        w2 = WorkerProcess("two", tmp_path / "w2", "1GB", device=d2, cores=[1])
+        ranks = []
+        while "3" not in ranks and len(ranks) < 10:
+            ranks.append(chat.wait_for(r"(\d) ranks?\]", chat.say("and now?"))[1])
+        assert ranks[-1] == "3", ranks
+    finally:
+        chat.close()
+        w1.stop()
+        w2.stop()
