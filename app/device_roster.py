@@ -14,7 +14,7 @@ from PySide6.QtCore import QObject, Signal
 
 from core.cluster.peer_info import PeerInfo
 from core.cluster.roster import EnrolledDevice, Roster
-from core.cluster.session import WorkerSpec
+from core.cluster.worker_spec import WorkerSpec
 
 __all__ = ["GB", "DeviceRoster", "EnrolledDevice"]
 

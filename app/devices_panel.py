@@ -31,8 +31,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.device_roster import EnrolledDevice
-from app.device_status import DeviceStatus
 from app.theme import theme
+from core.cluster.device_status import DeviceStatus
 
 SPARK_SAMPLES = 60
 MAX_EXTRA_LOCAL_WORKERS = 3

@@ -29,8 +29,8 @@ from typing import Any, Protocol
 import shiboken6
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from app.device_status import DeviceStatus, from_rank_stats
-from core.cluster.session import WorkerSpec
+from core.cluster.device_status import DeviceStatus, local_rows
+from core.cluster.worker_spec import WorkerSpec
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from core.errors import TpiError
@@ -341,7 +341,7 @@ class EngineWorker(QObject):
             if m.device_status is not None:
                 devices: list[DeviceStatus] = m.device_status()
             else:
-                devices = from_rank_stats(m.rank_stats(), self._busy, self._last_tps)
+                devices = local_rows(m.rank_stats(), self._busy, self._last_tps)
         except Exception:
             return
         self.stats.emit(devices)

@@ -1,8 +1,10 @@
-"""What the Devices panel shows per device (core side; field names match app/device_status.py)."""
+"""What the Devices panel shows per device, and the one mapping from a rank's RankStats."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from core.engine.rank_stats import RankStats
 
 
 @dataclass
@@ -11,7 +13,7 @@ class DeviceStatus:
 
     name: str
     role: str = "worker"  # "master" | "worker"
-    state: str = "ready"  # "starting", "ready", "busy", "offline"
+    state: str = "ready"  # "starting", "ready", "busy", "offline", "failed" (left out)
     share: str = ""  # e.g. "2 KV heads · 96 MLP columns"
     resident_blocks: int = 0
     budget_blocks: int = 0  # the window
@@ -21,3 +23,27 @@ class DeviceStatus:
     rtt_ms: float | None = None
     tokens_per_s: float | None = None
     rss_mb: float | None = None
+
+
+def with_rank_stats(row: DeviceStatus, s: RankStats, total_kv_heads: int) -> DeviceStatus:
+    """`row` filled with what rank stats `s` say: its share and its memory window."""
+    per_block = s.total_bytes / s.total_blocks if s.total_blocks else 0
+    heads = f"{s.kv_heads} KV head" + ("s" if s.kv_heads != 1 else "")
+    row.share = (f"{heads} ({100 * s.kv_heads / (total_kv_heads or 1):.0f}%) "
+                 f"\u00b7 {s.mlp_cols} MLP columns")
+    row.resident_blocks, row.budget_blocks = s.resident_blocks, s.budget_blocks
+    row.total_blocks = s.total_blocks
+    row.resident_bytes = s.resident_bytes
+    row.budget_bytes = int(per_block * min(s.budget_blocks, s.total_blocks))
+    row.rss_mb = s.rss_mb
+    return row
+
+
+def local_rows(stats: list[RankStats], busy: bool,
+               tokens_per_s: float | None) -> list[DeviceStatus]:
+    """Rows of a cluster on this machine alone (LocalCluster.rank_stats())."""
+    total = sum(s.kv_heads for s in stats)
+    return [with_rank_stats(DeviceStatus(
+        name="This device" if s.rank == 0 else f"Local rank {s.rank}",
+        role="master" if s.rank == 0 else "worker", state="busy" if busy else "ready",
+        tokens_per_s=tokens_per_s), s, total) for s in stats]

@@ -19,7 +19,8 @@ import psutil
 
 from core.cluster.device_status import DeviceStatus
 from core.cluster.identity import default_data_dir, load_or_create
-from core.cluster.session import Session, WorkerSpec
+from core.cluster.session import Session
+from core.cluster.worker_spec import WorkerSpec
 from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions
 from core.model.model_dir import resolve_model

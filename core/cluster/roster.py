@@ -18,8 +18,8 @@ from typing import Any
 
 from core.cluster.identity import fingerprint
 from core.cluster.peer_info import PeerInfo
-from core.cluster.session import WorkerSpec
 from core.cluster.trust import TrustStore
+from core.cluster.worker_spec import WorkerSpec
 from core.errors import TpiError
 
 FILE_NAME = "devices.json"

@@ -25,17 +25,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import torch
 
-from core.cluster.device_status import DeviceStatus
+from core.cluster.device_status import DeviceStatus, with_rank_stats
 from core.cluster.remote_rank import RemoteRankHost
 from core.cluster.this_machine import on_this_machine
 from core.cluster.worker_link import WorkerLink
 from core.cluster.worker_ping import split_answering
+from core.cluster.worker_spec import WorkerSpec
 from core.comm.curve import CurveServerConfig, KeyPair
 from core.comm.endpoint import host_of, wildcard_for
 from core.engine.launcher import LocalCluster
@@ -46,16 +46,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 STATUS_EVERY_S = 1.0
 NOT_ANSWERED = "Did not answer when the model loaded; it joins at the next load."
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """A paired worker the user added: where its control port is and what it may use."""
-
-    name: str
-    endpoint: str  # its CURVE control port, tcp://host:port (PeerInfo.control_port)
-    public_key: str
-    memory_budget: int  # bytes; sets its share of the model
 
 
 MasterBudget = int | Callable[[list[WorkerSpec]], int]
@@ -298,7 +288,7 @@ class Session:
         left, or it did not answer start()'s ping)."""
         c = self.cluster
         stats = {s.rank: s for s in c.rank_stats()} if c is not None else {}
-        total = sum(s.kv_heads for s in stats.values()) or 1
+        total = sum(s.kv_heads for s in stats.values())
         rows: list[DeviceStatus] = []
         names = (["This device"] + [f"Local rank {r}" for r in range(1, 1 + self.local_ranks)]
                  + [w.name for w in self._members])
@@ -311,17 +301,7 @@ class Session:
             row = DeviceStatus(name=name, role="master" if rank == 0 else "worker",
                                state=state, tokens_per_s=self._tps,
                                rtt_ms=link.last_rtt_ms if link is not None else None)
-            if s is not None:
-                per_block = s.total_bytes / s.total_blocks if s.total_blocks else 0
-                heads = f"{s.kv_heads} KV head" + ("s" if s.kv_heads != 1 else "")
-                row.share = (f"{heads} ({100 * s.kv_heads / total:.0f}%) "
-                             f"\u00b7 {s.mlp_cols} MLP columns")
-                row.resident_blocks, row.budget_blocks = s.resident_blocks, s.budget_blocks
-                row.total_blocks = s.total_blocks
-                row.resident_bytes = s.resident_bytes
-                row.budget_bytes = int(per_block * min(s.budget_blocks, s.total_blocks))
-                row.rss_mb = s.rss_mb
-            rows.append(row)
+            rows.append(with_rank_stats(row, s, total) if s is not None else row)
         for w in self.workers:
             if w in self._members:
                 continue

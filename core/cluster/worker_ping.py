@@ -7,13 +7,10 @@ model from loading: the silent ones are left out of the plan and shown offline.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 from core.cluster.worker_link import WorkerLink
+from core.cluster.worker_spec import WorkerSpec
 from core.comm.curve import KeyPair
-
-if TYPE_CHECKING:
-    from core.cluster.session import WorkerSpec
 
 PING_TIMEOUT_S = 4.0  # CURVE handshake + ping; generous: a busy 2-core box needs >1.5 s
 

@@ -10,20 +10,15 @@ from app.engine_worker import LoadedModel
 from core.engine.chat import Reply
 from core.engine.generate import GenerationResult
 from core.engine.options import RunOptions
+from core.engine.rank_stats import RankStats
 
 
-@dataclass
-class FakeRankStats:
-    rank: int
-    rss_mb: float = 100.0
-    peak_rss_mb: float = 120.0
-    resident_blocks: int = 4
-    resident_bytes: int = 4 << 20
-    budget_blocks: int = 6
-    total_blocks: int = 6
-    total_bytes: int = 6 << 20
-    kv_heads: int = 2
-    mlp_cols: int = 96
+def fake_rank_stats(rank: int) -> RankStats:
+    """A real RankStats, as a rank with 4 of its 6 blocks of 1 MiB resident reports it."""
+    return RankStats(rank=rank, pid=1, rss_mb=100.0, peak_rss_mb=120.0, resident_blocks=4,
+                     resident_bytes=4 << 20, budget_blocks=6, total_blocks=6,
+                     total_bytes=6 << 20, loads=0, bytes_read=0, stall_s=0.0, kv_heads=2,
+                     mlp_cols=96)
 
 
 @dataclass
@@ -95,5 +90,5 @@ class FakeLoader:
 
         return LoadedModel(
             name="Fake-Model", world_size=self.world_size, close=close,
-            rank_stats=lambda: [FakeRankStats(r) for r in range(self.world_size)],
+            rank_stats=lambda: [fake_rank_stats(r) for r in range(self.world_size)],
             session_factory=make)

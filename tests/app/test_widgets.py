@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 
-from app.device_status import DeviceStatus, from_rank_stats
 from app.devices_panel import SPARK_SAMPLES, DevicesPanel
 from app.input_box import InputBox
 from app.theme import style_sheet, theme
-from tests.app.fake_engine import FakeRankStats
+from core.cluster.device_status import DeviceStatus, local_rows
+from tests.app.fake_engine import fake_rank_stats
 
 
 def test_both_themes_fill_every_colour(themed):
@@ -39,10 +39,13 @@ def test_devices_panel_cards_and_sparkline(qtbot, themed):
 
 
 def test_rank_stats_become_device_statuses():
-    out = from_rank_stats([FakeRankStats(0), FakeRankStats(1)], busy=True, tokens_per_s=4.0)
+    out = local_rows([fake_rank_stats(0), fake_rank_stats(1)], busy=True, tokens_per_s=4.0)
     assert [d.role for d in out] == ["master", "worker"]
+    assert [d.name for d in out] == ["This device", "Local rank 1"]
     assert out[0].state == "busy" and out[0].budget_bytes == 6 << 20
-    assert "2 KV heads" in out[1].share
+    assert out[1].share == "2 KV heads (50%) \u00b7 96 MLP columns"
+    assert (out[1].resident_blocks, out[1].resident_bytes, out[1].tokens_per_s) == (
+        4, 4 << 20, 4.0)
 
 
 def test_enter_sends_and_shift_enter_adds_a_line(qtbot, themed):

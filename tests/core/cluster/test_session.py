@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from core.cluster.session import Session, WorkerSpec
+from core.cluster.session import Session
+from core.cluster.worker_spec import WorkerSpec
 from core.comm.curve import Keys
 from core.cpu import usable_cores
 from core.engine.generate import Generator
