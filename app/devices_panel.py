@@ -153,11 +153,7 @@ class DeviceCard(QFrame):
         self.share.setWordWrap(True)
         self.share.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(self.share)
-        self.retry_button = QPushButton("Retry", self)
-        self.retry_button.setToolTip("Try this device again: the model reloads with it")
-        self.retry_button.clicked.connect(lambda: self.retry_requested.emit(self.name))
-        self.retry_button.hide()
-        lay.addWidget(self.retry_button, 0, Qt.AlignmentFlag.AlignLeft)
+
         self.memory_label = QLabel(self)
         self.memory_label.setStyleSheet("font-size: 12px;")
         self.memory_label.setWordWrap(True)
@@ -170,6 +166,11 @@ class DeviceCard(QFrame):
         lay.addWidget(self.rtt_label)
         self.spark = Sparkline(self)
         lay.addWidget(self.spark)
+        self.retry_button = QPushButton("Retry", self)
+        self.retry_button.setToolTip("Try this device again: the model reloads with it")
+        self.retry_button.clicked.connect(lambda: self.retry_requested.emit(self.name))
+        self.retry_button.hide()
+        lay.addWidget(self.retry_button, 0, Qt.AlignmentFlag.AlignLeft)
 
     def set_removable(self, key: str | None) -> None:
         """Offer "Remove device" for the enrolled device with public key `key` (None: not)."""

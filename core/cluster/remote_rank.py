@@ -11,10 +11,10 @@ from pathlib import Path
 
 from core.cluster.ship_sender import ShipProgress, split_id_for
 from core.cluster.this_machine import on_this_machine
-from core.cluster.worker_link import WorkerLink
+from core.cluster.worker_link import Refused, WorkerLink
 from core.comm.endpoint import host_of
 from core.engine.rank_host import Progress
-from core.errors import TpiError
+from core.errors import PeerError, TpiError
 from core.progress import DeviceStage
 
 
@@ -37,8 +37,12 @@ class RemoteRankHost:
 
         self.link.ship(rank_dir, split_id, progress)
         self.started_at = time.monotonic()
-        self.link.request("run_rank", {"split_id": split_id, "rank": rank, "control": control},
-                          {"rank_started"})
+        try:
+            self.link.request("run_rank", {"split_id": split_id, "rank": rank,
+                                           "control": control}, {"rank_started"})
+        except Refused as e:
+            raise PeerError(f"{self.name} could not start its share of the model: "
+                            f"{e.reason}") from None
 
     def exit_reason(self) -> str | None:
         if self.link.dead:

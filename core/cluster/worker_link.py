@@ -29,6 +29,14 @@ RTT_HISTORY = 60
 MAX_WORDS = 300  # characters of a worker's log line we keep
 
 
+class Refused(ProtocolError):
+    """The worker said no to a request; `reason` is its own words."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class WorkerLink:
     """Commands and liveness of one worker, as seen from the master."""
 
@@ -69,8 +77,8 @@ class WorkerLink:
                 if msg is None:
                     break
                 if msg.op == "refused":
-                    raise ProtocolError(f"worker '{self.name}' refused {op}: "
-                                        f"{msg.meta.get('message')}")
+                    raise Refused(f"worker '{self.name}' refused {op}: "
+                                  f"{msg.meta.get('message')}", str(msg.meta.get("message")))
                 if msg.op in expect:
                     return msg
             raise PeerError(f"worker '{self.name}' did not answer {op} within {timeout:g} s; "

@@ -89,6 +89,16 @@ def test_pair_and_generate_across_two_networks(tiny, one_rank_tokens, lan, tmp_p
     # each worker ran its rank, reached over its own network
     assert any("running rank" in x for x in w1.lines)
     assert any("running rank" in x for x in w2.lines)
+
+    # this computer's address on the Wi-Fi changes (a new DHCP lease): the next run
+    # tells the device the new one
+    home_lan._ip("addr", "flush", "dev", wifi.bridge)
+    home_lan._ip("addr", "add", f"{wifi.subnet}.77/24", "dev", wifi.bridge)
+    run = master_cli(master, "generate", "--model", str(tiny), "--prompt", PROMPT, *GEN,
+                     "--devices", "minipc")
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["ranks"] == 2 and got["token_ids"] == one_rank_tokens
     w1.stop()
     w2.stop()
 
