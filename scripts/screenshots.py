@@ -3,12 +3,14 @@
     xvfb-run -a .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--fake]
 
 Writes main-window.png (dark), main-window-light.png and add-device.png. By default the
-main window is live: a real `tpi-chat worker` process on loopback is paired and enrolled,
-the default model loads over both devices (a cluster Session) and answers two questions,
-and the Devices panel shows what the session reports. `--fake` renders a scripted
-conversation and made-up devices instead (no model, no worker). The live Add device
-dialog lists the real workers on loopback (a second, unpaired one included) and shows a
-real refusal of a wrong code; `--fake` gives it two made-up LAN peers.
+main window is live: real `tpi-chat worker` processes are paired and enrolled, each on a
+device of its own (a network namespace on an emulated home network, as root; on loopback
+otherwise), the default model loads over them (a cluster Session) and answers two
+questions, and the Devices panel shows what the session reports. One of the devices
+sits behind a strict firewall: it is left out, and its card says why. `--fake` renders
+a scripted conversation and made-up devices instead (no model, no worker). The live Add
+device dialog lists the real workers (a second, unpaired one included) and shows a real
+refusal of a wrong code; `--fake` gives it two made-up LAN peers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 GB = 2**30
 
 LIVE_QUESTIONS = ("What is the capital of France?", "And of Italy?")
-LIVE_WORKER = "loopback-worker"
+LIVE_WORKER = "mini-pc"
+WALLED_WORKER = "walled-board"
 SPARE_WORKER = "spare-worker"
 QUESTION = "How do I split a matrix multiply across two devices?"
 ANSWER = """Split the weight **by columns**: each device multiplies the same input by its
@@ -64,7 +67,7 @@ def fake_loader(model, opts, progress):
 
 def fake_devices(i: int) -> list:
     """Two devices as the cluster would report them, at sample `i` of the RTT history."""
-    from app.device_status import DeviceStatus
+    from core.cluster.device_status import DeviceStatus
 
     rtt = 2.4 + 0.9 * math.sin(i / 4.0) + 0.5 * math.sin(i / 1.7) + (2.5 if i % 17 == 5 else 0)
     return [
@@ -105,16 +108,42 @@ def wait(app, done, timeout_s: float, what: str) -> None:
         settle(app, 50)
 
 
-def live_add_device_shot(app, w, out: Path) -> None:
-    """The dialog over real discovery on loopback: pick the unpaired worker, try a wrong code."""
-    from app.theme import theme
-    from tests.app.worker_process import WorkerProcess
+class Devices:
+    """Workers on devices of their own when namespaces can be made here, else on loopback."""
 
-    spare = WorkerProcess(SPARE_WORKER, Path(tempfile.mkdtemp()) / "spare")
+    def __init__(self):
+        from tests.fixtures import home_lan
+
+        self.lan = home_lan.HomeLan() if home_lan.available() is None else None
+        self.remote = home_lan.RemoteWorkers(self.lan) if self.lan else None
+        self.host_ip = self.remote.host_ip if self.remote else "127.0.0.1"
+
+    def start(self, name: str):
+        from tests.app.worker_process import WorkerProcess
+
+        data = Path(tempfile.mkdtemp()) / name
+        return self.remote.start(name, data) if self.remote else WorkerProcess(name, data)
+
+    def wall(self, worker) -> None:
+        """A strict firewall: the device answers, but cannot connect to this computer."""
+        if self.remote:
+            self.remote.by_name[worker.name].firewall(self.host_ip,
+                                                      [worker.control_port, worker.port])
+
+    def close(self) -> None:
+        if self.lan:
+            self.lan.close()
+
+
+def live_add_device_shot(app, w, out: Path, devices: Devices) -> None:
+    """The dialog over real discovery: pick the unpaired worker, try a wrong code."""
+    from app.theme import theme
+
+    spare = devices.start(SPARE_WORKER)
     try:
         code = spare.code()
         theme().apply(app, "dark")
-        w.discovery_interfaces = ["127.0.0.1"]
+        w.discovery_interfaces = [devices.host_ip]
         dlg = w.open_add_device()
         dlg.resize(780, 560)
         names = lambda: {dlg.model.peer(r).name for r in range(dlg.model.rowCount())}  # noqa: E731
@@ -132,16 +161,21 @@ def live_add_device_shot(app, w, out: Path) -> None:
 
 
 def live_main_window_shots(app, outs: dict[str, Path], dialog_out: Path) -> None:
-    """Pair a real worker process, load the default model over it, ask LIVE_QUESTIONS."""
+    """Pair real worker processes, load the default model over them, ask LIVE_QUESTIONS."""
     from app.engine_host import EngineHost
     from app.main_window import MainWindow
     from app.store import Store
     from app.theme import theme
-    from tests.app.worker_process import WorkerProcess, enroll_in_app
+    from tests.app.worker_process import enroll_in_app
 
-    worker = WorkerProcess(LIVE_WORKER, Path(tempfile.mkdtemp()) / "worker")
+    devices = Devices()
+    worker = devices.start(LIVE_WORKER)
+    walled = devices.start(WALLED_WORKER) if devices.remote else None
     try:
         enroll_in_app(worker, 2 * GB)
+        if walled is not None:
+            enroll_in_app(walled, GB)
+            devices.wall(walled)
         theme().apply(app, "dark")
         store = Store()
         store.set_setting("model", None)
@@ -165,11 +199,14 @@ def live_main_window_shots(app, outs: dict[str, Path], dialog_out: Path) -> None
             settle(app, 600)
             w.grab().save(str(out))
             print(f"wrote {out}")
-        live_add_device_shot(app, w, dialog_out)
+        live_add_device_shot(app, w, dialog_out, devices)
         w.close()
         store.close()
     finally:
         worker.stop()
+        if walled is not None:
+            walled.stop()
+        devices.close()
 
 
 def main_window_shot(app, mode: str, out: Path) -> None:

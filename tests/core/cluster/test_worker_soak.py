@@ -17,7 +17,6 @@ from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from tests.core.cluster.devices import make_device
 from tests.fixtures.tiny_models import make_tiny_model
-from tests.fixtures.worker_process import WorkerProcess
 
 SESSIONS = 6
 
@@ -31,10 +30,10 @@ def _sample(p: psutil.Process) -> tuple[float, int, int, int]:
 
 
 @pytest.mark.slow
-def test_worker_does_not_grow_over_sessions(tmp_path):
+def test_worker_does_not_grow_over_sessions(tmp_path, remote_workers):
     model = make_tiny_model(tmp_path / "m", "llama", num_hidden_layers=2)
     master = make_device(tmp_path, "master", "worker")
-    w = WorkerProcess("w", tmp_path / "w", "1GB")
+    w = remote_workers.start("w", tmp_path / "w", "1GB")
     try:
         spec = w.pair(master.identity, master.trust)
         proc = psutil.Process(w.proc.pid)
