@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+
+Progress = Callable[[str, int, int], None]  # progress(stage, done, total)
+StageProgress = Callable[[int, int], None]  # progress(done, total) within one stage
 
 
 class DeviceStage(str):

@@ -25,9 +25,9 @@ from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions
 from core.model.model_dir import resolve_model
 from core.model.tokenizer import ChatTokenizer
+from core.progress import Progress
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-Progress = Callable[[str, int, int], None]
 
 
 def model_display_name(model: str | None) -> str:

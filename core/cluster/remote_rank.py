@@ -13,9 +13,8 @@ from core.cluster.ship_sender import ShipProgress, split_id_for
 from core.cluster.this_machine import on_this_machine
 from core.cluster.worker_link import Refused, WorkerLink
 from core.comm.endpoint import host_of
-from core.engine.rank_host import Progress
 from core.errors import PeerError, TpiError
-from core.progress import DeviceStage
+from core.progress import DeviceStage, Progress
 
 
 class RemoteRankHost:

@@ -8,11 +8,17 @@
 
 start() first pings every worker (in parallel, core/cluster/worker_ping.py): one that does
 not answer is left out of the plan, so a switched-off laptop does not keep the model from
-loading, and device_status() shows it offline ("Did not answer ...") until the next start.
+loading, and device_status() shows it offline ("Did not answer ..."). A worker whose rank
+cannot start (it cannot reach us, its rank process fails) is left out too, the plan made
+again without it, and its row says why in the device's own words (state "failed"). A
+left-out or dropped device that answers again rejoins at the start of the next reply.
+
+Rank 0 binds loopback while every rank is on this machine, else all interfaces (`host`
+overrides), and each rank is told our address on the route to its machine.
 
 Every socket is CURVE (ZAP allow-list = the session's workers plus the ephemeral keys
 of our own local ranks). A worker that dies or drops off mid-reply makes that step raise
-PeerError naming the device (within ~1.5 s, see README of the issue note); the session
+PeerError naming the device (within ~1.5 s); the session
 then re-plans over the devices still answering on the next step (or on `recover()`),
 re-ships what the new plan needs and replays the conversation's tokens so the KV cache
 matches again: the caller's conversation is untouched.
@@ -41,9 +47,9 @@ from core.comm.endpoint import host_of, wildcard_for
 from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions
 from core.errors import PeerError, TpiError
+from core.progress import Progress
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int], None]
 STATUS_EVERY_S = 1.0
 NOT_ANSWERED = "Did not answer when the model loaded; it joins at the next load."
 
@@ -74,7 +80,7 @@ class Session:
         self.host = host
         self.progress = progress
         self.on_status = on_status
-        self.links: dict[str, WorkerLink] = {}  # by public key: the workers that answered
+        self.links: dict[str, WorkerLink] = {}  # by public key, every worker (dead or not)
         self.silent: list[WorkerSpec] = []  # did not answer start()'s ping: left out
         self.failed: dict[str, str] = {}  # public key -> why its rank could not start
         self.cluster: LocalCluster | None = None
@@ -217,7 +223,7 @@ class Session:
         """Fresh RankStats of every rank of the current plan (see LocalCluster)."""
         return self.cluster.refresh_stats(timeout) if self.cluster else []
 
-    def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
+    def step(self, ids: list[int], pos: int) -> torch.Tensor:
         """One forward step over the current plan (re-planned first after a failure)."""
         # a step that does not extend the last one starts a reply (a decode step feeds one
         # token at the end of the history): the moment to let a returned device in
@@ -236,7 +242,7 @@ class Session:
                 self.cluster.step(self._history[self._on_cluster:pos], self._on_cluster)
                 self._on_cluster = pos
             self._on_cluster = min(self._on_cluster, pos)
-            out = self.cluster.step(ids, pos, all_logits)
+            out = self.cluster.step(ids, pos)
             self._on_cluster = pos + len(ids)
         except PeerError as e:
             del self._history[pos:]

@@ -110,10 +110,6 @@ class DataPlane:
     def next(self) -> int:
         return (self.rank + 1) % self.world_size
 
-    def next_seq(self) -> int:
-        self.seq = (self.seq + 1) & 0xFFFFFFFF
-        return self.seq
-
     def scratch(self, count: int, dtype: np.dtype) -> np.ndarray:
         """A reusable receive buffer of `count` elements (grown, never shrunk)."""
         nbytes = count * dtype.itemsize

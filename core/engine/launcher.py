@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,18 +28,18 @@ from core.engine.head import Head
 from core.engine.master import MasterRunner, SoloGroup
 from core.engine.options import RunOptions
 from core.engine.rank import RankRuntime
-from core.engine.rank_host import LocalRankHost, RankHost, rank_command  # noqa: F401
+from core.engine.rank_host import LocalRankHost, RankHost
 from core.engine.rank_process import CONTROL_OPS
 from core.engine.rank_stats import RankStats, collect
 from core.errors import PeerError, TpiError
 from core.model.cache import cache_dir
 from core.model.config import load_config
 from core.model.model_dir import model_hash
+from core.progress import Progress
 from core.shard.manifest import load_manifest
 from core.shard.plan import make_plan
 from core.shard.splitter import split_model
 
-Progress = Callable[[str, int, int], None]
 START_TIMEOUT_S = 120.0  # every rank loaded and ready (big shards take a while)
 HELLO_TIMEOUT_S = 30.0  # a device's rank's first word: its process up, rank 0 reached
 
@@ -81,7 +80,6 @@ class LocalCluster:
         self.control: ControlServer | None = None
         self._stats: dict[int, RankStats] = {}
         self._errors: dict[int, str] = {}
-        self.failed_rank: int | None = None  # which rank a failed step blamed, if known
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one step (or stats round) at a time
         self._idents: dict[int, bytes] = {}
@@ -260,10 +258,10 @@ class LocalCluster:
         """What ChatSession/Generator drive: this cluster's step()."""
         return self
 
-    def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
+    def step(self, ids: list[int], pos: int) -> torch.Tensor:
         """One forward step of the whole cluster; logits of the last position."""
         with self._lock:
-            return self._master.step(ids, pos, all_logits)
+            return self._master.step(ids, pos)
 
     def rank_stats(self) -> list[RankStats]:
         """Latest numbers of every rank (rank 0 measured now, workers as last pushed)."""
@@ -329,12 +327,10 @@ class _ReportingGroup:
     def _explain(self, e: PeerError) -> PeerError:
         time.sleep(0.3)  # let the listener pick up the worker's own last words
         for r, msg in sorted(self.c._errors.items()):
-            self.c.failed_rank = r
             return PeerError(f"{self.c.host_name(r)} (rank {r}) failed: {msg}")
         for r, h in enumerate(self.c.started, start=1):
             why = h.exit_reason()
             if why is not None:
-                self.c.failed_rank = r
                 return PeerError(f"{h.name} (rank {r}) stopped ({why}); the reply was cut "
                                  "short")
         return e

@@ -50,10 +50,10 @@ class MasterRunner:
         return self.rank.max_seq
 
     @torch.inference_mode()
-    def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
-        """Feed ids at positions pos..; logits [V] of the last one (or [T, V] if all_logits)."""
+    def step(self, ids: list[int], pos: int) -> torch.Tensor:
+        """Feed ids at positions pos..; logits [V] of the last one."""
         x = self.head.embed(torch.tensor(ids, dtype=torch.int64))  # [T, D]
         self.rank.cache.check_room(pos, len(ids))
         self.group.broadcast_step({"op": "step", "pos": pos}, x)
         y = self.rank.forward(x, pos)  # [T, D]
-        return self.head.logits(y) if all_logits else self.head.logits(y[-1:])[0]
+        return self.head.logits(y[-1:])[0]

@@ -14,8 +14,7 @@ from typing import Protocol
 
 from core.comm.curve import CurveClientConfig, Keys
 from core.engine.rank_process import RankSecrets
-
-Progress = Callable[[str, int, int], None]
+from core.progress import Progress
 
 
 class RankHost(Protocol):

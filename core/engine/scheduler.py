@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from core.progress import StageProgress
+
 Block = dict[str, torch.Tensor]
 Loader = Callable[[str], Block]
 
@@ -116,7 +118,7 @@ class MemoryScheduler:
             del block  # its file mapping must be gone for the page cache to let go
             self._on_release(name)
 
-    def wait_all_loaded(self, progress: Callable[[int, int], None] | None = None) -> None:
+    def wait_all_loaded(self, progress: StageProgress | None = None) -> None:
         """With keep_all, wait until every block is in (start-up), reporting progress."""
         with self._cond:
             while len(self._resident) < self.window:

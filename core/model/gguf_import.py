@@ -19,7 +19,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,7 @@ import numpy as np
 from core.errors import ModelError
 from core.model.cache import cache_dir
 from core.model.config import ModelConfig
-
-Progress = Callable[[int, int], None]
+from core.progress import StageProgress
 
 SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3")  # Mistral GGUFs say "llama"
 SHARD_BYTES = 2 * 1024**3
@@ -69,7 +68,7 @@ _HF_CLASSES = {
 }
 
 
-def import_gguf(gguf_path: str | Path, progress: Progress | None = None) -> Path:
+def import_gguf(gguf_path: str | Path, progress: StageProgress | None = None) -> Path:
     """Convert `gguf_path` into a cached HF model dir (or reuse it) and return the dir."""
     src = Path(gguf_path).expanduser()
     _check_magic(src)
@@ -148,7 +147,7 @@ def _open_reader(src: Path):
 # ---------------------------------------------------------------- conversion
 
 
-def _convert(src: Path, out: Path, progress: Progress | None) -> None:
+def _convert(src: Path, out: Path, progress: StageProgress | None) -> None:
     reader = _open_reader(src)
     meta = _Meta(reader)
     tensors = {t.name: t for t in reader.tensors}
@@ -378,7 +377,7 @@ def _plan(tensors: dict) -> list[tuple[str, Any, tuple[int, ...]]]:
 
 
 def _write_weights(
-    arch: str, cfg: dict[str, Any], plan: list, out: Path, progress: Progress | None
+    arch: str, cfg: dict[str, Any], plan: list, out: Path, progress: StageProgress | None
 ) -> None:
     shards = _shard(plan)
     total = len(plan)

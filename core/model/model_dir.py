@@ -9,7 +9,6 @@ support, weights and a tokenizer, so a bad choice fails with one sentence up fro
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import ModelError
@@ -17,6 +16,7 @@ from core.model.config import load_config
 from core.model.default_model import default_gguf_path
 from core.model.gguf_import import import_gguf
 from core.model.weights import WeightReader
+from core.progress import StageProgress
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 _SAMPLE = 64 * 1024
@@ -24,7 +24,7 @@ _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
 def resolve_model(
-    path: str | Path | None, progress: Callable[[int, int], None] | None = None
+    path: str | Path | None, progress: StageProgress | None = None
 ) -> Path:
     """The HF model dir for `path`: None means the default model; GGUF files are imported."""
     if path is None:

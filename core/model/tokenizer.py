@@ -40,10 +40,6 @@ class ChatTokenizer:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.hf, "chat_template", None))
 
-    @property
-    def bos_id(self) -> int | None:
-        return self.hf.bos_token_id
-
     def __len__(self) -> int:
         return len(self.hf)
 

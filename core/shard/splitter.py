@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from core.errors import ShardError
 from core.model.config import ModelConfig, load_config
 from core.model.weights import WeightReader
+from core.progress import StageProgress
 from core.shard.block_builder import Block, BlockBuilder
 from core.shard.blocks import EMBED, FORMAT_VERSION, HEAD, attn_block, block_file, mlp_block
 from core.shard.fingerprint import model_fingerprint
@@ -42,8 +43,6 @@ from core.shard.manifest import (
 )
 from core.shard.plan import Plan
 
-Progress = Callable[[int, int], None]
-
 
 @dataclass
 class SplitResult:
@@ -61,7 +60,7 @@ def split_model(
     plan: Plan,
     out_root: Path,
     dtype: torch.dtype = torch.float32,
-    progress: Progress | None = None,
+    progress: StageProgress | None = None,
     model_hash: str | None = None,
     *,
     on_written: Callable[[int], None] | None = None,
@@ -149,7 +148,7 @@ def _block_count(cfg: ModelConfig, rank: int) -> int:
 
 
 def _write_ranks(
-    job: _Job, progress: Progress | None, on_written: Callable[[int], None] | None
+    job: _Job, progress: StageProgress | None, on_written: Callable[[int], None] | None
 ) -> dict[int, Manifest]:
     tmp = {r: tmp_rank_dir(job.root, r) for r in job.todo}
     infos: dict[int, list[BlockInfo]] = {r: [] for r in job.todo}

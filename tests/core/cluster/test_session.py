@@ -59,7 +59,10 @@ def test_remote_ranks_match_local_then_survive_a_killed_worker(tiny, reference, 
             rows = s.device_status()
             assert [r.name for r in rows] == ["This device", "w1", "w2"]
             assert rows[1].role == "worker" and rows[1].resident_blocks > 0
-            assert time.sleep(1.5) or s.device_status()[1].rtt_ms is not None
+            deadline = time.monotonic() + 10  # the heartbeat's first pong
+            while s.device_status()[1].rtt_ms is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert s.device_status()[1].rtt_ms is not None
 
             t_kill = []
 

@@ -120,7 +120,10 @@ def test_duplicate_rank_is_refused():
 
     waiter = threading.Thread(target=wait_ready)
     waiter.start()
-    time.sleep(0.5)  # rank 0 admits the first rank 1 before the second one even exists
+    deadline = time.monotonic() + 5  # rank 0 admits the first rank 1 before the second exists
+    while 1 not in m._p.ident_of and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert 1 in m._p.ident_of
     th = threading.Thread(target=second_rank_1)
     th.start()
     waiter.join()

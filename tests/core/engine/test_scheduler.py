@@ -73,7 +73,10 @@ def test_prefetch_overlaps_compute():
     s = MemoryScheduler(ORDER, loader, 2)
     try:
         s.acquire(ORDER[0])
-        time.sleep(0.2)  # compute; the prefetcher should bring b1 in meanwhile
+        # 'computing' b0 (it is never released here): the prefetcher brings b1 in meanwhile
+        deadline = time.monotonic() + 5
+        while s.resident()[0] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert s.resident()[0] == 2
         s.release(ORDER[0])
     finally:
