@@ -4,6 +4,10 @@ The database lives in platformdirs' user data dir for "tpi-chat", or in the fold
 the environment variable `TPI_CHAT_DATA` (tests point it at a temp dir). Every write is its
 own transaction, so killing the app loses at most the tokens streamed since the last update
 of the assistant message row.
+
+The schema is versioned (`PRAGMA user_version`) and upgraded at open by the steps in
+`app.store_migrations`; opening raises `StoreError` (with a message for the user) when the
+file comes from a newer app or an upgrade step fails.
 """
 
 from __future__ import annotations
@@ -15,32 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The errors are re-exported so the app can catch them from here (`except StoreError`).
+from app.store_migrations import MigrationError as MigrationError
+from app.store_migrations import NewerSchemaError as NewerSchemaError
+from app.store_migrations import StoreError as StoreError
+from app.store_migrations import check_not_newer, migrate
 from core.cluster.identity import DATA_ENV_VAR, default_data_dir
 
 ENV_VAR = DATA_ENV_VAR
 DB_NAME = "chats.sqlite3"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    title TEXT NOT NULL,
-    system_prompt TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-    role TEXT NOT NULL,
-    content TEXT NOT NULL,
-    position INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, position);
-CREATE TABLE IF NOT EXISTS settings (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
 
 
 def data_dir() -> Path:
@@ -77,12 +64,19 @@ class Store:
     """All persistent state of the app. Used from the GUI thread only."""
 
     def __init__(self, path: str | Path | None = None):
+        """Open (creating or upgrading) the database; raises `StoreError` if it cannot."""
         self.path = Path(path) if path else data_dir() / DB_NAME
+        # Before connecting read-write: even setting WAL mode would write to a newer file.
+        check_not_newer(self.path)
         self.db = sqlite3.connect(str(self.path), isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(_SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            migrate(self.db, self.path)
+        except BaseException:
+            self.db.close()  # do not keep the file open (or locked, on Windows) after failing
+            raise
 
     def close(self) -> None:
         self.db.close()
