@@ -19,9 +19,9 @@ under that device's name.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +37,8 @@ from core.errors import TpiError
 from core.progress import DeviceStage
 
 STATS_INTERVAL_S = 1.0
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 
@@ -155,6 +157,7 @@ class EngineWorker(QObject):
         self._timer: QTimer | None = None
         self._remote: list[WorkerSpec] = []
         self._load_id = 0  # status rows of a closed session must not reach the panel
+        self._stats_error: str | None = None  # the last stats failure logged (not repeats)
         #: thread ids that ran generate / a forward step (tests assert the GUI thread is absent)
         self.torch_thread_ids: set[int] = set()
 
@@ -188,6 +191,8 @@ class EngineWorker(QObject):
     @Slot()
     def start(self) -> None:
         """Start the once-a-second stats timer (called when the thread starts)."""
+        # Python sees a QThread as "Dummy-N": give the log's thread column the Qt name
+        threading.current_thread().name = QThread.currentThread().objectName() or "engine"
         self._timer = QTimer(self)
         self._timer.setInterval(int(STATS_INTERVAL_S * 1000))
         self._timer.timeout.connect(self._emit_stats)
@@ -217,17 +222,20 @@ class EngineWorker(QObject):
 
         remote = self.remote_devices()
         extra = dict(devices=remote, on_status=on_status) if remote else {}
+        what = model or "the default model"
         try:
             self._record_thread()
             loaded = self._loader(model, opts, progress, **extra)
         except LoadCancelled:
+            log.info("Loading %s was cancelled", what)
             self.load_cancelled.emit()
             return
-        except TpiError as e:
+        except TpiError as e:  # worded for the user, who sees it: no traceback needed
+            log.warning("Loading %s failed: %s", what, e)
             self.load_failed.emit(str(e))
             return
         except Exception as e:  # a bug, but the app must survive it
-            traceback.print_exc()
+            log.exception("Loading %s failed unexpectedly", what)
             self.load_failed.emit(f"Loading the model failed: {e}")
             return
         if self._is_cancelled(seq):
@@ -242,6 +250,7 @@ class EngineWorker(QObject):
 
             runner = _RecordingRunner(loaded.runner, self._record_thread)
             self._session = ChatSession(loaded.tokenizer, runner)
+        log.info("Loaded %s (%s) on %d ranks", loaded.name, what, loaded.world_size)
         self.ready.emit(loaded.name, loaded.world_size)
         self._emit_stats(force=True)
 
@@ -271,6 +280,7 @@ class EngineWorker(QObject):
         try:
             reply = session.send(messages[-1]["content"], params, on_text, self._stop.is_set)
         except TpiError as e:
+            log.warning("The reply failed: %s", e)
             self._busy = False
             text = str(e)
             self.failed.emit(text[:1].upper() + text[1:])  # a sentence for the chat
@@ -278,7 +288,7 @@ class EngineWorker(QObject):
             self._emit_stats(force=True)  # e.g. the device that dropped out, now offline
             return
         except Exception as e:
-            traceback.print_exc()
+            log.exception("The reply failed unexpectedly")
             self._busy = False
             self.failed.emit(f"The reply failed: {e}")
             return
@@ -309,8 +319,8 @@ class EngineWorker(QObject):
         if model is not None:
             try:
                 model.close()
-            except Exception:
-                traceback.print_exc()
+            except Exception:  # the next model loads regardless
+                log.exception("Closing the model %s failed", model.name)
 
     def _recover(self) -> None:
         m = self._model
@@ -319,7 +329,7 @@ class EngineWorker(QObject):
         try:
             m.recover()
         except Exception:  # the next message tries again, and says why if it fails
-            traceback.print_exc()
+            log.exception("Re-planning over the devices still answering failed")
         self._check_world_size()
 
     def _check_world_size(self) -> None:
@@ -342,6 +352,18 @@ class EngineWorker(QObject):
                 devices: list[DeviceStatus] = m.device_status()
             else:
                 devices = local_rows(m.rank_stats(), self._busy, self._last_tps)
-        except Exception:
+        except Exception as e:  # the panel keeps its last rows; the timer tries again
+            self._log_stats_error(e)
             return
+        self._stats_error = None
         self.stats.emit(devices)
+
+    def _log_stats_error(self, e: Exception) -> None:
+        """Log a failure to read the device rows once, not every second it repeats."""
+        text = f"{type(e).__name__}: {e}"
+        if text != self._stats_error:
+            self._stats_error = text
+            log.warning("Reading the devices' status failed (repeats are not logged)",
+                        exc_info=e)
+        else:
+            log.debug("Reading the devices' status failed again: %s", text)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.engine_host import EngineHost
+from app.logs import setup_logging
 from app.main_window import MainWindow
-from app.store import Store
+from app.store import Store, StoreError
 from app.theme import app_icon, theme
+
+log = logging.getLogger(__name__)
 
 
 def create_app(argv: list[str] | None = None) -> QApplication:
@@ -28,8 +32,14 @@ def create_app(argv: list[str] | None = None) -> QApplication:
 
 def main() -> int:
     """Run the app until its window closes; returns the exit code."""
+    setup_logging()  # first: a failure while starting belongs in the log file too
     app = create_app()
-    store = Store()
+    try:
+        store = Store()
+    except StoreError as e:  # e.g. chats written by a newer TPI Chat: say so, touch nothing
+        log.error("cannot open the chat database: %s", e)
+        QMessageBox.critical(None, "TPI Chat", str(e))
+        return 1
     engine = EngineHost()
     window = MainWindow(store, engine)
     window.show()
@@ -38,6 +48,7 @@ def main() -> int:
     finally:
         engine.shutdown()
         store.close()
+        log.info("TPI Chat closed")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@ engine thread (EngineHost)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import shiboken6
-from PySide6.QtCore import QByteArray, Qt, QTimer
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
+from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
     QMainWindow,
@@ -29,16 +30,25 @@ from app.devices_panel import DevicesPanel
 from app.engine_host import EngineHost
 from app.engine_worker import ReplyStats
 from app.input_box import InputBox
+from app.logs import log_dir
+from app.settings_keys import (
+    GEOMETRY,
+    MAX_LOCAL_RANKS,
+    MODEL,
+    PANEL_VISIBLE,
+    RANKS,
+    SAMPLING,
+    WINDOW,
+)
 from app.settings_panel import SettingsPanel
 from app.status_bar import StatusBar
 from app.store import Store, data_dir
 from app.theme import app_icon
-from app.window_setting import DEFAULT as DEFAULT_WINDOW
 from app.window_setting import window_option
 from core.cluster.open_model import DEFAULT_MODEL_NAME
 from core.engine.options import RunOptions
 
-MAX_LOCAL_RANKS = 4
+log = logging.getLogger(__name__)
 
 
 class MainWindow(QMainWindow):
@@ -98,7 +108,7 @@ class MainWindow(QMainWindow):
         self.refresh_conversations()
         ids = self.conversations.ids()
         self.open_conversation(ids[0] if ids else None)
-        self.model_path: str | None = store.get_setting("model", None)
+        self.model_path: str | None = MODEL.get(store)
         if autoload:
             self.load_model(self.model_path)
         self.composer.focus()
@@ -116,7 +126,7 @@ class MainWindow(QMainWindow):
         self.controller.reply_finished.connect(self._reply_finished)
         self.controller.busy_changed.connect(self._busy_changed)
         self.settings.system_prompt_changed.connect(self._system_prompt_changed)
-        self.settings.params_changed.connect(lambda p: self.store.set_setting("sampling", p))
+        self.settings.params_changed.connect(lambda p: SAMPLING.set(self.store, p))
         self.settings.window_changed.connect(self.set_memory_window)
         w = self.engine.worker
         w.loading_progress.connect(self.status.show_progress)
@@ -198,18 +208,21 @@ class MainWindow(QMainWindow):
         self._action(v, "Devices", lambda: self._show_tab(1), "Ctrl+D")
 
         h = mb.addMenu("&Help")
+        self.log_folder_action = self._action(
+            h, "Open log folder", self.open_log_folder,
+            tip="Show the folder of TPI Chat's log file (to attach to a bug report)")
         self._action(h, "About TPI Chat", self._about)
 
     def _restore_settings(self) -> None:
-        self.settings.set_params(self.store.get_setting("sampling", {}))
-        self.settings.memory_window.set_value(self.store.get_setting("window", DEFAULT_WINDOW))
-        ranks = int(self.store.get_setting("ranks", 1) or 1)
-        self.rank_actions.get(ranks, self.rank_actions[1]).setChecked(True)
+        self.settings.set_params(SAMPLING.get(self.store))
+        self.settings.memory_window.set_value(WINDOW.get(self.store))
+        ranks = RANKS.get(self.store)
+        self.rank_actions[ranks].setChecked(True)
         self.devices.set_local_workers(ranks - 1)
-        geometry = self.store.get_setting("geometry")
-        if geometry:
-            self.restoreGeometry(QByteArray.fromHex(geometry.encode()))
-        if self.store.get_setting("panel_visible", True) is False:
+        geometry = GEOMETRY.get(self.store)
+        if geometry and not self.restoreGeometry(QByteArray.fromHex(geometry.encode())):
+            log.warning("The saved window geometry could not be restored; using the default")
+        if not PANEL_VISIBLE.get(self.store):
             self.panel_action.setChecked(False)
             self.right.hide()
 
@@ -291,13 +304,13 @@ class MainWindow(QMainWindow):
 
     # model ---------------------------------------------------------------------------
     def run_options(self) -> RunOptions:
-        return RunOptions(ranks=int(self.store.get_setting("ranks", 1) or 1),
-                          window=window_option(self.store.get_setting("window", DEFAULT_WINDOW)))
+        return RunOptions(ranks=RANKS.get(self.store),
+                          window=window_option(WINDOW.get(self.store)))
 
     def load_model(self, path: str | None) -> None:
         """Load `path` (None = the default model) in the engine thread."""
         self.model_path = path
-        self.store.set_setting("model", path)
+        MODEL.set(self.store, path)
         self.controller.model_ready(False)
         self.status.model.setText("Loading\u2026")
         self.status.cluster.clear()
@@ -325,14 +338,14 @@ class MainWindow(QMainWindow):
         if n in self.rank_actions:
             self.rank_actions[n].setChecked(True)
         self.devices.set_local_workers(n - 1)
-        if n != int(self.store.get_setting("ranks", 1) or 1):
-            self.store.set_setting("ranks", n)
+        if n != RANKS.get(self.store):
+            RANKS.set(self.store, n)
             self.load_model(self.model_path)
 
     def set_memory_window(self, value: str | int) -> None:
         """Keep "auto", "all" or `value` blocks per rank resident; reloads when it changed."""
-        if value != self.store.get_setting("window", DEFAULT_WINDOW):
-            self.store.set_setting("window", value)
+        if value != WINDOW.get(self.store):
+            WINDOW.set(self.store, value)
             self.load_model(self.model_path)
 
     # devices -------------------------------------------------------------------------
@@ -434,12 +447,24 @@ class MainWindow(QMainWindow):
         visible = not self.right.isVisible()
         self.right.setVisible(visible)
         self.panel_action.setChecked(visible)
-        self.store.set_setting("panel_visible", visible)
+        PANEL_VISIBLE.set(self.store, visible)
 
     def _show_tab(self, index: int) -> None:
         if not self.right.isVisible():
             self._toggle_panel()
         self.right.setCurrentIndex(index)
+
+    def open_log_folder(self) -> Path:
+        """Help -> Open log folder: the folder of the log file in the file manager."""
+        folder = log_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)  # a file manager cannot open a ghost
+        except OSError as e:
+            log.warning("Cannot create the log folder %s: %s", folder, e)
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
+            log.warning("No file manager opened the log folder %s", folder)
+            self.status.note(f"The log folder is {folder}")
+        return folder
 
     def _about(self) -> None:
         QMessageBox.about(self, "About TPI Chat", (
@@ -462,6 +487,6 @@ class MainWindow(QMainWindow):
         s = self.controller.stream
         if s is not None:
             self.store.update_message(s.msg_id, s.text)
-        self.store.set_setting("geometry", bytes(self.saveGeometry().toHex()).decode())
+        GEOMETRY.set(self.store, bytes(self.saveGeometry().toHex()).decode())
         self.engine.shutdown()
         super().closeEvent(event)

@@ -7,7 +7,7 @@ queued connections: `succeeded(object)` or `failed(str)` (a message for the user
 
 from __future__ import annotations
 
-import traceback
+import logging
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
@@ -20,6 +20,8 @@ from core.errors import TpiError
 
 PAIR_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 3.0
+
+log = logging.getLogger(__name__)
 
 
 class JobSignals(QObject):
@@ -39,15 +41,20 @@ class _Job(QRunnable):
         try:
             result = self.work()
         except TpiError as e:  # PairingError, PeerError: already worded for the user
+            log.warning("%s failed: %s", self.describe(), e)
             self.signals.failed.emit(str(e))
         except Exception as e:  # a bug: say so rather than hang the dialog
-            traceback.print_exc()
+            log.exception("%s failed unexpectedly", self.describe())
             self.signals.failed.emit(f"Unexpected error: {e}")
         else:
             self.signals.succeeded.emit(result)
 
     def work(self) -> object:
         raise NotImplementedError
+
+    def describe(self) -> str:
+        """What the job does, for the log (never the pairing code: it is a secret)."""
+        return type(self).__name__
 
     def start(self, pool: QThreadPool | None = None) -> JobSignals:
         """Queue on `pool` (default: the global pool); returns the signals to connect."""
@@ -65,6 +72,9 @@ class PairJob(_Job):
         self.endpoint, self.code, self.data_dir = endpoint, code, data_dir
         self.trust, self.timeout = trust, timeout
 
+    def describe(self) -> str:
+        return f"Pairing with {self.endpoint}"
+
     def work(self) -> object:
         identity = load_or_create(self.data_dir)
         return pair_with(self.endpoint, self.code, identity, self.timeout, trust=self.trust)
@@ -76,6 +86,9 @@ class ProbeJob(_Job):
     def __init__(self, host: str, port: int, timeout: float = PROBE_TIMEOUT_S):
         super().__init__()
         self.host, self.port, self.timeout = host, port, timeout
+
+    def describe(self) -> str:
+        return f"Asking {self.host}:{self.port} who it is"
 
     def work(self) -> object:
         return probe_manual(self.host, self.port, self.timeout)

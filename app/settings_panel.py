@@ -3,6 +3,7 @@ window (a load setting: changing it reloads the model)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, replace
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -26,6 +27,8 @@ from core.engine.sampler import SamplingParams
 DEFAULT_PARAMS = SamplingParams(temperature=0.0, top_p=0.9)
 
 SAVE_DELAY_MS = 400
+
+log = logging.getLogger(__name__)
 
 
 def _double(lo: float, hi: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
@@ -133,7 +136,9 @@ class SettingsPanel(QWidget):
             try:
                 params = replace(DEFAULT_PARAMS,
                                  **{k: v for k, v in params.items() if k in known})
-            except (TypeError, ValueError):
+            except (TypeError, ValueError) as e:  # e.g. a top-p of 0 saved by hand
+                log.warning("Saved sampling parameters are not valid (%s); using the "
+                            "defaults", e)
                 params = DEFAULT_PARAMS
         self._loading = True
         try:

@@ -1,8 +1,9 @@
 """The "Memory window" setting: how many layer blocks each rank keeps in memory.
 
 Auto (default) fits each device's window to its memory budget (core.engine.auto_window);
-All keeps the whole share resident; N blocks streams the rest from disk. Stored as the
-setting "window": "auto", "all" or a number; `window_option` turns it into RunOptions.window.
+All keeps the whole share resident; N blocks streams the rest from disk. Saved as
+app.settings_keys.WINDOW ("auto", "all" or a number); `window_option` turns it into
+RunOptions.window.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 from PySide6.QtCore import QSignalBlocker, QTimer, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QSpinBox, QWidget
 
+from app.settings_keys import WINDOW
 from core.engine.options import Window
 
-DEFAULT = "auto"
+DEFAULT = WINDOW.default
 MAX_BLOCKS = 4096
 SETTLE_MS = 800  # a block count is applied once the arrows/wheel rest this long
 _CHOICES = [("Auto", "auto"), ("All in memory", "all"), ("N blocks", "blocks")]

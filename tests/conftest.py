@@ -11,6 +11,7 @@ import pytest
 def _session_env(tmp_path_factory):
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ["TPI_CHAT_LOGS"] = str(tmp_path_factory.mktemp("tpi-logs"))  # never the user's
     # Keep an explicit TPI_CHAT_CACHE (CI points it at a reusable dir); else a fresh one.
     if "TPI_CHAT_CACHE" not in os.environ:
         os.environ["TPI_CHAT_CACHE"] = str(tmp_path_factory.mktemp("tpi-cache"))

@@ -1,0 +1,146 @@
+"""The app's saved settings, each declared once: key, type, default and how to read it back.
+
+Values live as JSON in the Store's settings table, under the key names and in the formats
+earlier versions wrote, so a user's settings survive an update. Each `Setting.parse` turns
+whatever is stored (possibly garbage from an older version or a hand edit) into a valid
+value, or raises TypeError/ValueError; `Setting.get` then logs that and returns the
+default. The legacy "devices" key is not here: app.device_roster moves it to devices.json.
+
+    ranks = RANKS.get(store)   # an int in 1..MAX_LOCAL_RANKS, whatever the database holds
+    RANKS.set(store, 3)
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+MAX_LOCAL_RANKS = 4  # ranks on this computer: rank 0 + up to 3 worker processes
+WINDOW_AUTO, WINDOW_ALL = "auto", "all"
+
+# SamplingParams' fields as stored (asdict), with the JSON types each may hold.
+SAMPLING_FIELDS: dict[str, tuple[type, ...]] = {
+    "temperature": (float, int), "top_k": (int,), "top_p": (float, int),
+    "repetition_penalty": (float, int), "seed": (int, type(None)), "max_new_tokens": (int,),
+}
+
+
+class SettingsStore(Protocol):
+    """The part of app.store.Store a Setting uses."""
+
+    def get_setting(self, key: str, default: Any = None) -> Any: ...
+
+    def set_setting(self, key: str, value: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One saved setting: its stored `key`, its `default` and its `parse`/validate."""
+
+    key: str
+    default: T
+    parse: Callable[[Any], T]  # a stored value -> a valid T; raises TypeError/ValueError
+    doc: str = ""
+
+    def get(self, store: SettingsStore) -> T:
+        """The saved value, or the default when none is saved or it is not valid."""
+        raw = store.get_setting(self.key, self.default)
+        try:
+            return self.parse(raw)
+        except (TypeError, ValueError) as e:
+            log.warning("Setting %r: ignoring the saved value %.200r (%s); using %r",
+                        self.key, raw, e, self.default)
+            return self.parse(self.default)  # a fresh copy when the default is mutable
+
+    def set(self, store: SettingsStore, value: T) -> None:
+        """Save `value`; an invalid one raises here (a bug) rather than saving garbage."""
+        store.set_setting(self.key, self.parse(value))
+
+
+# parsers: the stored format of every key is that of earlier versions ---------------------
+def _no_bool(value: Any) -> Any:
+    """JSON true/false are ints to Python: refuse them where a number is expected."""
+    if isinstance(value, bool):
+        raise TypeError(f"expected a number, not {value!r}")
+    return value
+
+
+def parse_model(value: Any) -> str | None:
+    """A model folder, GGUF file or hub id; None means the default model."""
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected a path or None, not {type(value).__name__}")
+
+
+def parse_sampling(value: Any) -> dict[str, Any]:
+    """SamplingParams as a dict, keeping only known fields of the right JSON type.
+
+    Ranges are checked where the dict becomes SamplingParams (SettingsPanel.set_params):
+    a field dropped here falls back to the panel's default for it alone.
+    """
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a dict, not {type(value).__name__}")
+    return {k: v for k, v in value.items() if k in SAMPLING_FIELDS
+            and not isinstance(v, bool) and isinstance(v, SAMPLING_FIELDS[k])}
+
+
+def parse_window(value: Any) -> str | int:
+    """The memory window: "auto", "all" or a block count of at least 1."""
+    if value in (WINDOW_AUTO, WINDOW_ALL):
+        return value
+    if isinstance(_no_bool(value), int) and value >= 1:
+        return value
+    raise ValueError("expected 'auto', 'all' or a block count of at least 1")
+
+
+def parse_ranks(value: Any) -> int:
+    """Ranks on this computer, 1..MAX_LOCAL_RANKS (a digit string, as int() read it, too)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(_no_bool(value), int):
+        raise TypeError(f"expected a whole number, not {type(value).__name__}")
+    if not 1 <= value <= MAX_LOCAL_RANKS:
+        raise ValueError(f"expected 1 to {MAX_LOCAL_RANKS} ranks")
+    return value
+
+
+def parse_geometry(value: Any) -> str | None:
+    """QWidget.saveGeometry() as hex text; None (or "") when never saved."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected hex text, not {type(value).__name__}")
+    if len(value) % 2 or not set(value) <= set(string.hexdigits):
+        raise ValueError("expected hex text")
+    return value
+
+
+def parse_flag(value: Any) -> bool:
+    """A checkbox-like setting: JSON true or false only."""
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, not {value!r}")
+    return value
+
+
+# the settings --------------------------------------------------------------------------
+MODEL: Setting[str | None] = Setting(
+    "model", None, parse_model, "The last model loaded (None: the default model).")
+SAMPLING: Setting[dict[str, Any]] = Setting(
+    "sampling", {}, parse_sampling, "Sampling parameters (SamplingParams as a dict).")
+WINDOW: Setting[str | int] = Setting(
+    "window", WINDOW_AUTO, parse_window, "Layer blocks each rank keeps in memory.")
+RANKS: Setting[int] = Setting(
+    "ranks", 1, parse_ranks, "Ranks run on this computer (Model -> Local ranks).")
+GEOMETRY: Setting[str | None] = Setting(
+    "geometry", None, parse_geometry, "The main window's size and place.")
+PANEL_VISIBLE: Setting[bool] = Setting(
+    "panel_visible", True, parse_flag, "Whether the side panel (View -> Show) is shown.")
+
+ALL: tuple[Setting[Any], ...] = (MODEL, SAMPLING, WINDOW, RANKS, GEOMETRY, PANEL_VISIBLE)
