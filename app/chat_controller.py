@@ -117,20 +117,16 @@ class ChatController(QObject):
         if conv is None or not history or history[-1]["role"] != "user":
             return
         if not self.ready and self.load_error:  # nothing is loading: say so, never wait
-            self.view.begin_stream()
-            self.view.end_stream("", error=f"No model is loaded ({self.load_error}). Load "
-                                 "one from the Model menu, then Regenerate.")
+            self.view.fail_stream("", f"No model is loaded ({self.load_error}). Load one "
+                                  "from the Model menu, then Regenerate.")
             return
         if not self.ready:
             self.queued = True
-            self.view.begin_stream()
-            self.view.streaming.typing.setText("Waiting for the model to load\u2026")
+            self.view.show_status("Waiting for the model to load\u2026")
             self.composer.set_busy(True)
             return
         self.queued = False
-        if self.view.streaming is None:
-            self.view.begin_stream()
-        self.view.streaming.typing.setText("Thinking\u2026")
+        self.view.show_status("Thinking\u2026")
         msg_id = self.store.add_message(self.conv_id, "assistant", "")
         self.stream = _Stream(self.conv_id, msg_id, saved_at=time.monotonic())
         self.composer.set_busy(True)
@@ -240,8 +236,6 @@ class ChatController(QObject):
             else:
                 self.store.delete_message(s.msg_id)
         if s is None or s.conv_id == self.conv_id:
-            if self.view.streaming is None:
-                self.view.begin_stream()
-            self.view.end_stream(s.text if s else "", error=message)
+            self.view.fail_stream(s.text if s else "", message)
         self.composer.set_busy(False)
         self.busy_changed.emit(False)

@@ -130,6 +130,18 @@ class ChatView(QScrollArea):
         self.scroll_to_bottom()
         return w
 
+    def show_status(self, text: str) -> None:
+        """A reply on its way: its bubble (made if needed) says `text` until tokens come."""
+        if self.streaming is None:
+            self.begin_stream()
+        self.streaming.set_status(text)
+
+    def fail_stream(self, partial: str, error: str) -> None:
+        """End the reply in progress (or a new, empty one) with `error` under `partial`."""
+        if self.streaming is None:
+            self.begin_stream()
+        self.end_stream(partial, error=error)
+
     def append_token(self, piece: str) -> None:
         if self.streaming is None:
             return
@@ -150,9 +162,6 @@ class ChatView(QScrollArea):
         w.set_error(error)
         self.streaming = None
         self._update_last()
-
-    def streaming_text(self) -> str:
-        return (self.streaming.text() + self._pending) if self.streaming else ""
 
     def _render(self) -> None:
         if self.streaming is not None and self._pending:

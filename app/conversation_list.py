@@ -138,10 +138,6 @@ class ConversationList(QWidget):
             finally:
                 self._loading = False
 
-    def current_id(self) -> int | None:
-        index = self.view.currentIndex()
-        return int(index.data(ID_ROLE)) if index.isValid() else None
-
     def start_rename(self, conv_id: int) -> None:
         index = self._proxy_index(conv_id)
         if index.isValid():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, QThread, Signal
 
 from app.engine_worker import EngineWorker, Loader, default_loader
+from core.cluster.worker_spec import WorkerSpec
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 
@@ -43,6 +44,10 @@ class EngineHost(QObject):
     def cancel_load(self) -> None:
         """Stop waiting for the current load: its result is discarded."""
         self.worker.cancel_load(self._load_seq)
+
+    def set_remote_devices(self, specs: list[WorkerSpec]) -> None:
+        """The paired devices the next load may use (thread-safe, never waits)."""
+        self.worker.set_remote_devices(specs)
 
     def send(self, messages: list[dict], system: str, params: SamplingParams) -> None:
         self._send_requested.emit(messages, system, params)

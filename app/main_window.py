@@ -404,7 +404,7 @@ class MainWindow(QMainWindow):
 
     def _roster_changed(self) -> None:
         self.devices.set_enrolled(self.roster.devices())
-        self.engine.worker.set_remote_devices(self.roster.worker_specs())
+        self.engine.set_remote_devices(self.roster.worker_specs())
 
     def _model_ready(self, name: str, world_size: int) -> None:
         self.status.set_loading(False, "Ready")

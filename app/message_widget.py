@@ -104,7 +104,7 @@ class MessageWidget(QWidget):
         self.content = QVBoxLayout()
         self.content.setSpacing(8)
         col.addLayout(self.content)
-        self.typing = QLabel("Thinking\u2026", self)
+        self.typing = QLabel("Thinking\u2026", self)  # what a reply on its way is doing
         self.typing.setObjectName("Muted")
         self.typing.hide()
         col.addWidget(self.typing)
@@ -167,6 +167,10 @@ class MessageWidget(QWidget):
             self.content.removeWidget(w)
             w.deleteLater()
         del self._blocks[len(blocks):]
+
+    def set_status(self, text: str) -> None:
+        """What the reply is doing before its first token ("Thinking…")."""
+        self.typing.setText(text)
 
     def set_streaming(self, streaming: bool) -> None:
         self._streaming = streaming

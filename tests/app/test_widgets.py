@@ -66,3 +66,21 @@ def test_enter_sends_and_shift_enter_adds_a_line(qtbot, themed):
     assert sent == ["line one\nline two"]  # no sending while a reply streams
     qtbot.keyClick(box.editor, Qt.Key.Key_Escape)
     assert stops == [True]
+
+
+def test_chat_view_says_what_a_reply_on_its_way_is_doing(qtbot, themed):
+    """The controller talks to the chat view through its methods, not to its bubbles."""
+    from app.chat_view import ChatView
+
+    view = ChatView()
+    qtbot.addWidget(view)
+    view.show_status("Waiting for the model to load\u2026")
+    bubble = view.streaming
+    assert bubble is not None and bubble.typing.text().startswith("Waiting")
+    view.show_status("Thinking\u2026")
+    assert view.streaming is bubble and bubble.typing.text() == "Thinking\u2026"
+    view.fail_stream("partial", "device 'x' stopped answering")
+    assert view.streaming is None
+    assert bubble.text() == "partial" and "stopped answering" in bubble.error_label.text()
+    view.fail_stream("", "No model is loaded")  # no reply in progress: a new bubble says it
+    assert view.messages[-1] is not bubble and "No model" in view.messages[-1].error_label.text()
