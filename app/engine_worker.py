@@ -34,13 +34,13 @@ from core.cluster.worker_spec import WorkerSpec
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from core.errors import TpiError
-from core.progress import DeviceStage
+from core.progress import DeviceStage, Progress
 
 STATS_INTERVAL_S = 1.0
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
+
 
 
 class SessionLike(Protocol):
