@@ -3,8 +3,9 @@
 One executable is everything: no arguments starts the app, `tpi-chat rank ...` is a local
 worker rank (see core.engine.rank_host.rank_command), `tpi-chat --self-test` checks the
 bundle. freeze_support() must run first so a multiprocessing child never starts the app.
-A bundle always ships the GUI, so with no arguments it starts the GUI directly: the
-terminal-chat fallback of `app.launch` would be invisible when launched from a menu.
+With no arguments it starts through `app.launch`, like `tpi-chat` from a venv: missing
+system libraries for Qt are named with the install command (terminal and notification)
+instead of Qt aborting; from a menu (no terminal) that ends with exit status 1.
 """
 
 import multiprocessing
@@ -13,9 +14,9 @@ import sys
 if __name__ == "__main__":
     multiprocessing.freeze_support()
     if len(sys.argv) == 1:
-        from app.main import main as app_main
+        from app.launch import main as launch_main
 
-        sys.exit(app_main())
+        sys.exit(launch_main([]))
     from core.cli import main
 
     sys.exit(main())
