@@ -8,10 +8,10 @@ import sys
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from app.engine_host import EngineHost
+from app.engine.host import EngineHost
 from app.logs import setup_logging
 from app.main_window import MainWindow
-from app.store import Store, StoreError
+from app.store.db import Store, StoreError
 from app.theme import app_icon, theme
 
 log = logging.getLogger(__name__)

@@ -20,18 +20,22 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.add_device_dialog import AddDeviceDialog
-from app.chat_controller import ChatController
-from app.chat_view import ChatView
-from app.conversation_list import ConversationList
-from app.device_roster import DeviceRoster
-from app.device_watch import DeviceWatch
-from app.devices_panel import DevicesPanel
-from app.engine_host import EngineHost
-from app.engine_worker import ReplyStats
-from app.input_box import InputBox
+from app.chat.controller import ChatController
+from app.chat.conversation_list import ConversationList
+from app.chat.input_box import InputBox
+from app.chat.view import ChatView
+from app.devices.add_dialog import AddDeviceDialog
+from app.devices.panel import DevicesPanel
+from app.devices.roster import DeviceRoster
+from app.devices.watch import DeviceWatch
+from app.engine.host import EngineHost
+from app.engine.worker import ReplyStats
 from app.logs import log_dir
-from app.settings_keys import (
+from app.settings.panel import SettingsPanel
+from app.settings.window_setting import window_option
+from app.status_bar import StatusBar
+from app.store.db import Store, data_dir
+from app.store.settings_keys import (
     GEOMETRY,
     MAX_LOCAL_RANKS,
     MODEL,
@@ -40,11 +44,7 @@ from app.settings_keys import (
     SAMPLING,
     WINDOW,
 )
-from app.settings_panel import SettingsPanel
-from app.status_bar import StatusBar
-from app.store import Store, data_dir
 from app.theme import app_icon
-from app.window_setting import window_option
 from core.cluster.open_model import DEFAULT_MODEL_NAME
 from core.engine.options import RunOptions
 

@@ -51,7 +51,7 @@ share of the weights."""
 
 def fake_loader(model, opts, progress):
     """A LoadedModel whose session replies with a fixed text (the engine is not needed)."""
-    from app.engine_worker import LoadedModel
+    from app.engine.worker import LoadedModel
 
     class Session:
         system = None
@@ -162,9 +162,9 @@ def live_add_device_shot(app, w, out: Path, devices: Devices) -> None:
 
 def live_main_window_shots(app, outs: dict[str, Path], dialog_out: Path) -> None:
     """Pair real worker processes, load the default model over them, ask LIVE_QUESTIONS."""
-    from app.engine_host import EngineHost
+    from app.engine.host import EngineHost
     from app.main_window import MainWindow
-    from app.store import Store
+    from app.store.db import Store
     from app.theme import theme
     from tests.app.worker_process import enroll_in_app
 
@@ -210,9 +210,9 @@ def live_main_window_shots(app, outs: dict[str, Path], dialog_out: Path) -> None
 
 
 def main_window_shot(app, mode: str, out: Path) -> None:
-    from app.engine_host import EngineHost
+    from app.engine.host import EngineHost
     from app.main_window import MainWindow
-    from app.store import Store
+    from app.store.db import Store
     from app.theme import theme
 
     theme().apply(app, mode)
@@ -247,9 +247,9 @@ def main_window_shot(app, mode: str, out: Path) -> None:
 
 
 def add_device_shot(app, out: Path) -> None:
-    from app.add_device_dialog import AddDeviceDialog
-    from app.device_roster import DeviceRoster
-    from app.store import Store
+    from app.devices.add_dialog import AddDeviceDialog
+    from app.devices.roster import DeviceRoster
+    from app.store.db import Store
     from app.theme import theme
 
     theme().apply(app, "dark")

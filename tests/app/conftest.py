@@ -27,9 +27,9 @@ def themed(qapp):
 
 def open_window(qtbot, loader, db_path=None, wait_ready=True, **settings):
     """A MainWindow on a fresh (or the given) database, driven by `loader`."""
-    from app.engine_host import EngineHost
+    from app.engine.host import EngineHost
     from app.main_window import MainWindow
-    from app.store import Store
+    from app.store.db import Store
 
     store = Store(db_path) if db_path else Store()
     for key, value in settings.items():

@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from app.engine_worker import LoadedModel
+from app.engine.worker import LoadedModel
 from core.engine.chat import Reply
 from core.engine.generate import GenerationResult
 from core.engine.options import RunOptions

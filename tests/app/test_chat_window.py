@@ -7,7 +7,7 @@ import threading
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
-from app.code_block import CodeBlock
+from app.chat.code_block import CodeBlock
 from core.progress import DeviceStage
 from tests.app.conftest import close_window, open_window, send
 from tests.app.fake_engine import FakeLoader

@@ -114,7 +114,7 @@ def test_a_failing_load_is_logged_with_its_traceback(qtbot, app_log, monkeypatch
     qtbot.waitUntil(lambda: bool(shown), timeout=10000)
     assert shown == ["Loading the model failed: the disk caught fire"]  # as before
     text = read_log(app_log)
-    assert ("ERROR [tpi-engine] app.engine_worker: Loading the default model failed "
+    assert ("ERROR [tpi-engine] app.engine.worker: Loading the default model failed "
             "unexpectedly") in text
     assert "Traceback (most recent call last):" in text
     assert 'in __call__\n    raise Exception("the disk caught fire")' in text

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 
-from app.devices_panel import SPARK_SAMPLES, DevicesPanel
-from app.input_box import InputBox
+from app.chat.input_box import InputBox
+from app.devices.panel import SPARK_SAMPLES, DevicesPanel
 from app.theme import style_sheet, theme
 from core.cluster.device_status import DeviceStatus, local_rows
 from tests.app.fake_engine import fake_rank_stats
@@ -70,7 +70,7 @@ def test_enter_sends_and_shift_enter_adds_a_line(qtbot, themed):
 
 def test_chat_view_says_what_a_reply_on_its_way_is_doing(qtbot, themed):
     """The controller talks to the chat view through its methods, not to its bubbles."""
-    from app.chat_view import ChatView
+    from app.chat.view import ChatView
 
     view = ChatView()
     qtbot.addWidget(view)

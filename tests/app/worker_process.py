@@ -9,10 +9,10 @@ __all__ = ["WorkerProcess", "enroll_in_app"]
 
 
 def enroll_in_app(worker: WorkerProcess, memory_budget: int) -> str:
-    """Pair this process's app identity (app.store.data_dir()) with the worker using its
+    """Pair this process's app identity (app.store.db.data_dir()) with the worker using its
     printed code and enroll it in the app's roster; returns the worker's name."""
-    from app.device_roster import DeviceRoster
-    from app.store import Store, data_dir
+    from app.devices.roster import DeviceRoster
+    from app.store.db import Store, data_dir
     from core.cluster.discovery import probe_manual
     from core.cluster.identity import load_or_create
     from core.cluster.pairing import pair_with

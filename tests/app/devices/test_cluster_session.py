@@ -14,9 +14,9 @@ import uuid
 import pytest
 from PySide6.QtCore import Qt
 
-from app.device_roster import GB, DeviceRoster
-from app.engine_worker import default_loader
-from app.store import Store, data_dir
+from app.devices.roster import GB, DeviceRoster
+from app.engine.worker import default_loader
+from app.store.db import Store, data_dir
 from tests.app.conftest import close_window, open_window, send
 from tests.app.thread_guard import GuiThreadGuard
 from tests.app.worker_process import enroll_in_app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.device_roster import SETTINGS_KEY, DeviceRoster
+from app.devices.roster import SETTINGS_KEY, DeviceRoster
 from core.cluster.roster import Roster
 from core.cluster.trust import TrustedPeer
 from core.comm.curve import Keys

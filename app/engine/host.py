@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, QThread, Signal
 
-from app.engine_worker import EngineWorker, Loader, default_loader
+from app.engine.worker import EngineWorker, Loader, default_loader
 from core.cluster.worker_spec import WorkerSpec
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams

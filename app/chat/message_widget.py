@@ -17,9 +17,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.code_block import CodeBlock
-from app.markdown_blocks import split_blocks
-from app.markdown_view import MarkdownView
+from app.chat.code_block import CodeBlock
+from app.chat.markdown_blocks import split_blocks
+from app.chat.markdown_view import MarkdownView
 from app.theme import app_icon, theme
 
 CURSOR = " \u258d"  # the block cursor shown at the end of a streaming reply

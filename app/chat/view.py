@@ -10,7 +10,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
 
-from app.message_widget import MessageWidget
+from app.chat.message_widget import MessageWidget
 from app.theme import app_icon
 
 RENDER_MS = 40

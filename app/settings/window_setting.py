@@ -2,7 +2,7 @@
 
 Auto (default) fits each device's window to its memory budget (core.engine.auto_window);
 All keeps the whole share resident; N blocks streams the rest from disk. Saved as
-app.settings_keys.WINDOW ("auto", "all" or a number); `window_option` turns it into
+app.store.settings_keys.WINDOW ("auto", "all" or a number); `window_option` turns it into
 RunOptions.window.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from PySide6.QtCore import QSignalBlocker, QTimer, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QSpinBox, QWidget
 
-from app.settings_keys import WINDOW
+from app.store.settings_keys import WINDOW
 from core.engine.options import Window
 
 DEFAULT = WINDOW.default

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from app import store_migrations
-from app.store import MigrationError, NewerSchemaError, Store, StoreError
-from app.store_migrations import (
+from app.store import migrations as store_migrations
+from app.store.db import MigrationError, NewerSchemaError, Store, StoreError
+from app.store.migrations import (
     MIGRATIONS,
     Migration,
     latest_version,
@@ -54,7 +54,7 @@ def test_default_location_follows_env(tmp_path, monkeypatch):
 # Schema versions and migrations ------------------------------------------------------------
 
 # The schema every release before versioning created, copied here on purpose rather than
-# imported: if app.store_migrations.SCHEMA_V1 is ever edited, these tests still start from
+# imported: if app.store.migrations.SCHEMA_V1 is ever edited, these tests still start from
 # what real users' files contain.
 FROZEN_V1_SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (

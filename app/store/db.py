@@ -6,7 +6,7 @@ own transaction, so killing the app loses at most the tokens streamed since the 
 of the assistant message row.
 
 The schema is versioned (`PRAGMA user_version`) and upgraded at open by the steps in
-`app.store_migrations`; opening raises `StoreError` (with a message for the user) when the
+`app.store.migrations`; opening raises `StoreError` (with a message for the user) when the
 file comes from a newer app or an upgrade step fails.
 """
 
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 # The errors are re-exported so the app can catch them from here (`except StoreError`).
-from app.store_migrations import MigrationError as MigrationError
-from app.store_migrations import NewerSchemaError as NewerSchemaError
-from app.store_migrations import StoreError as StoreError
-from app.store_migrations import check_not_newer, migrate
+from app.store.migrations import MigrationError as MigrationError
+from app.store.migrations import NewerSchemaError as NewerSchemaError
+from app.store.migrations import StoreError as StoreError
+from app.store.migrations import check_not_newer, migrate
 from core.cluster.identity import DATA_ENV_VAR, default_data_dir
 
 ENV_VAR = DATA_ENV_VAR

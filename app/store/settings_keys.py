@@ -4,7 +4,7 @@ Values live as JSON in the Store's settings table, under the key names and in th
 earlier versions wrote, so a user's settings survive an update. Each `Setting.parse` turns
 whatever is stored (possibly garbage from an older version or a hand edit) into a valid
 value, or raises TypeError/ValueError; `Setting.get` then logs that and returns the
-default. The legacy "devices" key is not here: app.device_roster moves it to devices.json.
+default. The legacy "devices" key is not here: app.devices.roster moves it to devices.json.
 
     ranks = RANKS.get(store)   # an int in 1..MAX_LOCAL_RANKS, whatever the database holds
     RANKS.set(store, 3)
@@ -33,7 +33,7 @@ SAMPLING_FIELDS: dict[str, tuple[type, ...]] = {
 
 
 class SettingsStore(Protocol):
-    """The part of app.store.Store a Setting uses."""
+    """The part of app.store.db.Store a Setting uses."""
 
     def get_setting(self, key: str, default: Any = None) -> Any: ...
 

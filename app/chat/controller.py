@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, Signal
 
-from app.chat_view import ChatView
-from app.engine_host import EngineHost
-from app.engine_worker import ReplyStats
-from app.input_box import InputBox
-from app.store import Store
+from app.chat.input_box import InputBox
+from app.chat.view import ChatView
+from app.engine.host import EngineHost
+from app.engine.worker import ReplyStats
+from app.store.db import Store
 from core.engine.sampler import SamplingParams
 
 SAVE_INTERVAL_S = 0.25

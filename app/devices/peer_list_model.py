@@ -2,7 +2,7 @@
 
 Rows are keyed by the mDNS service name ("manual:host:port" for peers found with the
 host:port fallback). `apply(PeerEvent)` adds, updates and removes rows; it must run on the
-GUI thread (see app/peer_browser.py, which marshals zeroconf's callbacks).
+GUI thread (see app/devices/peer_browser.py, which marshals zeroconf's callbacks).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The engine thread: loads a model, owns the ChatSession, streams replies as Qt signals.
 
-`EngineWorker` is a QObject moved to its own QThread (see app/engine_host.py); the GUI
+`EngineWorker` is a QObject moved to its own QThread (see app/engine/host.py); the GUI
 thread never runs torch and never waits on it. Loading goes through a *loader* callable so
 tests can plug in another backend:
 
@@ -97,7 +97,7 @@ def default_loader(model: str | None, opts: RunOptions, progress: Progress,
                    on_status: Callable[[list], None] | None = None) -> LoadedModel:
     """core.cluster.open_model: GGUF import with progress, tokenizer, then a LocalCluster,
     or a cluster Session when `devices` (enrolled workers) are given."""
-    from app.store import data_dir
+    from app.store.db import data_dir
     from core.cluster.open_model import model_display_name, open_model, start_cluster
 
     model_dir, tokenizer = open_model(model, progress)

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.store import Conversation
+from app.store.db import Conversation
 from app.theme import app_icon, theme
 
 ID_ROLE = Qt.ItemDataRole.UserRole + 1

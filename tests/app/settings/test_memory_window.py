@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from app.engine_worker import default_loader
-from app.window_setting import MemoryWindowSetting, window_option
+from app.engine.worker import default_loader
+from app.settings.window_setting import MemoryWindowSetting, window_option
 from tests.app.conftest import close_window, open_window, send
 
 pytestmark = pytest.mark.slow

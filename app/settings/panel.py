@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.window_setting import MemoryWindowSetting
+from app.settings.window_setting import MemoryWindowSetting
 from core.engine.sampler import SamplingParams
 
 # Greedy by default: the embedded SmolLM2-135M (Q4_1) puts "The" and "L" 0.09 logits apart

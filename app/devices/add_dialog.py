@@ -29,10 +29,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.device_roster import GB, DeviceRoster, EnrolledDevice
-from app.pairing_jobs import JobSignals, PairJob, ProbeJob
-from app.peer_browser import PeerBrowser, connect_queued
-from app.peer_list_model import PeerListModel
+from app.devices.pairing_jobs import JobSignals, PairJob, ProbeJob
+from app.devices.peer_browser import PeerBrowser, connect_queued
+from app.devices.peer_list_model import PeerListModel
+from app.devices.roster import GB, DeviceRoster, EnrolledDevice
 from app.theme import theme
 from core.cluster.discovery import PeerEvent
 from core.cluster.pairing import PairedPeer

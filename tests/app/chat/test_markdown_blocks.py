@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.markdown_blocks import split_blocks
+from app.chat.markdown_blocks import split_blocks
 
 
 def test_split_prose_and_code():

@@ -11,8 +11,8 @@ import uuid
 import pytest
 from PySide6.QtCore import Qt
 
-from app.add_device_dialog import default_budget_gb
-from app.device_roster import GB
+from app.devices.add_dialog import default_budget_gb
+from app.devices.roster import GB
 from core.cluster.trust import TrustStore
 from tests.app.conftest import close_window, open_window
 from tests.app.fake_engine import FakeLoader

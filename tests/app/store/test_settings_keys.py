@@ -8,7 +8,8 @@ from dataclasses import asdict
 
 import pytest
 
-from app.settings_keys import (
+from app.store.db import Store
+from app.store.settings_keys import (
     ALL,
     GEOMETRY,
     MODEL,
@@ -19,7 +20,6 @@ from app.settings_keys import (
     WINDOW,
     Setting,
 )
-from app.store import Store
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from tests.app.conftest import close_window, open_window
@@ -99,7 +99,7 @@ def test_values_round_trip_in_todays_format(store, setting: Setting, value):
 def test_garbage_falls_back_to_the_default_and_is_logged(store, caplog, setting: Setting,
                                                          garbage):
     store.set_setting(setting.key, garbage)
-    with caplog.at_level(logging.WARNING, logger="app.settings_keys"):
+    with caplog.at_level(logging.WARNING, logger="app.store.settings_keys"):
         assert setting.get(store) == setting.default
     assert f"Setting {setting.key!r}: ignoring the saved value" in caplog.text
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from PySide6.QtCore import QObject, Signal
 
-from app.device_roster import DeviceRoster
-from app.peer_browser import PeerBrowser, connect_queued
+from app.devices.peer_browser import PeerBrowser, connect_queued
+from app.devices.roster import DeviceRoster
 from core.cluster.discovery import PeerEvent
 
 

@@ -23,7 +23,7 @@ GB = 2**30
 
 
 class SettingsLike(Protocol):
-    """The part of app.store.Store the roster uses (get_setting / set_setting)."""
+    """The part of app.store.db.Store the roster uses (get_setting / set_setting)."""
 
     def get_setting(self, key: str, default: Any = None) -> Any: ...
 

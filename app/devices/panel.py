@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.device_roster import EnrolledDevice
+from app.devices.roster import EnrolledDevice
 from app.theme import theme
 from core.cluster.device_status import DeviceStatus
 

@@ -7,7 +7,7 @@ import threading
 import psutil
 import pytest
 
-from app.engine_worker import default_loader
+from app.engine.worker import default_loader
 from tests.app.conftest import close_window, open_window, send
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,1 @@
+"""The Settings tab: sampling, system prompt, memory window."""
