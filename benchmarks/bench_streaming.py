@@ -51,9 +51,9 @@ def _read_bytes() -> int:
 
 def rank_dir() -> Path:
     """The default model split for 1 rank (fp32), splitting it if needed."""
-    code = ("from core.engine.launcher import LocalCluster; from core.engine.options import "
+    code = ("from core.ranks.local_cluster import LocalCluster; from core.engine.options import "
             "RunOptions; from core.model.model_dir import resolve_model; "
-            "c = LocalCluster(resolve_model(None), RunOptions(ranks=1, window=2)); "
+            "c = LocalCluster(resolve_model(None), RunOptions(ranks=1, window=2)).start(); "
             "print(c.rank_dirs[0]); c.close()")
     out = subprocess.run([PY, "-c", code], check=True, cwd=ROOT, env=bench_env(),
                          stdout=subprocess.PIPE, text=True).stdout

@@ -30,12 +30,13 @@ class Ours:
     """Our engine at 1 rank, all resident, in this process (no CLI start-up in the timing)."""
 
     def __init__(self, model_dir: str, dtype: str | None, threads: int):
-        from core.engine.launcher import LocalCluster
         from core.engine.options import RunOptions
+        from core.ranks.local_cluster import LocalCluster
 
         # no dtype: the default, and the only choice of checkouts older than --dtype
         kw = {"dtype": dtype} if dtype else {}
-        self.cluster = LocalCluster(Path(model_dir), RunOptions(ranks=1, threads=threads, **kw))
+        self.cluster = LocalCluster(Path(model_dir),
+                                    RunOptions(ranks=1, threads=threads, **kw)).start()
         self.pos = 0
 
     def reset(self) -> None:

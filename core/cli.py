@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd is None:  # the window is app/launch.py's business, not core's
             args = build_parser().parse_args(["chat"])
         if args.cmd == "rank":
-            from core.engine.rank_process import main as rank_main
+            from core.ranks.rank_process import main as rank_main
 
             return rank_main(args.control, args.rank, args.curve_stdin)
         if args.cmd == "worker":

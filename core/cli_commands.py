@@ -11,13 +11,13 @@ from core.cluster.open_model import open_model, start_cluster
 from core.cluster.roster import Roster
 from core.cluster.session import Session
 from core.engine.chat import ChatSession
-from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions, parse_window
 from core.engine.sampler import SamplingParams
 from core.errors import PeerError, TpiError
 from core.model.model_dir import resolve_model
 from core.model.tokenizer import ChatTokenizer
 from core.progress import TermProgress
+from core.ranks.local_cluster import LocalCluster
 from core.shard.layout import parse_dtype
 from core.shard.plan import parse_shares
 
@@ -87,7 +87,7 @@ def cmd_generate(args: Namespace) -> int:
     params = _sampling(args)
     cluster, tok = _start(args)
     try:
-        session = ChatSession(tok, cluster.runner, system=args.system)
+        session = ChatSession(tok, cluster, system=args.system)
 
         def show(piece: str) -> None:
             sys.stdout.write(piece)
@@ -121,7 +121,7 @@ QUIT_COMMANDS = ("/quit", "/exit", "/q")
 def cmd_chat(args: Namespace) -> int:
     params = _sampling(args)
     cluster, tok = _start(args)
-    session = ChatSession(tok, cluster.runner, system=args.system)
+    session = ChatSession(tok, cluster, system=args.system)
     print(f"TPI Chat on {cluster.world_size} rank(s). Empty line, /quit or Ctrl-D quits.",
           flush=True)
     try:

@@ -77,13 +77,13 @@ def reference_ids(model_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
 def cluster_ids(model_dir: Path, prompt_ids: list[int], n: int, ranks: int) -> list[int]:
     """Greedy ids from a LocalCluster of `ranks` ranks (ranks-1 worker processes)."""
     from core.engine.generate import Generator
-    from core.engine.launcher import LocalCluster
     from core.engine.options import RunOptions
     from core.engine.sampler import SamplingParams
+    from core.ranks.local_cluster import LocalCluster
 
-    cluster = LocalCluster(model_dir, RunOptions(ranks=ranks, context=256))
+    cluster = LocalCluster(model_dir, RunOptions(ranks=ranks, context=256)).start()
     try:
-        gen = Generator(cluster.runner, eos_ids=set())  # no early stop: exactly n tokens
+        gen = Generator(cluster, eos_ids=set())  # no early stop: exactly n tokens
         params = SamplingParams(temperature=0, max_new_tokens=n)
         return gen.generate(prompt_ids, params).token_ids
     finally:

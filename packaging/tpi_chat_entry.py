@@ -1,7 +1,7 @@
 """Entry point of the frozen `tpi-chat` executable (PyInstaller).
 
 One executable is everything: no arguments starts the app, `tpi-chat rank ...` is a local
-worker rank (see core.engine.rank_host.rank_command), `tpi-chat --self-test` checks the
+worker rank (see core.ranks.rank_host.rank_command), `tpi-chat --self-test` checks the
 bundle. freeze_support() must run first so a multiprocessing child never starts the app.
 With no arguments it starts through `app.launch`, like `tpi-chat` from a venv: missing
 system libraries for Qt are named with the install command (terminal and notification)

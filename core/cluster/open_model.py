@@ -21,11 +21,11 @@ from core.cluster.device_status import DeviceStatus
 from core.cluster.identity import default_data_dir, load_or_create
 from core.cluster.session import Session
 from core.cluster.worker_spec import WorkerSpec
-from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions
 from core.model.model_dir import resolve_model
 from core.model.tokenizer import ChatTokenizer
 from core.progress import Progress
+from core.ranks.local_cluster import LocalCluster
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
@@ -61,7 +61,7 @@ def start_cluster(model_dir: Path, opts: RunOptions, devices: list[WorkerSpec], 
     With devices, the identity is this computer's (the one `tpi-chat pair` and the app's
     Add device pair with); devices that do not answer or cannot start are left out."""
     if not devices:
-        return LocalCluster(model_dir, opts, progress=progress)
+        return LocalCluster(model_dir, opts, progress=progress).start()
     identity = load_or_create(data_dir or default_data_dir())
     session = Session(model_dir, identity, devices, opts=opts,
                       local_ranks=max(0, opts.ranks - 1), master_budget=master_budget,

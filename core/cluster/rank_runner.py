@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from core.comm.curve import CurveClientConfig, KeyPair
-from core.engine.rank_host import spawn_rank
-from core.engine.rank_process import RankSecrets
+from core.ranks.rank_host import spawn_rank
+from core.ranks.rank_process import RankSecrets
 
 MAX_RUNNING = 8
 MAX_REMEMBERED = 64

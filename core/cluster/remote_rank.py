@@ -1,6 +1,6 @@
 """A rank on a paired worker: ship its shard dir, ask the worker to run it, watch it.
 
-The RankHost LocalCluster uses for remote ranks (core/engine/rank_host.py): the rank
+The RankHost LocalCluster uses for remote ranks (core/ranks/rank_host.py): the rank
 process then connects to the master's CURVE control channel like a local rank does.
 """
 

@@ -2,7 +2,7 @@
 
     s = Session(model_dir, identity, [WorkerSpec(...)], opts=RunOptions(context=512))
     s.start()                         # ping, plan by memory budgets, split, ship, run, load
-    ChatSession(tok, s.runner)        # s.step(ids, pos) like a LocalCluster
+    ChatSession(tok, s)               # s.step(ids, pos), like a LocalCluster
     s.device_status()                 # live rows for the Devices panel
     s.close()
 
@@ -44,10 +44,10 @@ from core.cluster.worker_ping import split_answering
 from core.cluster.worker_spec import WorkerSpec
 from core.comm.curve import CurveServerConfig, KeyPair
 from core.comm.endpoint import host_of, wildcard_for
-from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions
 from core.errors import PeerError, TpiError
 from core.progress import Progress
+from core.ranks.local_cluster import LocalCluster
 
 log = logging.getLogger(__name__)
 STATUS_EVERY_S = 1.0
@@ -171,7 +171,7 @@ class Session:
                                              for w in members]
         curve = CurveServerConfig(self.identity, self._allow.__contains__)
         self.cluster = LocalCluster(self.model_dir, opts, self.progress, hosts=hosts,
-                                    bind_host=self._bind_host(members), curve=curve)
+                                    bind_host=self._bind_host(members), curve=curve).start()
         self._members = members
         self._on_cluster = 0
 
@@ -200,10 +200,6 @@ class Session:
         self.close()
 
     # -- generating ----------------------------------------------------------------
-
-    @property
-    def runner(self) -> Session:
-        return self
 
     @property
     def max_seq(self) -> int:

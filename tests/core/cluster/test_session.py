@@ -17,10 +17,10 @@ from core.cluster.worker_spec import WorkerSpec
 from core.comm.curve import Keys
 from core.cpu import usable_cores
 from core.engine.generate import Generator
-from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from core.errors import PeerError
+from core.ranks.local_cluster import LocalCluster
 from tests.core.cluster.devices import make_device
 from tests.fixtures.tiny_models import make_tiny_model
 
@@ -36,9 +36,9 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tiny):
-    c = LocalCluster(tiny, RunOptions(ranks=3, context=256, threads=1))
+    c = LocalCluster(tiny, RunOptions(ranks=3, context=256, threads=1)).start()
     try:
-        return Generator(c.runner, {2}).generate(PROMPT, GREEDY).token_ids
+        return Generator(c, {2}).generate(PROMPT, GREEDY).token_ids
     finally:
         c.close()
 
@@ -52,7 +52,7 @@ def test_remote_ranks_match_local_then_survive_a_killed_worker(tiny, reference, 
         specs = [w.pair(master.identity, master.trust) for w in (w1, w2)]
         s = Session(tiny, master.identity, specs, opts=OPTS, master_budget=2**30).start()
         try:
-            gen = Generator(s.runner, {2})
+            gen = Generator(s, {2})
             assert gen.generate(PROMPT, GREEDY).token_ids == reference
             # other devices: the CurveZMQ data plane, not the loopback fast path
             assert s.cluster.group.local_links == [] and s.cluster.bind_host == "0.0.0.0"
@@ -107,7 +107,7 @@ def test_corrupted_shard_on_worker_is_resent(tiny, reference, tmp_path, remote_w
                     master_budget=2**30).start()
         try:
             assert s.world_size == 3
-            assert Generator(s.runner, {2}).generate(PROMPT, GREEDY).token_ids == reference
+            assert Generator(s, {2}).generate(PROMPT, GREEDY).token_ids == reference
             blocks = sorted(p for p in (w.data_dir / "shards").rglob("*") if p.is_file()
                             and not p.name.startswith(".") and p.suffix != ".json")
             assert blocks, list((w.data_dir / "shards").rglob("*"))
@@ -118,7 +118,7 @@ def test_corrupted_shard_on_worker_is_resent(tiny, reference, tmp_path, remote_w
             victim.write_bytes(data)
             s.recover()  # a new plan ships again: the damaged file is found by hash
             assert hashlib.sha256(victim.read_bytes()).hexdigest() == good
-            assert Generator(s.runner, {2}).generate(PROMPT, GREEDY).token_ids == reference
+            assert Generator(s, {2}).generate(PROMPT, GREEDY).token_ids == reference
         finally:
             s.close()
     finally:
@@ -169,7 +169,7 @@ def test_a_device_that_does_not_answer_is_left_out_and_shown_offline(tiny, tmp_p
             shipping = [x for x in stages if x[1] is not None]
             assert shipping and {x[:2] for x in shipping} == {("sending shards to 'w'", "w")}
             assert shipping[-1][2] == shipping[-1][3] > 0
-            assert Generator(s.runner, {2}).generate(PROMPT, GREEDY).token_ids
+            assert Generator(s, {2}).generate(PROMPT, GREEDY).token_ids
 
             rows = s.device_status()
             assert [(r.name, r.state) for r in rows][1:] == [("w", "ready"), ("off", "offline")]

@@ -42,7 +42,7 @@ def test_worker_does_not_grow_over_sessions(tmp_path, remote_workers):
             s = Session(model, master.identity, [spec], master_budget=2**30,
                         opts=RunOptions(context=64, threads=1)).start()
             try:
-                Generator(s.runner, {2}).generate([1, 5, 9], SamplingParams(
+                Generator(s, {2}).generate([1, 5, 9], SamplingParams(
                     temperature=0, max_new_tokens=4))
             finally:
                 s.close()

@@ -8,9 +8,9 @@ from core.cluster.identity import load_or_create
 from core.cluster.session import Session
 from core.engine.auto_window import MIN_WINDOW, OVERHEAD_BYTES, window_for_budget
 from core.engine.generate import Generator
-from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions, parse_window
 from core.engine.sampler import SamplingParams
+from core.ranks.local_cluster import LocalCluster
 from tests.fixtures.tiny_models import make_tiny_model
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=12)
@@ -24,9 +24,9 @@ def tiny(tmp_path_factory):
 
 
 def _run(tiny, opts: RunOptions) -> tuple[list[int], list, LocalCluster]:
-    c = LocalCluster(tiny, opts)
+    c = LocalCluster(tiny, opts).start()
     try:
-        ids = Generator(c.runner, {2}).generate(PROMPT, GREEDY).token_ids
+        ids = Generator(c, {2}).generate(PROMPT, GREEDY).token_ids
         return ids, c.refresh_stats(), c
     finally:
         c.close()
@@ -54,7 +54,7 @@ def test_auto_window_follows_each_ranks_budget_with_the_same_tokens(tiny):
 
 
 def test_auto_without_budgets_keeps_everything(tiny):
-    c = LocalCluster(tiny, RunOptions(window="auto", context=128, threads=1))
+    c = LocalCluster(tiny, RunOptions(window="auto", context=128, threads=1)).start()
     try:
         assert c.windows == [None] and c.rank0.scheduler.keep_all
     finally:
@@ -67,6 +67,6 @@ def test_session_gives_this_devices_budget_to_its_local_ranks(tiny, tmp_path):
     try:
         assert s.cluster.opts.budgets == [1, 1]
         assert s.cluster.windows == [MIN_WINDOW, MIN_WINDOW]
-        assert Generator(s.runner, {2}).generate(PROMPT, GREEDY).token_ids
+        assert Generator(s, {2}).generate(PROMPT, GREEDY).token_ids
     finally:
         s.close()

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Protocol
 
 from core.comm.curve import CurveClientConfig, Keys
-from core.engine.rank_process import RankSecrets
 from core.progress import Progress
+from core.ranks.rank_process import RankSecrets
 
 
 class RankHost(Protocol):

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from core.engine.chat import ChatSession
-from core.engine.launcher import LocalCluster
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from core.errors import PeerError, ShardError, TpiError
 from core.model.tokenizer import ChatTokenizer
+from core.ranks.local_cluster import LocalCluster
 from tests.fixtures.cli import run_cli
 from tests.fixtures.tiny_models import load_hf_model, make_tiny_model
 
@@ -84,16 +84,16 @@ def test_terminal_chat_answers_then_quits_on_slash_quit(tiny):
 
 
 def test_follow_up_reuses_the_kv_cache_and_matches_a_fresh_run(tiny):
-    cluster = LocalCluster(tiny, RunOptions(ranks=2))
+    cluster = LocalCluster(tiny, RunOptions(ranks=2)).start()
     try:
         per_rank = max(1, (os.cpu_count() or 1) // 2)  # two ranks here share the cores
         assert [st.threads for st in cluster.rank_stats()] == [per_rank, per_rank]
         tok = ChatTokenizer(tiny)
-        chat = ChatSession(tok, cluster.runner, system="Be brief.")
+        chat = ChatSession(tok, cluster, system="Be brief.")
         chat.send("hello", GREEDY)
         second = chat.send("and again", GREEDY)
         assert second.result.reused_tokens > 0
-        fresh = ChatSession(tok, cluster.runner, system="Be brief.")
+        fresh = ChatSession(tok, cluster, system="Be brief.")
         fresh.messages = chat.messages[:-1]
         fresh.generator.forget()
         again = fresh.regenerate(GREEDY)
@@ -112,7 +112,7 @@ def test_missing_config_is_one_clear_sentence(tmp_path):
 
 
 def test_truncated_shard_mid_stream_is_reported_and_nothing_hangs(tiny):
-    cluster = LocalCluster(tiny, RunOptions(ranks=2, window=2))
+    cluster = LocalCluster(tiny, RunOptions(ranks=2, window=2)).start()
     try:
         victim = cluster.rank_dirs[1] / "L002.mlp.safetensors"
         data = victim.read_bytes()
@@ -128,7 +128,7 @@ def test_truncated_shard_mid_stream_is_reported_and_nothing_hangs(tiny):
 
 
 def test_truncated_shard_of_rank0_is_named(tiny):
-    cluster = LocalCluster(tiny, RunOptions(ranks=1, window=1))
+    cluster = LocalCluster(tiny, RunOptions(ranks=1, window=1)).start()
     try:
         victim = cluster.rank_dirs[0] / "L001.attn.safetensors"
         data = victim.read_bytes()
@@ -141,9 +141,9 @@ def test_truncated_shard_of_rank0_is_named(tiny):
 
 
 def test_killed_worker_mid_reply_ends_the_reply_with_a_clear_error(tiny):
-    cluster = LocalCluster(tiny, RunOptions(ranks=3))
+    cluster = LocalCluster(tiny, RunOptions(ranks=3)).start()
     try:
-        chat = ChatSession(ChatTokenizer(tiny), cluster.runner)
+        chat = ChatSession(ChatTokenizer(tiny), cluster)
         killed = threading.Event()
 
         def kill_after_some_tokens(piece: str) -> None:
@@ -165,7 +165,7 @@ def test_killed_worker_mid_reply_ends_the_reply_with_a_clear_error(tiny):
 def test_garbage_to_every_open_port_does_not_disturb_the_cluster(tiny):
     import zmq
 
-    cluster = LocalCluster(tiny, RunOptions(ranks=2))
+    cluster = LocalCluster(tiny, RunOptions(ranks=2)).start()
     try:
         before = cluster.step([5, 6, 7], 0)
         ctx = zmq.Context.instance()

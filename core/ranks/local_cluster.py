@@ -3,7 +3,7 @@
 Plans the split, splits (cached), starts the workers (`tpi-chat rank`), hands each its
 setup over the control channel, and keeps listening for their stats and errors.
 Peer devices join through the same path: pass `hosts` (one RankHost per worker rank,
-see core/engine/rank_host.py; core/cluster/remote_rank.py ships and starts a rank on a
+see core/ranks/rank_host.py; core/cluster/remote_rank.py ships and starts a rank on a
 paired worker) plus `bind_host` and `curve` so every socket is CurveZMQ on the LAN.
 With `curve`, local rank processes get an ephemeral key pair (added to the allow-list
 for this cluster's lifetime) over their stdin.
@@ -28,31 +28,41 @@ from core.engine.head import Head
 from core.engine.master import MasterRunner, SoloGroup
 from core.engine.options import RunOptions
 from core.engine.rank import RankRuntime
-from core.engine.rank_host import LocalRankHost, RankHost
-from core.engine.rank_process import CONTROL_OPS
 from core.engine.rank_stats import RankStats, collect
 from core.errors import PeerError, TpiError
 from core.model.cache import cache_dir
 from core.model.config import load_config
 from core.model.model_dir import model_hash
 from core.progress import Progress
+from core.ranks.rank_host import LocalRankHost, RankHost
+from core.ranks.rank_process import CONTROL_OPS
 from core.shard.manifest import load_manifest
 from core.shard.plan import make_plan
 from core.shard.splitter import split_model
 
 START_TIMEOUT_S = 120.0  # every rank loaded and ready (big shards take a while)
+LAST_WORDS_S = 0.3  # how long a failed step waits for the failing rank's own error message
 HELLO_TIMEOUT_S = 30.0  # a device's rank's first word: its process up, rank 0 reached
 
 
 class LocalCluster:
-    """Owns the ranks of one model on this machine; `runner` steps the whole cluster."""
+    """Owns the ranks of one model on this machine (and the remote ranks it is handed).
+
+    The constructor only records what to run; `start()` splits the model, starts the
+    ranks and loads rank 0 (it returns self, so `LocalCluster(d, opts).start()` reads as
+    one step), and `close()` undoes whatever part of that happened.
+    """
 
     def __init__(self, model_dir: Path, opts: RunOptions, progress: Progress | None = None,
                  *, hosts: list[RankHost | None] | None = None, bind_host: str = "127.0.0.1",
                  curve: CurveServerConfig | None = None):
+        if hosts is not None and len(hosts) != opts.ranks - 1:
+            raise ValueError(f"{len(hosts)} rank hosts for {opts.ranks} ranks")
+        self.model_dir = Path(model_dir)
         self.opts = opts
         self.world_size = opts.ranks
         self.bind_host = bind_host
+        self._report = progress or (lambda stage, done, total: None)
         self._local_keys: set[str] = set()
         self.curve = curve
         if curve is not None:  # also admit the ephemeral keys of our own local ranks
@@ -60,48 +70,59 @@ class LocalCluster:
             self.curve = CurveServerConfig(
                 curve.identity, lambda k: k in self._local_keys or outer(k))
         self._logs = cache_dir() / "logs"
-        if hosts is not None and len(hosts) != self.world_size - 1:
-            raise ValueError(f"{len(hosts)} rank hosts for {self.world_size} ranks")
-        hosts = hosts if hosts is not None else [None] * (self.world_size - 1)
         # None = a local rank process (the default); else e.g. a rank on a paired worker
-        self.hosts: list[RankHost] = [h if h is not None else self._local_host(r)
-                                      for r, h in enumerate(hosts, start=1)]
-        report = progress or (lambda stage, done, total: None)
-        cfg = load_config(model_dir)
-        plan = make_plan(cfg, opts.shares or [1.0] * opts.ranks)
-        split = split_model(Path(model_dir), plan, cache_dir() / "shards", opts.torch_dtype,
-                            model_hash=model_hash(model_dir),
-                            progress=lambda d, t: report("splitting model", d, t))
-        self.rank_dirs = split.rank_dirs
-        self.split_dir = Path(split.rank_dirs[0]).parent
-        self.windows = rank_windows(opts, [load_manifest(d) for d in self.rank_dirs])
-        self.window_label = window_label(self.windows, opts.window == "auto")
+        self.hosts: list[RankHost] = [h if h is not None else self._local_host(r) for r, h in
+                                      enumerate(hosts or [None] * (opts.ranks - 1), start=1)]
+        # ranks sharing this machine's cores: rank 0, local processes, workers running here
+        self.threads = opts.threads_per_rank(1 + sum(h.same_machine for h in self.hosts))
+        self.rank_dirs: list = []
+        self.windows: list = []
+        self.window_label = ""
         self.started: list[RankHost] = []
         self.control: ControlServer | None = None
+        self.group = None
+        self.rank0: RankRuntime | None = None
+        self._master: MasterRunner | None = None
+        self.max_seq = 0
+        self._listener: threading.Thread | None = None
         self._stats: dict[int, RankStats] = {}
         self._errors: dict[int, str] = {}
+        self._error_seen = threading.Event()  # a worker's own last words arrived
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one step (or stats round) at a time
         self._idents: dict[int, bytes] = {}
-        # ranks sharing this machine's cores: rank 0, local processes, workers running here
-        self.threads = opts.threads_per_rank(1 + sum(h.same_machine for h in self.hosts))
-        torch.set_num_threads(self.threads)
-        self.group = self._make_group()
+
+    def start(self) -> LocalCluster:
+        """Split (cached), start every rank, load rank 0; on failure close and raise."""
         try:
+            self._split()
+            torch.set_num_threads(self.threads)
+            self.group = self._make_group()
             if self.world_size > 1:
-                self._start_workers(report)
+                self._start_workers(self._report)
             group = _ReportingGroup(self) if self.world_size > 1 else self.group
-            self.rank0 = RankRuntime(self.rank_dirs[0], group, self.windows[0], opts.context,
-                                     prefetch=opts.prefetch)
+            self.rank0 = RankRuntime(self.rank_dirs[0], group, self.windows[0],
+                                     self.opts.context, prefetch=self.opts.prefetch)
             if self.rank0.scheduler.keep_all:
                 self.rank0.scheduler.wait_all_loaded(
-                    lambda d, t: report("loading weights", d, t))
+                    lambda d, t: self._report("loading weights", d, t))
             self._master = MasterRunner(Head(self.rank_dirs[0], self.rank0.manifest),
                                         self.rank0, group)
             self.max_seq = self._master.max_seq
         except BaseException:
             self.close()
             raise
+        return self
+
+    def _split(self) -> None:
+        opts = self.opts
+        plan = make_plan(load_config(self.model_dir), opts.shares or [1.0] * opts.ranks)
+        split = split_model(self.model_dir, plan, cache_dir() / "shards", opts.torch_dtype,
+                            model_hash=model_hash(self.model_dir),
+                            progress=lambda d, t: self._report("splitting model", d, t))
+        self.rank_dirs = split.rank_dirs
+        self.windows = rank_windows(opts, [load_manifest(d) for d in self.rank_dirs])
+        self.window_label = window_label(self.windows, opts.window == "auto")
 
     # --- start-up -----------------------------------------------------------------------
 
@@ -247,16 +268,12 @@ class LocalCluster:
                 self._stats[rank] = RankStats.from_dict(msg.meta)
             elif msg.op == "error":
                 self._errors[rank] = str(msg.meta.get("message"))
+                self._error_seen.set()
 
     @property
     def procs(self) -> list:
         """The Popen objects of the local rank processes (tests, benchmarks)."""
         return [h.proc for h in self.started if getattr(h, "proc", None) is not None]
-
-    @property
-    def runner(self) -> LocalCluster:
-        """What ChatSession/Generator drive: this cluster's step()."""
-        return self
 
     def step(self, ids: list[int], pos: int) -> torch.Tensor:
         """One forward step of the whole cluster; logits of the last position."""
@@ -265,7 +282,7 @@ class LocalCluster:
 
     def rank_stats(self) -> list[RankStats]:
         """Latest numbers of every rank (rank 0 measured now, workers as last pushed)."""
-        out = [collect(self.rank0, 0)] if hasattr(self, "rank0") else []
+        out = [collect(self.rank0, 0)] if self.rank0 is not None else []
         return out + [self._stats[r] for r in sorted(self._stats)]
 
     def refresh_stats(self, timeout: float = 5.0) -> list[RankStats]:
@@ -281,9 +298,10 @@ class LocalCluster:
         return self.rank_stats()
 
     def close(self) -> None:
-        """Stop the workers (politely, then firmly) and free everything. Safe to repeat."""
+        """Stop the workers (politely, then firmly) and free what start() made. Safe to
+        repeat, and after a start() that failed half-way."""
         self._stop.set()
-        if self.started:
+        if self.started and self.group is not None:
             try:
                 self.group.broadcast_step({"op": "stop"}, None)
             except (TpiError, KeyError):  # KeyError: a rank that never connected (a
@@ -294,10 +312,11 @@ class LocalCluster:
             except TpiError:
                 pass  # a peer we cannot reach any more: its rank stops when our sockets close
         self.started = []
-        if hasattr(self, "rank0"):
+        if self.rank0 is not None:
             self.rank0.close()
-        self.group.close()
-        listener = getattr(self, "_listener", None)
+        if self.group is not None:
+            self.group.close()
+        listener = self._listener
         if listener is not None and listener is not threading.current_thread():
             listener.join(timeout=1.0)  # it polls the control socket we are about to close
         if self.control is not None:
@@ -325,7 +344,7 @@ class _ReportingGroup:
             raise self._explain(e) from None
 
     def _explain(self, e: PeerError) -> PeerError:
-        time.sleep(0.3)  # let the listener pick up the worker's own last words
+        self.c._error_seen.wait(LAST_WORDS_S)  # the worker's own last words, if it says any
         for r, msg in sorted(self.c._errors.items()):
             return PeerError(f"{self.c.host_name(r)} (rank {r}) failed: {msg}")
         for r, h in enumerate(self.c.started, start=1):
