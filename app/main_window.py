@@ -181,7 +181,7 @@ class MainWindow(QMainWindow):
             self.controller.conv_id), "F2")
         self._action(c, "Delete chat", lambda: self.delete_conversation(
             self.controller.conv_id), "Ctrl+Shift+Backspace")
-        self._action(c, "Search chats", self.conversations.search.setFocus, "Ctrl+K")
+        self._action(c, "Search chats", self.conversations.focus_search, "Ctrl+K")
 
         m = mb.addMenu("&Model")
         self._action(m, "Open model folder\u2026", self.open_model_folder)
@@ -215,7 +215,7 @@ class MainWindow(QMainWindow):
 
     def _restore_settings(self) -> None:
         self.settings.set_params(SAMPLING.get(self.store))
-        self.settings.memory_window.set_value(WINDOW.get(self.store))
+        self.settings.set_memory_window(WINDOW.get(self.store))
         ranks = RANKS.get(self.store)
         self.rank_actions[ranks].setChecked(True)
         self.devices.set_local_workers(ranks - 1)
@@ -244,7 +244,7 @@ class MainWindow(QMainWindow):
         if cid is None or self.store.messages(cid):
             cid = self.store.create_conversation()
             self.refresh_conversations()
-        self.conversations.search.clear()
+        self.conversations.clear_search()
         self.open_conversation(cid)
         self.composer.focus()
 
@@ -312,15 +312,14 @@ class MainWindow(QMainWindow):
         self.model_path = path
         MODEL.set(self.store, path)
         self.controller.model_ready(False)
-        self.status.model.setText("Loading\u2026")
-        self.status.cluster.clear()
+        self.status.set_no_model("Loading\u2026")
         self.status.set_loading(True, "Loading model\u2026")
         self.engine.load(path, self.run_options())
 
     def cancel_load(self) -> None:
         self.engine.cancel_load()
         self.status.set_loading(False, "Model loading cancelled.")
-        self.status.model.setText("No model")
+        self.status.set_no_model()
 
     def open_model_folder(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Open a Hugging Face model folder")
@@ -412,7 +411,7 @@ class MainWindow(QMainWindow):
         self.controller.model_ready(True)
 
     def _world_size_changed(self, n: int) -> None:
-        self.status.set_model(self.status.model.text(), n)
+        self.status.set_world_size(n)
         self.status.note(f"Running on {n} rank" + ("s" if n != 1 else "") + " now.")
 
     def _load_cancelled(self) -> None:
@@ -420,7 +419,7 @@ class MainWindow(QMainWindow):
 
     def _load_failed(self, message: str) -> None:
         self.status.set_loading(False, "")
-        self.status.model.setText("No model")
+        self.status.set_no_model()
         self.status.note("Model not loaded")
         self.controller.model_failed(message)
         QMessageBox.warning(self, "Could not load the model", message)
@@ -440,7 +439,7 @@ class MainWindow(QMainWindow):
         if self.controller.busy or self.controller.queued:
             self.controller.stop()
         elif self.composer.editing:
-            self.composer.editor.clear()
+            self.composer.clear()
             self.composer.set_editing(False)
 
     def _toggle_panel(self) -> None:

@@ -54,6 +54,15 @@ class StatusBar(QStatusBar):
         self.cluster.setText(f"{world_size} rank" + ("s" if world_size != 1 else ""))
         self.cluster.setToolTip("Tensor-parallel ranks (this device + workers)")
 
+    def set_no_model(self, text: str = "No model") -> None:
+        """No model is running: `text` ("Loading…", "No model") and no rank count."""
+        self.model.setText(text)
+        self.cluster.clear()
+
+    def set_world_size(self, world_size: int) -> None:
+        """The running model now spans `world_size` ranks (after a re-plan)."""
+        self.set_model(self.model.text(), world_size)
+
     def set_reply_stats(self, ttft_ms: float, tokens_per_s: float) -> None:
         self.speed.setText(f"TTFT {ttft_ms:.0f} ms \u00b7 {tokens_per_s:.1f} tok/s")
 

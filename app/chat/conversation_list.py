@@ -107,6 +107,12 @@ class ConversationList(QWidget):
         self.search_action.setIcon(theme().icon("search", size=16))
 
     # content -------------------------------------------------------------------------
+    def focus_search(self) -> None:
+        self.search.setFocus()
+
+    def clear_search(self) -> None:
+        self.search.clear()
+
     def set_conversations(self, conversations: list[Conversation], current: int | None) -> None:
         """Show `conversations` (in order) and select `current`."""
         self._loading = True

@@ -98,6 +98,9 @@ class InputBox(QWidget):
     def text(self) -> str:
         return self.editor.toPlainText()
 
+    def clear(self) -> None:
+        self.editor.clear()
+
     def set_text(self, text: str) -> None:
         self.editor.setPlainText(text)
         self.editor.moveCursor(self.editor.textCursor().MoveOperation.End)

@@ -190,6 +190,15 @@ class DeviceCard(QFrame):
         if self.remove_key:
             self.remove_requested.emit(self.remove_key)
 
+    def show_idle(self) -> None:
+        """This computer with no model loaded: only its name and a line saying so."""
+        self.update_status(DeviceStatus(self.name, role="master", state="idle",
+                                        share="No model loaded yet."))
+        self.spark.hide()
+        self.rtt_label.hide()
+        self.memory_label.hide()
+        self.role.setText("this device")
+
     def show_transfer(self, done: int, total: int) -> None:
         """Shard shipping to this device: bytes it holds of the bytes its share needs."""
         frac = done / total if total else 0.0
@@ -367,12 +376,7 @@ class DevicesPanel(QWidget):
                     self.cards_layout.removeWidget(card)
                     card.deleteLater()
         if master is None:
-            self.this_computer.update_status(DeviceStatus(
-                THIS_COMPUTER, role="master", state="idle", share="No model loaded yet."))
-            self.this_computer.spark.hide()
-            self.this_computer.rtt_label.hide()
-            self.this_computer.memory_label.hide()
-            self.this_computer.role.setText("this device")
+            self.this_computer.show_idle()
         else:
             self.this_computer.memory_label.show()
         i = 1

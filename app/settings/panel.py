@@ -121,6 +121,10 @@ class SettingsPanel(QWidget):
         self.set_params(DEFAULT_PARAMS)
 
     # sampling ------------------------------------------------------------------------
+    def set_memory_window(self, value: str | int) -> None:
+        """Show the saved memory window ("auto", "all" or a block count) without a reload."""
+        self.memory_window.set_value(value)
+
     def params(self) -> SamplingParams:
         return SamplingParams(
             temperature=round(self.temperature.value(), 4),
