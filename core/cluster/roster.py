@@ -128,13 +128,6 @@ class Roster:
         self.save(dev)
         return dev
 
-    def set_budget(self, public_key: str, memory_budget: int) -> bool:
-        dev = self.get(public_key)
-        if dev is None:
-            return False
-        self.save(replace(dev, memory_budget=int(memory_budget)))
-        return True
-
     def update_address(self, peer: PeerInfo) -> bool:
         """Discovery saw an enrolled device (maybe at a new address or control port);
         True when that changed what we saved."""

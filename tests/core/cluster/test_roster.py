@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -84,5 +85,7 @@ def test_extras_the_app_kept_in_its_settings_are_imported_once(tmp_path):
     dev = r.get(key)
     assert (dev.address, dev.control_port, dev.memory_budget) == ("10.1.1.1", 2, 5)
     assert dev.spec().memory_budget == 5
-    r.set_budget(key, 0)
+    r.import_extras({key: {"memory_budget": 0}})  # already known: the saved entry wins
+    assert r.get(key).memory_budget == 5
+    r.save(replace(dev, memory_budget=0))  # never chosen: a session lends the default
     assert r.get(key).spec().memory_budget == DEFAULT_BUDGET
