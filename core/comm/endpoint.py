@@ -18,14 +18,20 @@ WILDCARDS = frozenset({"0.0.0.0", "::", "*"})
 
 
 def host_of(endpoint: str) -> str:
-    """"tcp://[::1]:5" -> "::1"; "tcp://10.0.0.2:5" -> "10.0.0.2"."""
-    return urlsplit(endpoint).hostname or ""
+    """"tcp://[::1]:5" -> "::1"; "tcp://10.0.0.2:5" -> "10.0.0.2"; "" when malformed."""
+    try:
+        return urlsplit(endpoint).hostname or ""
+    except ValueError:  # e.g. an unclosed "[" from a peer
+        return ""
 
 
 def with_host(endpoint: str, host: str) -> str:
-    """The same endpoint on another host (IPv6 hosts bracketed)."""
-    scheme, _, rest = endpoint.partition("://")
-    port = rest.rsplit(":", 1)[1]
+    """The same endpoint on another host (IPv6 hosts bracketed); ValueError when
+    `endpoint` is not scheme://host:port."""
+    scheme, sep, rest = endpoint.partition("://")
+    port = rest.rsplit(":", 1)[-1]
+    if not sep or ":" not in rest or not port.isdigit():
+        raise ValueError(f"{endpoint[:80]!r} is not an endpoint")
     h = f"[{host}]" if ":" in host else host
     return f"{scheme}://{h}:{port}"
 

@@ -357,7 +357,10 @@ def _join(p: DataPlane, star: str, host: str, join_timeout: float,
     p.algorithm = algo
     p.wire_ring = m.get("wire_ring", True) is not False
     if host_of(ring[0]) in WILDCARDS:  # rank 0 listens on all interfaces: its ring socket
-        ring[0] = with_host(ring[0], host_of(star))  # is where we reached its star
+        try:  # is where we reached its star
+            ring[0] = with_host(ring[0], host_of(star))
+        except ValueError as e:
+            raise ProtocolError(f"rank 0's welcome is malformed: {e}") from None
     if p.wire_ring:
         _wire_ring(p, ring, deadline)
     if fast:

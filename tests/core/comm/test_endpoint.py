@@ -21,6 +21,10 @@ def test_with_host_and_host_of_round_trip_ipv4_and_ipv6():
     assert with_host("tcp://[::]:5555", "fe80::1") == "tcp://[fe80::1]:5555"
     assert host_of("tcp://[fe80::1]:5555") == "fe80::1"
     assert host_of("tcp://10.0.0.7:5555") == "10.0.0.7"
+    assert host_of("tcp://[::1:5555") == ""
+    for bad in ("tcp://0.0.0.0", "0.0.0.0:5", "tcp://h:x"):
+        with pytest.raises(ValueError, match="is not an endpoint"):
+            with_host(bad, "10.0.0.7")
 
 
 def test_a_specific_bind_is_kept_and_a_wildcard_becomes_loopback_here():
