@@ -12,13 +12,12 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from tests.fixtures import home_lan
-from tests.fixtures.cli import run_cli
+from tests.fixtures.cli import ChatProcess, run_cli
 from tests.fixtures.tiny_models import make_tiny_model
 from tests.fixtures.worker_process import ROOT, WorkerProcess
 
@@ -124,53 +123,6 @@ def test_a_device_that_cannot_reach_this_computer_is_left_out(tiny, one_rank_tok
 
 
 
-class Chat:
-    """`tpi-chat chat` on this computer, its stdout read line by line (bounded waits)."""
-
-    def __init__(self, data_dir, *args: str):
-        env = {**os.environ, "TPI_CHAT_DATA": str(data_dir), "PYTHONPATH": str(ROOT),
-               "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            ["taskset", "-c", "0", sys.executable, "-m", "core.cli", "chat", *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env=env, cwd=ROOT, bufsize=1)
-        self.out = ""
-        self._lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while ch := self.proc.stdout.read(1):
-            with self._lock:
-                self.out += ch
-
-    def say(self, text: str) -> int:
-        """Send a message; returns where its output starts."""
-        with self._lock:
-            mark = len(self.out)
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        return mark
-
-    def wait_for(self, pattern: str, since: int = 0, timeout: float = 120) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                m = re.search(pattern, self.out[since:])
-            if m:
-                return m
-            assert self.proc.poll() is None, self.out
-            time.sleep(0.02)
-        raise AssertionError(f"no {pattern!r} in: {self.out[since:]}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 def test_chat_goes_on_when_a_device_is_killed_mid_reply_and_it_rejoins(lan, tmp_path):
     tiny = make_tiny_model(tmp_path / "llama", "llama", num_hidden_layers=4,
                            max_position_embeddings=4096)
@@ -182,7 +134,7 @@ def test_chat_goes_on_when_a_device_is_killed_mid_reply_and_it_rejoins(lan, tmp_
     pair(master, w1)
     pair(master, w2)
     # 10 ms per send (emulated link): slow enough to kill a device in the middle of a reply
-    chat = Chat(master, "--model", str(tiny), "--devices", "all", "--threads", "1",
+    chat = ChatProcess(master, "--model", str(tiny), "--devices", "all", "--threads", "1",
                 "--context", "4096", "--max-new-tokens", "40", "--link-delay-ms", "10")
     try:
         chat.wait_for(r"Empty line, /quit")
