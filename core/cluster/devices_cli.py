@@ -37,8 +37,7 @@ def cmd_pair(args: Namespace) -> int:
     me = load_or_create(roster.data_dir)
     host, port = hp
     peer = probe_manual(host, port)
-    h = f"[{host}]" if ":" in host else host
-    paired = pair_with(f"tcp://{h}:{port}", args.code, me, trust=roster.trust)
+    paired = pair_with(peer.endpoint, args.code, me, trust=roster.trust)
     dev = roster.enroll(paired.public_key, peer, budget)
     print(f"paired with '{dev.name}' ({dev.fingerprint}) at {host}:{port}; it may use "
           f"{budget / 2**30:.1f} GiB", flush=True)

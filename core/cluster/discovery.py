@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from core.cluster.peer_info import PeerInfo
+from core.comm.endpoint import tcp_endpoint
 from core.errors import PeerError
 
 log = logging.getLogger(__name__)
@@ -179,8 +180,7 @@ def probe_manual(host: str, port: int, timeout: float = 3.0) -> PeerInfo:
     """Ask a worker at host:port who it is (the fallback when mDNS does not reach it)."""
     from core.cluster.pairing import query_info  # pairing pulls in the codec (torch)
 
-    h = f"[{host}]" if ":" in host else host
-    txt = query_info(f"tcp://{h}:{port}", timeout)
+    txt = query_info(tcp_endpoint(host, port), timeout)
     peer = PeerInfo.from_txt(txt, host, port)
     if peer is None:
         raise PeerError(f"the device at {host}:{port} sent a malformed description; is it a "

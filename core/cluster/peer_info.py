@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import psutil
 
 from core.cluster.identity import MAX_NAME_CHARS, Identity
+from core.comm.endpoint import tcp_endpoint
 from core.cpu import usable_cores
 
 _FP_RE = re.compile(r"^[0-9a-f]{4}(-[0-9a-f]{4}){3}$")
@@ -46,8 +47,7 @@ class PeerInfo:
     @property
     def endpoint(self) -> str:
         """ZeroMQ endpoint of the pairing/info port."""
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"tcp://{host}:{self.port}"
+        return tcp_endpoint(self.address, self.port)
 
     def to_txt(self) -> dict[str, str]:
         return {"v": str(self.version), "name": self.name, "mem_total": str(self.mem_total),

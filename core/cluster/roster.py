@@ -20,6 +20,7 @@ from core.cluster.identity import fingerprint
 from core.cluster.peer_info import PeerInfo
 from core.cluster.trust import TrustStore
 from core.cluster.worker_spec import WorkerSpec
+from core.comm.endpoint import tcp_endpoint
 from core.errors import TpiError
 
 FILE_NAME = "devices.json"
@@ -47,8 +48,7 @@ class EnrolledDevice:
         """tcp://host:port of its CURVE control port ("" when unknown)."""
         if not (self.address and self.control_port):
             return ""
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"tcp://{host}:{self.control_port}"
+        return tcp_endpoint(self.address, self.control_port)
 
     def spec(self) -> WorkerSpec:
         """What a Session takes."""

@@ -25,15 +25,20 @@ def host_of(endpoint: str) -> str:
         return ""
 
 
+def tcp_endpoint(host: str, port: int | str) -> str:
+    """"tcp://host:port", an IPv6 host bracketed."""
+    h = f"[{host}]" if ":" in host else host
+    return f"tcp://{h}:{port}"
+
+
 def with_host(endpoint: str, host: str) -> str:
     """The same endpoint on another host (IPv6 hosts bracketed); ValueError when
     `endpoint` is not scheme://host:port."""
     scheme, sep, rest = endpoint.partition("://")
     port = rest.rsplit(":", 1)[-1]
-    if not sep or ":" not in rest or not port.isdigit():
+    if scheme != "tcp" or not sep or ":" not in rest or not port.isdigit():
         raise ValueError(f"{endpoint[:80]!r} is not an endpoint")
-    h = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{h}:{port}"
+    return tcp_endpoint(host, port)
 
 
 def wildcard_for(peer_hosts: list[str]) -> str:
