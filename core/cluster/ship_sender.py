@@ -8,7 +8,8 @@ the rest in chunks with a window of requests in flight, so one round trip per ch
 not paid on a slow link. Each request gets exactly one reply with the same seq.
 
 An exception raised by the `progress` callback aborts the ship (that is how a Cancel
-button works); shipping again later resumes where it stopped.
+button works); shipping again later resumes where it stopped. Each progress event carries
+the smoothed rate and time left of core.cluster.transfer_rate, measured on `clock`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from core.cluster.ship_messages import (
     check_name,
     parse_reply,
 )
+from core.cluster.transfer_rate import Clock, TransferRate
 from core.comm.codec import Message
 from core.errors import PeerError, ProtocolError, ShardError
 from core.shard.manifest import BlockInfo, Manifest, load_manifest, verify_block
@@ -51,14 +53,19 @@ _DRAIN_S = 2.0
 
 @dataclass(frozen=True)
 class ShipProgress:
-    """One progress event; bytes_done counts bytes the worker holds (skipped ones too)."""
+    """One progress event; bytes_done counts bytes the worker holds (skipped ones too).
+
+    `rate_bps` is bytes/s over the last few seconds (None for the first second) and
+    `eta_s` the seconds left at that rate (None until there is a rate, or at 0 B/s).
+    """
 
     file: str
     bytes_done: int
     bytes_total: int
     files_done: int
     files_total: int
-    mb_per_s: float
+    rate_bps: float | None
+    eta_s: float | None
 
     @property
     def fraction(self) -> float:
@@ -89,12 +96,14 @@ def split_id_for(rank_dir: Path) -> str:
 def ship_rank(send: Send, recv: Recv, rank_dir: Path, split_id: str,
               progress: Callable[[ShipProgress], None] | None = None, *,
               chunk_size: int = DEFAULT_CHUNK, window: int = DEFAULT_WINDOW,
-              timeout: float = 60.0, max_retries: int = 2) -> ShipResult:
+              timeout: float = 60.0, max_retries: int = 2,
+              clock: Clock = time.monotonic) -> ShipResult:
     """Ship `rank_dir` (a split rank dir with its manifest) to the worker as `split_id`.
 
     Raises ShardError (local shard damaged, worker disk full or a file keeps arriving
     damaged), ProtocolError (the worker refused a request) or PeerError (no answer within
     `timeout` s). `max_retries` is how often one file is re-sent after a hash mismatch.
+    `clock` times the transfer (its rate, time left and seconds).
     """
     if not 0 < chunk_size <= MAX_CHUNK:
         raise ValueError(f"chunk_size must be 1..{MAX_CHUNK}")
@@ -102,7 +111,7 @@ def ship_rank(send: Send, recv: Recv, rank_dir: Path, split_id: str,
         raise ValueError("window must be at least 1")
     check_name(split_id, "split id")
     return _Shipper(send, recv, Path(rank_dir), split_id, progress, chunk_size, window,
-                    timeout, max_retries).run()
+                    timeout, max_retries, clock).run()
 
 
 @dataclass
@@ -122,6 +131,7 @@ class _Shipper:
     window: int
     timeout: float
     max_retries: int
+    clock: Clock
     # A random seq base, so replies left over from an aborted ship on the same socket
     # cannot be mistaken for ours.
     seq: int = field(default_factory=lambda: random.randrange(1 << 30))
@@ -136,9 +146,13 @@ class _Shipper:
     files_sent: int = 0
     files_total: int = 0
     t0: float = 0.0
+    meter: TransferRate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.meter = TransferRate(self.clock)
 
     def run(self) -> ShipResult:
-        self.t0 = time.monotonic()
+        self.t0 = self.clock()
         manifest = load_manifest(self.rank_dir)
         for b in manifest.blocks:
             verify_block(self.rank_dir, b, full=False)  # sizes only: hashes are checked as sent
@@ -151,7 +165,7 @@ class _Shipper:
             raise ProtocolError(f"The worker answered ship_commit with {rep.op}.")
         self._emit("")
         return ShipResult(self.split_id, self.bytes_sent, self.files_sent, skipped,
-                          time.monotonic() - self.t0)
+                          self.clock() - self.t0)
 
     # ---- steps -------------------------------------------------------------------------
 
@@ -307,9 +321,9 @@ class _Shipper:
     def _emit(self, file: str) -> None:
         if self.progress is None:
             return
-        dt = max(time.monotonic() - self.t0, 1e-9)
+        e = self.meter.update(self.bytes_done, self.bytes_total)
         self.progress(ShipProgress(file, self.bytes_done, self.bytes_total, self.files_done,
-                                   self.files_total, self.bytes_sent / dt / 1e6))
+                                   self.files_total, e.rate, e.eta_s))
 
 
 def _have(entry: Any, b: BlockInfo) -> tuple[int, bool]:

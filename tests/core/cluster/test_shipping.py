@@ -115,7 +115,7 @@ def test_ship_lands_a_loadable_verified_rank_dir_and_a_second_ship_sends_nothing
     assert done == sorted(done) and done[0] == 0
     assert events[-1].bytes_done == events[-1].bytes_total == manifest.total_bytes
     assert events[-1].files_done == events[-1].files_total == len(manifest.blocks)
-    assert all(e.mb_per_s >= 0 for e in events)
+    assert all(e.rate_bps is None or e.rate_bps >= 0 for e in events)
 
     again = Link(cache)
     second = _ship(again, src)
@@ -123,6 +123,34 @@ def test_ship_lands_a_loadable_verified_rank_dir_and_a_second_ship_sends_nothing
     assert second.files_skipped == len(manifest.blocks)
     assert again.chunks() == []
     assert load_manifest(got) == manifest
+
+
+def test_progress_carries_the_links_rate_and_the_time_left(split, tmp_path):
+    """A link moving RATE bytes/s in fake time (each chunk advances the clock as it is
+    sent): after the first second every event says RATE and the time the rest will take."""
+    src = split[1]
+    total = load_manifest(src).total_bytes
+    rate = total / 20  # a 20 s transfer: several rate windows long
+    clock = [0.0]
+
+    def link_time(op: str, meta: dict, tensors: list[torch.Tensor]) -> None:
+        if op == "ship_chunk":
+            clock[0] += tensors[0].numel() / rate
+
+    events: list[tuple[float, ShipProgress]] = []
+    # one request in flight, so an ack arrives as its chunk's time is up
+    _ship(Link(ShardCache(tmp_path / "cache"), link_time), src,
+          lambda e: events.append((clock[0], e)), window=1, clock=lambda: clock[0])
+    end = events[-1][0]
+    assert end == pytest.approx(20)
+    early = [e for t, e in events if t < 0.99]
+    assert early and all(e.rate_bps is None and e.eta_s is None for e in early)
+    measured = [(t, e) for t, e in events if 1.01 < t and e.bytes_done < e.bytes_total]
+    assert len(measured) > 10
+    for t, e in measured:
+        assert e.rate_bps == pytest.approx(rate, rel=0.02)
+        assert e.eta_s == pytest.approx(end - t, rel=0.02, abs=0.05)
+    assert events[-1][1].eta_s is None  # finished: nothing left
 
 
 def test_interrupted_ship_resumes_from_the_partial_offset(split, tmp_path):

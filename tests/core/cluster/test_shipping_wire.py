@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import threading
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -160,8 +161,8 @@ def test_hostile_requests_leave_the_worker_up_and_writing_nothing(split, tmp_pat
     assert not (home.parent / "x").exists() and not (tmp_path.parent / "x").exists()
 
 
-def test_throughput_over_loopback(tmp_path, split):
-    """A rank dir of 4 x 16 MiB files: measured MB/s (printed with -s), sanity floor only."""
+def _big_rank_dir(tmp_path: Path, split: list[Path], files: int, size: int) -> Path:
+    """A rank dir of `files` random files of `size` bytes, with its manifest."""
     import json
     import os
 
@@ -170,12 +171,51 @@ def test_throughput_over_loopback(tmp_path, split):
     src = tmp_path / "big-split" / "rank1"
     src.mkdir(parents=True)
     m = json.loads((split[1] / "manifest.json").read_text())
-    blocks = m["blocks"][:4]
+    blocks = m["blocks"][:files]
     for b in blocks:
-        (src / b["file"]).write_bytes(os.urandom(16 << 20))
-        b["bytes"], b["sha256"] = 16 << 20, sha256_file(src / b["file"])
+        (src / b["file"]).write_bytes(os.urandom(size))
+        b["bytes"], b["sha256"] = size, sha256_file(src / b["file"])
     m["blocks"] = blocks
     (src / "manifest.json").write_text(json.dumps(m))
+    return src
+
+
+def test_progress_from_another_process_carries_bytes_a_rate_and_time_left(tmp_path, split):
+    """Acks from a real worker process: every event has bytes done of the total; after a
+    second, a rate near the one the test measures itself and a time left near the time the
+    rest really takes (the callback paces the ship at ~10 MB/s, so it lasts ~2 s)."""
+    src = _big_rank_dir(tmp_path, split, 4, 4 << 20)
+    total = 4 * (4 << 20)
+    seen: list[tuple[float, ShipProgress]] = []
+
+    def paced(e: ShipProgress) -> None:
+        seen.append((time.monotonic(), e))
+        time.sleep(0.025)  # 256 KiB per 25 ms: a ~10 MB/s link, whatever this box's load
+
+    w = Worker(tmp_path / "cache")
+    try:
+        _ship(w.endpoint, src, paced, chunk_size=256 << 10)
+    finally:
+        w.stop()
+    t_first, t_end = seen[0][0], seen[-1][0]
+    assert t_end - t_first > 1.5
+    assert all(e.bytes_total == total and 0 <= e.bytes_done <= total for _, e in seen)
+    assert seen[-1][1].bytes_done == total
+    assert all(e.rate_bps is None for t, e in seen if t - t_first < 0.9)
+    later = [(t, e) for t, e in seen if t - t_first > 1.1 and e.bytes_done < total]
+    assert len(later) > 10
+    for t, e in later:
+        back = [(u, f) for u, f in seen if u <= t]
+        u0, f0 = back[0]
+        measured = (e.bytes_done - f0.bytes_done) / (t - u0)
+        assert e.rate_bps is not None and 0.5 * measured < e.rate_bps < 2 * measured
+    t_mid, mid = later[len(later) // 2]
+    assert mid.eta_s is not None and 0.5 * (t_end - t_mid) < mid.eta_s < 2 * (t_end - t_mid)
+
+
+def test_throughput_over_loopback(tmp_path, split):
+    """A rank dir of 4 x 16 MiB files: measured MB/s (printed with -s), sanity floor only."""
+    src = _big_rank_dir(tmp_path, split, 4, 16 << 20)
     w = Worker(tmp_path / "cache")
     try:
         res = _ship(w.endpoint, src)
