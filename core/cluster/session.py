@@ -219,8 +219,9 @@ class Session:
         """Fresh RankStats of every rank of the current plan (see LocalCluster)."""
         return self.cluster.refresh_stats(timeout) if self.cluster else []
 
-    def step(self, ids: list[int], pos: int) -> torch.Tensor:
-        """One forward step over the current plan (re-planned first after a failure)."""
+    def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
+        """One forward step over the current plan (re-planned first after a failure);
+        logits as LocalCluster.step gives them (`all_logits`: every position's)."""
         # a step that does not extend the last one starts a reply (a decode step feeds one
         # token at the end of the history): the moment to let a returned device in
         starts_reply = len(ids) > 1 or pos < len(self._history)
@@ -238,7 +239,7 @@ class Session:
                 self.cluster.step(self._history[self._on_cluster:pos], self._on_cluster)
                 self._on_cluster = pos
             self._on_cluster = min(self._on_cluster, pos)
-            out = self.cluster.step(ids, pos)
+            out = self.cluster.step(ids, pos, all_logits)
             self._on_cluster = pos + len(ids)
         except PeerError as e:
             del self._history[pos:]

@@ -50,10 +50,14 @@ class MasterRunner:
         return self.rank.max_seq
 
     @torch.inference_mode()
-    def step(self, ids: list[int], pos: int) -> torch.Tensor:
-        """Feed ids at positions pos..; logits [V] of the last one."""
+    def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
+        """Feed ids at positions pos..; logits [V] of the last one, or [T, V] of every
+        one with `all_logits` (scoring a text: perplexity). Workers never see the
+        difference: the head runs on rank 0 only."""
         x = self.head.embed(torch.tensor(ids, dtype=torch.int64))  # [T, D]
         self.rank.cache.check_room(pos, len(ids))
         self.group.broadcast_step({"op": "step", "pos": pos}, x)
         y = self.rank.forward(x, pos)  # [T, D]
-        return self.head.logits(y[-1:])[0]
+        if all_logits:
+            return self.head.logits(y)
+        return self.head.logits(y[-1:])[0]  # a reply needs only the last: T x cheaper

@@ -275,10 +275,12 @@ class LocalCluster:
         """The Popen objects of the local rank processes (tests, benchmarks)."""
         return [h.proc for h in self.started if getattr(h, "proc", None) is not None]
 
-    def step(self, ids: list[int], pos: int) -> torch.Tensor:
-        """One forward step of the whole cluster; logits of the last position."""
+    def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
+        """One forward step of the whole cluster; logits [V] of the last position, or
+        [T, V] of every position with `all_logits`. A step at pos 0 starts afresh: it
+        overwrites the KV cache from position 0 and attends to nothing older."""
         with self._lock:
-            return self._master.step(ids, pos)
+            return self._master.step(ids, pos, all_logits)
 
     def rank_stats(self) -> list[RankStats]:
         """Latest numbers of every rank (rank 0 measured now, workers as last pushed)."""
