@@ -4,6 +4,7 @@ point; it starts the window when there are no arguments and hands everything els
   tpi-chat                      (app/launch.py) the desktop app; here: the terminal chat
   tpi-chat chat                 interactive chat in the terminal
   tpi-chat generate --prompt T  one reply, streamed to stdout (--json for numbers)
+  tpi-chat perplexity --text F  the model's perplexity on a text file, llama.cpp's method
   tpi-chat split                pre-split a model for a plan
   tpi-chat pair HOST:PORT --code NNN-NNN   pair a device (its worker shows the code)
   tpi-chat devices              the paired devices, and whether each answers now
@@ -75,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
     g.add_argument("--json", action="store_true", help="end with one JSON line of results")
 
+    pp = sub.add_parser("perplexity", help="perplexity of the model on a text file",
+                        description="Perplexity as llama.cpp's llama-perplexity measures it: "
+                        "the text cut into windows of --context tokens (default 512), the "
+                        "second half of each window scored.")
+    _model_args(pp)
+    pp.set_defaults(context=512)  # here --context is the window, as llama-perplexity's -c
+    pp.add_argument("--text", required=True, help="UTF-8 text file to score")
+    pp.add_argument("--json", action="store_true", help="end with one JSON line of results")
+
     c = sub.add_parser("chat", help="interactive chat in the terminal")
     _model_args(c)
     _sampling_args(c)
@@ -135,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             from core.worker import main as worker_main
 
             return worker_main(args)
+        if args.cmd == "perplexity":
+            from core.perplexity_cli import cmd_perplexity
+
+            return cmd_perplexity(args)
         if args.cmd in ("pair", "devices"):
             from core.cluster import devices_cli
 

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from argparse import Namespace
+from pathlib import Path
 from typing import TextIO
 
 from core.cluster.devices_cli import data_dir_of
@@ -57,15 +58,28 @@ def _sampling(args: Namespace) -> SamplingParams:
 def _start(args: Namespace) -> tuple[LocalCluster | Session, ChatTokenizer]:
     """This computer, plus the paired devices --devices names (left out when they do
     not answer or cannot start: the run goes on without them)."""
+    model_dir, tokenizer = open_for(args)
+    return start_for(args, model_dir), tokenizer
+
+
+def open_for(args: Namespace) -> tuple[Path, ChatTokenizer]:
+    """--model opened (GGUF import, tokenizer), the options and --devices checked first;
+    a command that vets the model before any rank starts calls this, then start_for."""
+    _options(args)
+    Roster(data_dir_of(args)).worker_specs(args.devices)
+    return open_model(args.model, _stage_progress())
+
+
+def start_for(args: Namespace, model_dir: Path) -> LocalCluster | Session:
+    """The model in `model_dir` started on this computer and the devices --devices names."""
     opts = _options(args)
     data_dir = data_dir_of(args)
     devices = Roster(data_dir).worker_specs(args.devices)
-    progress = _stage_progress()
-    model_dir, tokenizer = open_model(args.model, progress)
-    cluster = start_cluster(model_dir, opts, devices, data_dir=data_dir, progress=progress)
+    cluster = start_cluster(model_dir, opts, devices, data_dir=data_dir,
+                            progress=_stage_progress())
     if isinstance(cluster, Session):
         _say_left_out(cluster)
-    return cluster, tokenizer
+    return cluster
 
 
 def _say_left_out(session: Session) -> None:

@@ -41,7 +41,9 @@ def open_model(model: str | None, progress: Progress) -> tuple[Path, ChatTokeniz
     """(model_dir, ChatTokenizer): GGUF import or HF dir lookup, with progress."""
     model_dir = resolve_model(model, lambda d, t: progress("Importing model", d, t))
     progress("Loading tokenizer", 0, 1)
-    return model_dir, ChatTokenizer(model_dir)
+    tokenizer = ChatTokenizer(model_dir)
+    progress("Loading tokenizer", 1, 1)  # a finished bar ends its line: what follows starts
+    return model_dir, tokenizer  # on its own (an error, or the next stage's bar)
 
 
 def master_budget(devices: list[WorkerSpec]) -> int:
