@@ -226,7 +226,13 @@ class DeviceCard(QFrame):
 
     def update_status(self, s: DeviceStatus, sample: bool = True) -> None:
         """Show `s`; `sample` adds its RTT to the sparkline (once per status report)."""
-        self.transfer.stop()  # the status row replaces a transfer's progress
+        if self.transfer.ticking and s.state not in ("offline", "failed"):
+            # shards on their way say more than the row a re-planning session pushes each
+            # second ("starting"); the row shows once they are through or stalled
+            if s.rtt_ms is not None and sample:
+                self.spark.add(s.rtt_ms)
+            return
+        self.transfer.stop()
         colors = {"ready": "ok", "busy": "accent", "loading": "warn", "offline": "danger",
                   "failed": "danger", "paired": "muted", "starting": "warn"}
         self.dot.setStyleSheet(f"color: {theme().hex(colors.get(s.state, 'muted'))};")

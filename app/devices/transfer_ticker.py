@@ -5,7 +5,8 @@ engine thread, one per chunk the worker acknowledged: up to a hundred a second o
 link. Each feeds a core.cluster.transfer_rate.TransferRate (timed on arrival: the signal
 carries bytes only), but `changed` fires only for the first and the last update and then
 every REFRESH_MS from a timer, which also lets a stall show: the rate decays although no
-update comes. Nothing here waits: the timer is the GUI thread's own.
+update comes. The end is reported once: the sender reports it again for each file's and
+the commit's acknowledgement. Nothing here waits: the timer is the GUI thread's own.
 """
 
 from __future__ import annotations
@@ -28,20 +29,25 @@ class TransferTicker(QObject):
         super().__init__(parent)
         self._clock = clock
         self._meter: TransferRate | None = None
+        self._ended: tuple[int, int] | None = None  # (done, total) of the end shown
         self._timer = QTimer(self)
         self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self.refresh)
 
     @property
     def active(self) -> bool:
-        """A transfer is being shown and not finished."""
+        """A transfer is being shown and not finished (perhaps stalled)."""
         return self._meter is not None
 
     @property
     def ticking(self) -> bool:
+        """Bytes are on their way: active and not stalled."""
         return self._timer.isActive()
 
     def update(self, done: int, total: int) -> None:
+        if (done, total) == self._ended:
+            return
+        self._ended = None
         first = self._meter is None
         if first:
             self._meter = TransferRate(self._clock)
@@ -50,6 +56,7 @@ class TransferTicker(QObject):
             self.changed.emit(e)
         if e.finished:
             self.stop()
+            self._ended = (done, total)
         elif not self._timer.isActive():
             self._timer.start()
 
@@ -66,4 +73,5 @@ class TransferTicker(QObject):
         """The card shows something else now; a later transfer is measured afresh."""
         self._timer.stop()
         self._meter = None
+        self._ended = None
 

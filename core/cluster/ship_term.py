@@ -4,7 +4,8 @@
 
 The words are the device card's (core.cluster.transfer_rate.shipping_line). Progress comes
 once per acknowledged chunk, so the line is redrawn at most every REDRAW_S (the first and
-the last report always). It is cut to the terminal's width, because a carriage return only
+the last report always; the last only once, though the sender repeats it for each file's
+and the commit's acknowledgement). It is cut to the terminal's width, because a carriage return only
 goes back to the start of the last screen row: a wrapped line would leave a trail.
 """
 
@@ -32,10 +33,14 @@ class ShipTermLine:
         self._clock = clock
         self._columns = columns  # None: the terminal's, asked at every redraw
         self._meter: TransferRate | None = None
+        self._ended: tuple[int, int] | None = None  # (done, total) of the end printed
         self._drawn_at = -math.inf
         self._width = 0  # of the line on screen: a shorter one is padded to cover it
 
     def __call__(self, done: int, total: int) -> None:
+        if (done, total) == self._ended:
+            return
+        self._ended = None
         if self._meter is None:
             self._meter = TransferRate(self._clock)
         e = self._meter.update(done, total)
@@ -48,6 +53,7 @@ class ShipTermLine:
         self._width = len(line)
         if e.finished:
             self._end()
+            self._ended = (done, total)
         self.stream.flush()
 
     def close(self) -> None:

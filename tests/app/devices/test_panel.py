@@ -4,6 +4,7 @@ of a real ship arriving from another thread as queued signals."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -70,13 +71,41 @@ def test_a_shipping_update_shows_the_bar_and_the_line_on_the_devices_card(qtbot,
 
     clock.t += 0.1
     panel.show_transfer("mini-pc", 980 * MB, 980 * MB)
-    assert plain(card.memory_label.text()).startswith("Shipped 980 MB \u00b7 ")
+    end = plain(card.memory_label.text())
+    assert re.fullmatch(r"Shipped 980 MB \u00b7 [\d.]+ MB/s", end), end
+    for _ in range(2):  # the sender repeats the end: the last file's ack, the commit's
+        clock.t += 0.01
+        panel.show_transfer("mini-pc", 980 * MB, 980 * MB)
+    assert plain(card.memory_label.text()) == end
     assert card.memory.fraction == 1.0 and not card.transfer.ticking
     # the session's first status row replaces the transfer
     panel.update_devices([DeviceStatus("This device", "master"),
                           DeviceStatus("mini-pc", state="ready", resident_blocks=1,
                                        budget_blocks=2)])
     assert "Memory window 1/2 blocks" in card.memory_label.text()
+    assert not card.transfer.active
+
+
+def test_status_rows_wait_while_shards_are_on_their_way_unless_the_device_is_gone(
+        qtbot, themed):
+    """A re-planning session pushes a row each second while it ships again: the card keeps
+    the shipping line (and its measured rate) instead of flickering between the two."""
+    clock = FakeClock()
+    panel = panel_with(qtbot, "nas", clock)
+    card = panel.cards["nas"]
+    rows = [DeviceStatus("This device", "master"), DeviceStatus("nas", state="starting",
+                                                                rtt_ms=2.0)]
+    done = 0
+    for i in range(30):
+        clock.t += 0.1
+        done += MB
+        panel.show_transfer("nas", done, 900 * MB)
+        if i % 10 == 9:
+            panel.update_devices(rows)
+    qtbot.waitUntil(lambda: "10.0 MB/s" in plain(card.memory_label.text()), timeout=3000)
+    assert card.role.text() == "worker \u00b7 loading" and len(card.spark.samples) == 3
+    panel.update_devices([rows[0], DeviceStatus("nas", state="offline")])
+    assert "Offline" in card.rtt_label.text() and "Shipping" not in card.memory_label.text()
     assert not card.transfer.active
 
 
@@ -173,7 +202,8 @@ def test_a_real_ship_in_another_thread_fills_the_card(qtbot, themed, rank_dir, t
     shipper.join()
     qtbot.waitUntil(lambda: card.memory.fraction == 1.0, timeout=5000)
     total = load_manifest(rank_dir).total_bytes
-    assert plain(card.memory_label.text()).startswith(f"Shipped {round(total / 1000)} KB")
+    end = plain(card.memory_label.text())
+    assert re.fullmatch(rf"Shipped {round(total / 1000)} KB \u00b7 [\d.]+ KB/s", end), end
     assert any(t.endswith("estimating\u2026") for t in texts)
     assert any(t.startswith("Shipping ") and "KB/s" in t and t.endswith(" left")
                for t in texts), texts[-5:]

@@ -60,3 +60,15 @@ def test_after_stop_a_transfer_is_measured_afresh(qapp):
     clock.t += 60
     ticker.update(40 * MB, 100 * MB)  # a later load resumes the shipping
     assert seen[-1].rate is None and ticker.ticking  # not 0 B/s over the minute between
+
+
+def test_the_end_repeated_by_the_sender_is_shown_once(qapp):
+    clock = FakeClock()
+    ticker, seen = ticker_and_seen(clock)
+    for i in range(31):
+        clock.t = i * 0.1
+        ticker.update(i * MB, 30 * MB)
+    for _ in range(3):  # the last chunk's ack, then the file's and the commit's
+        ticker.update(30 * MB, 30 * MB)
+    assert [e.finished for e in seen] == [False, True]
+    assert seen[-1].rate == 10 * MB and not ticker.active

@@ -88,6 +88,9 @@ def test_pair_and_generate_across_two_networks(tiny, one_rank_tokens, lan, tmp_p
     # each worker ran its rank, reached over its own network
     assert any("running rank" in x for x in w1.lines)
     assert any("running rank" in x for x in w2.lines)
+    # the shards went to each device with the device card's line on stderr
+    for name in ("minipc", "board"):
+        assert re.search(rf"'{name}' \[#{{20}}\] Shipped \d+ KB", run.stderr), run.stderr
 
     # this computer's address on the Wi-Fi changes (a new DHCP lease): the next run
     # tells the device the new one

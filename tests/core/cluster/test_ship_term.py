@@ -93,3 +93,16 @@ def test_close_ends_an_unfinished_line_and_a_new_ship_is_measured_afresh():
     clock.t += 60
     line(30 * MB, 100 * MB)  # shipping again later, resuming
     assert screen(out.getvalue()).rstrip().endswith("estimating\u2026")
+
+
+def test_the_end_repeated_for_each_files_ack_and_the_commit_prints_once():
+    clock, out = FakeClock(), io.StringIO()
+    line = ShipTermLine("nas", out, clock, columns=100)
+    for i in range(31):
+        clock.t = i * 0.1
+        line(i * MB, 30 * MB)
+    for _ in range(3):  # ship_sender: the last chunk's ack, the file's, the commit's
+        clock.t += 0.01
+        line(30 * MB, 30 * MB)
+    assert out.getvalue().count("Shipped") == 1 and out.getvalue().count("\n") == 1
+    assert "Shipped 30 MB \u00b7 10.0 MB/s" in out.getvalue()
