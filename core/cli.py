@@ -47,8 +47,12 @@ def _data_dir_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _dtype_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
-                   help="weight dtype of the shards (int8: weight-only, per-channel scales)")
+    p.add_argument("--dtype", default="auto",
+                   choices=["auto", "fp32", "bf16", "fp16", "int8", "q8", "q4", "q8_0", "q4_0",
+                            "q4_1", "gguf"],
+                   help="weight format of the shards. auto (default): a GGUF keeps its own "
+                        "quantization, a Hugging Face folder is fp32. int8: per-channel "
+                        "scales; q8/q4: llama.cpp's Q8_0/Q4_1 blocks")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ from core.model.model_dir import resolve_model
 from core.model.tokenizer import ChatTokenizer
 from core.progress import DeviceStage, Progress, TermProgress
 from core.ranks.local_cluster import LocalCluster
-from core.shard.layout import parse_dtype
+from core.shard.layout import AUTO, parse_dtype
 from core.shard.plan import parse_shares
 
 
@@ -183,6 +183,7 @@ def cmd_split(args: Namespace) -> int:
     model_dir = resolve_model(args.model, progress=bar)
     bar.close()
     shares = parse_shares(args.shares) if args.shares else [1.0] * args.ranks
-    run_split(model_dir, shares, dtype=parse_dtype(args.dtype))
+    dtype = args.dtype if args.dtype == AUTO else parse_dtype(args.dtype)
+    run_split(model_dir, shares, dtype=dtype)
     return 0
 

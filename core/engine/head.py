@@ -22,16 +22,16 @@ class Head:
     def __init__(self, rank_dir: Path, manifest: Manifest):
         self.head = prepare_block(read_block(rank_dir, manifest, HEAD))
         self.eps = manifest.config.rms_norm_eps
-        self.int8 = self.head["lm_head"].dtype == torch.int8
         # Tied models ship no embed block: token t's embedding is lm_head's column t
-        # (row t when int8 stores it [V, D]).
+        # (row t when int8 or a block format stores it [V, D]).
+        self.by_rows = self.head["lm_head"].dtype in (torch.int8, torch.uint8)
         tied = EMBED not in manifest.block_names()
         self.table = self.head if tied else prepare_block(read_block(rank_dir, manifest, EMBED))
         self.table_name = "lm_head" if tied else "embed"
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [T] int64 -> [T, D] float32."""
-        if self.int8:
+        if self.by_rows:
             return rows(self.table, self.table_name, ids)
         w = self.table[self.table_name]
         if self.table_name == "lm_head":  # [D, V]

@@ -13,6 +13,8 @@ The residual stream and every output are float32; only the weights differ:
             model), else torch's int8 weight-only kernel (bf16 activations); prefill (many
             rows) dequantizes to bf16 once per block and runs a bf16 GEMM, which measured
             ~4x faster than torch's int8 kernel at 512 rows on this CPU.
+  q8_0/q4_0/q4_1  llama.cpp's blocks, [out, in] (qweight.py): the compiled kernel for any
+            number of rows (integer dot products against activations quantized per block).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from core.engine.qweight import QWeight, gather_qweights
 from core.kernels import library
 from core.shard.blocks import SCALE
 from core.shard.quant import dequantize_int8
@@ -41,7 +44,10 @@ def prepare_block(block: Block) -> Block:
     memory bandwidth and peak memory for nothing.
     """
     scale_dtype = torch.float32 if library.kernels() else ACT
+    gather_qweights(block)
     for name, t in block.items():
+        if isinstance(t, QWeight):
+            continue
         if name.endswith(SCALE):
             t = t.to(scale_dtype).contiguous()
         elif t.dim() == 1 and t.dtype != torch.float32:
@@ -55,6 +61,8 @@ def prepare_block(block: Block) -> Block:
 def linear(x: torch.Tensor, block: Block, name: str) -> torch.Tensor:
     """x [T, in] float32 @ block[name] -> [T, out] float32."""
     w = block[name]
+    if isinstance(w, QWeight):
+        return w.matmul(x)
     if w.dtype == torch.int8:
         return _int8(x, w, block[name + SCALE])
     kern = library.kernels()
@@ -88,6 +96,8 @@ def _int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor
 
 
 def rows(block: Block, name: str, ids: torch.Tensor) -> torch.Tensor:
-    """Rows `ids` of an [out, in]-stored int8 matrix, dequantized -> [T, in] float32."""
+    """Rows `ids` of an [out, in]-stored int8 or block matrix, dequantized -> [T, in] float32."""
+    if isinstance(block[name], QWeight):
+        return block[name].rows(ids)
     return dequantize_int8(block[name][ids], block[name + SCALE][ids])
 

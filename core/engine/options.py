@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-
 from core.cpu import usable_cores
-from core.shard.layout import DTYPES, SHORT_NAMES
+from core.shard.layout import AUTO, SHARD_DTYPES, SHORT_NAMES
 
 Window = int | None | Literal["auto"]  # blocks, None = all, "auto" = per rank from budgets
 
@@ -26,12 +24,13 @@ class RunOptions:
     threads: int | None = None  # torch threads per rank; None = cores / ranks on that machine
     link_delay_ms: float = 0.0  # emulated per-link latency (benchmarks)
     link_mbps: float | None = None
-    dtype: str = "float32"  # shard weight dtype: float32, bfloat16, float16 or int8 (or short)
+    dtype: str = AUTO  # shard weight dtype (core.shard.layout): auto keeps a GGUF's own
     env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if SHORT_NAMES.get(self.dtype, self.dtype) not in DTYPES:
-            raise ValueError(f"--dtype takes fp32, bf16, fp16 or int8 (got {self.dtype!r})")
+        if SHORT_NAMES.get(self.dtype, self.dtype) not in (AUTO, *SHARD_DTYPES):
+            raise ValueError(
+                f"--dtype takes auto, fp32, bf16, fp16, int8, q8 or q4 (got {self.dtype!r})")
         self.dtype = SHORT_NAMES.get(self.dtype, self.dtype)
         if self.ranks < 1:
             raise ValueError("--ranks must be at least 1")
@@ -46,10 +45,6 @@ class RunOptions:
             raise ValueError("--window must be at least 1 block, 'all' or 'auto'")
         if self.budgets is not None and len(self.budgets) != self.ranks:
             raise ValueError(f"{len(self.budgets)} memory budgets for {self.ranks} ranks")
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
 
     def threads_per_rank(self, local_ranks: int | None = None) -> int:
         """--threads, else this machine's cores shared by the ranks it runs (`local_ranks`,

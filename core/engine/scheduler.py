@@ -48,7 +48,7 @@ class SchedulerStats:
 
 
 def block_bytes(block: Block) -> int:
-    return sum(t.numel() * t.element_size() for t in block.values())
+    return sum(t.nbytes for t in block.values())  # tensors and QWeights alike
 
 
 class MemoryScheduler:

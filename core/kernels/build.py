@@ -1,4 +1,4 @@
-"""Find or compile the kernel library (matvec.c + decode_ops.c) for this machine.
+"""Find or compile the kernel library (matvec.c, decode_ops.c, quant*.c) for this machine.
 
 Order: a library shipped beside the source (the PyInstaller bundle carries one built by
 `python -m core.kernels.build DIR`), then one compiled earlier into the cache, then a fresh
@@ -23,7 +23,9 @@ from core.model.cache import cache_dir
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-SOURCES = [HERE / "matvec.c", HERE / "decode_ops.c"]
+SOURCES = [HERE / "matvec.c", HERE / "decode_ops.c", HERE / "quant.c", HERE / "quant_x86.c",
+           HERE / "quant_neon.c"]
+HEADERS = [HERE / "quant.h"]
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
 COMPILE_TIMEOUT_S = 120
 
@@ -34,7 +36,7 @@ class KernelBuildError(RuntimeError):
 
 def library_name() -> str:
     h = hashlib.sha256(" ".join(FLAGS).encode())
-    for src in SOURCES:
+    for src in SOURCES + HEADERS:
         h.update(src.read_bytes())
     digest = h.hexdigest()[:16]
     return f"libtpi_kernels-{digest}.so"
@@ -42,7 +44,7 @@ def library_name() -> str:
 
 def find_or_build() -> Path:
     """Path of a loadable library for this source; compiles one if needed."""
-    missing = [str(s) for s in SOURCES if not s.is_file()]
+    missing = [str(s) for s in SOURCES + HEADERS if not s.is_file()]
     if missing:
         raise KernelBuildError(f"kernel source {missing[0]} is missing")
     name = library_name()

@@ -1,5 +1,5 @@
-"""ctypes bindings of the compiled decode kernels (matvec.c, decode_ops.c), loaded once per
-process.
+"""ctypes bindings of the compiled kernels (matvec.c, decode_ops.c, quant*.c), loaded once
+per process.
 
 `kernels()` is None when the library cannot be had (no compiler, TPI_CHAT_KERNELS=0, a
 build error): callers then use torch's kernels. Nothing here crosses the network; the
@@ -50,6 +50,14 @@ class Kernels:
         self._attend.argtypes = [_P] * 7 + [_I64] * 5 + [_INT]
         self._attend.restype = None
         self.level = LEVELS.get(lib.tpi_i8_level(), "unknown")
+        self._qmm = lib.tpi_qmatmul
+        self._qmm.argtypes = [_INT, _P, _P, _P, _I64, _I64, _I64, _I64, _INT]
+        self._qmm.restype = _INT
+        self._deq = lib.tpi_dequant
+        self._deq.argtypes = [_INT, _P, _P, _I64, _INT]
+        self._deq.restype = _INT
+        lib.tpi_quant_isa.restype = ctypes.c_char_p
+        self.quant_isa = lib.tpi_quant_isa().decode()
 
     def has_matvec(self, dtype: torch.dtype) -> bool:
         return dtype in self._matvec
@@ -71,6 +79,27 @@ class Kernels:
         self._i8(x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), M, K, N,
                  torch.get_num_threads())
         return y
+
+    def qmatmul(self, fmt: int, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+        """out [M, N] (rows may be strided) = x [M, K] float32 @ w.T, for w [N, row bytes]
+        uint8 blocks of format `fmt` (core/kernels/quant.h)."""
+        M, K = x.shape
+        if out.stride(1) != 1 or out.shape != (M, w.shape[0]) or x.stride(1) != 1:
+            raise ValueError("qmatmul wants row-contiguous x and out of shape [M, N]")
+        rc = self._qmm(fmt, x.data_ptr(), w.data_ptr(), out.data_ptr(), out.stride(0), M, K,
+                       w.shape[0], torch.get_num_threads())
+        if rc == -1:
+            raise MemoryError("out of memory in the quantized matmul kernel")
+        if rc:
+            raise ValueError(f"the quantized matmul kernel refused format {fmt} or K={K}")
+
+    def dequant(self, fmt: int, w: torch.Tensor, n_values: int) -> torch.Tensor:
+        """The first `n_values` (a multiple of 32) weights of contiguous blocks `w` -> fp32."""
+        out = torch.empty(n_values)
+        if self._deq(fmt, w.data_ptr(), out.data_ptr(), n_values // 32,
+                     torch.get_num_threads()):
+            raise ValueError(f"the dequantize kernel refused format {fmt}")
+        return out
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         """x [T, D] float32, w [D] float32 -> [T, D], as HF's LlamaRMSNorm."""
@@ -114,5 +143,6 @@ def kernels() -> Kernels | None:
     except (KernelBuildError, OSError, AttributeError) as e:
         log.warning("compiled decode kernels unavailable, using torch's: %s", e)
         return None
-    log.info("compiled decode kernels loaded (int8 loop: %s)", k.level)
+    log.info("compiled decode kernels loaded (int8 loop: %s, quantized: %s)", k.level,
+             k.quant_isa)
     return k

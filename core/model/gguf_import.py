@@ -1,11 +1,12 @@
-"""Convert a GGUF file (llama, mistral, qwen2, qwen3) into a Hugging Face model dir, once.
+"""Import a GGUF file (llama, mistral, qwen2, qwen3) as a model dir, once.
 
-The engine only reads HF model dirs (config.json + safetensors + tokenizer), so a GGUF the
-user picks, including the embedded default model, is converted on first use into
-`cache_dir()/models/<name>-<hash>`: weights dequantized to fp32 tensor by tensor (a model
-larger than RAM never has to fit in memory), the tokenizer converted by transformers, the
-chat template kept. The dir is built beside its final place and renamed into it when
-complete, so a half-written dir is never used; a second import of the same file is instant.
+The engine reads model dirs (config.json + tokenizer + weights), so a GGUF the user picks,
+including the embedded default model, gets one on first use in
+`cache_dir()/models/<name>-<hash>`: a Hugging Face config.json read from the metadata, the
+tokenizer converted by transformers (chat template kept), and `gguf.json` naming the file.
+The weights stay in the GGUF: the splitter reads them from there (gguf_weights.py), in
+their own quantization by default. The dir is built beside its final place and renamed
+into it when complete, so a half-written dir is never used; a second import is instant.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,12 @@ from core.model.config import ModelConfig
 from core.progress import StageProgress
 
 SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3")  # Mistral GGUFs say "llama"
-SHARD_BYTES = 2 * 1024**3
+POINTER = "gguf.json"  # in the model dir: which GGUF file holds the weights
 _SAMPLE = 1024 * 1024  # bytes hashed at each end of the file for the cache key
-_CHUNK_BYTES = 64 * 1024 * 1024  # fp32 output bytes dequantized at a time
 _STALE_TMP_SECONDS = 24 * 3600
 # Part of the cache key: bump it when the conversion changes, so old dirs are not reused.
-CONVERTER_VERSION = 1
+# 2: no fp32 copy of the weights, gguf.json points at the file instead.
+CONVERTER_VERSION = 2
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -76,7 +76,8 @@ def import_gguf(gguf_path: str | Path, progress: StageProgress | None = None) ->
     models.mkdir(parents=True, exist_ok=True)
     name = f"{_safe_stem(src)}-{gguf_cache_key(src)}"
     final = models / name
-    if (final / "config.json").is_file():
+    if (final / "config.json").is_file() and (final / POINTER).is_file():
+        _point_at(src, final)  # the same file may have moved since
         return final
     _remove_stale_tmp(models, name)
     if final.exists():  # left incomplete by hand: rebuild it
@@ -153,18 +154,33 @@ def _convert(src: Path, out: Path, progress: StageProgress | None) -> None:
     tensors = {t.name: t for t in reader.tensors}
     hf_config = _hf_config(meta, tensors, src.name)
     ModelConfig.from_hf(hf_config)  # refuse what the engine cannot run before the long part
-    plan = _plan(tensors)
+    for t in tensors.values():
+        hf_tensor_name(t.name)  # refuse a tensor the engine has no place for, up front
     if progress:
-        progress(0, len(plan))
-    # The tokenizer first: it can fail too, better before minutes of weight writing.
+        progress(0, 1)
     _write_tokenizer(src, meta, out)
-    _write_weights(meta.arch, hf_config, plan, out, progress)
+    _point_at(src, out)
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
     gen = {
         k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf_config
     }
     if gen:
         (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    if progress:
+        progress(1, 1)
+
+
+def _point_at(src: Path, out: Path) -> None:
+    """Write gguf.json: which file holds the weights (atomically: readers may be open)."""
+    ptr = {"file": str(src.resolve()), "size": src.stat().st_size, "key": gguf_cache_key(src),
+           "converter": CONVERTER_VERSION}
+    text = json.dumps(ptr, indent=1) + "\n"
+    path = out / POINTER
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    tmp = out / f".{POINTER}.{os.getpid()}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class _Meta:
@@ -364,118 +380,6 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
         .swapaxes(1, 2)
         .reshape(w.shape)
     )
-
-
-def _plan(tensors: dict) -> list[tuple[str, Any, tuple[int, ...]]]:
-    """(HF name, GGUF tensor, numpy shape) of every tensor to write, in file order."""
-    plan = []
-    for t in tensors.values():
-        hf = hf_tensor_name(t.name)
-        if hf is not None:
-            plan.append((hf, t, tuple(int(x) for x in reversed(t.shape))))
-    return plan
-
-
-def _write_weights(
-    arch: str, cfg: dict[str, Any], plan: list, out: Path, progress: StageProgress | None
-) -> None:
-    shards = _shard(plan)
-    total = len(plan)
-    done = 0
-    weight_map: dict[str, str] = {}
-    total_size = 0
-    for i, shard in enumerate(shards):
-        fname = (
-            "model.safetensors"
-            if len(shards) == 1
-            else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        )
-        with _SafetensorsWriter(out / fname, [(n, s) for n, _, s in shard]) as writer:
-            for hf, t, shape in shard:
-                for chunk in _fp32_chunks(arch, cfg, t, shape):
-                    writer.write(chunk)
-                weight_map[hf] = fname
-                total_size += 4 * math.prod(shape)
-                done += 1
-                if progress:
-                    progress(done, total)
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _shard(plan: list) -> list[list]:
-    shards: list[list] = [[]]
-    size = 0
-    for item in plan:
-        nbytes = 4 * math.prod(item[2])
-        if shards[-1] and size + nbytes > SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append(item)
-        size += nbytes
-    return shards
-
-
-def _fp32_chunks(arch: str, cfg: dict[str, Any], t, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
-    """The tensor as contiguous fp32 row blocks, in HF convention."""
-    from gguf.quants import dequantize
-
-    data = t.data
-    is_q, is_k = ".attn_q." in t.name, ".attn_k." in t.name
-    if arch == "llama" and (is_q or is_k):
-        # The q/k row permutation spans whole heads, so these (small) tensors go in one piece.
-        w = dequantize(np.asarray(data), t.tensor_type).reshape(shape)
-        n_head = cfg["num_attention_heads"] if is_q else cfg["num_key_value_heads"]
-        yield np.ascontiguousarray(unpermute_qk(w, n_head), dtype=np.float32)
-        return
-    rows = shape[0] if len(shape) > 1 else 1
-    row_bytes = 4 * math.prod(shape) // rows
-    step = max(1, _CHUNK_BYTES // max(1, row_bytes))
-    if len(shape) == 1:
-        step = rows
-    for r0 in range(0, rows, step):
-        part = data[r0 : r0 + step] if len(shape) > 1 else data
-        w = dequantize(np.asarray(part), t.tensor_type)
-        yield np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
-
-
-class _SafetensorsWriter:
-    """Writes one fp32 safetensors file whose header is known up front, data streamed after."""
-
-    def __init__(self, path: Path, entries: list[tuple[str, tuple[int, ...]]]):
-        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        for name, shape in entries:
-            n = 4 * math.prod(shape)
-            header[name] = {
-                "dtype": "F32",
-                "shape": list(shape),
-                "data_offsets": [offset, offset + n],
-            }
-            offset += n
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # data must start 8-byte aligned
-        self.expected = offset
-        self.written = 0
-        self.path = path
-        self.f = open(path, "wb")
-        self.f.write(len(raw).to_bytes(8, "little"))
-        self.f.write(raw)
-
-    def write(self, chunk: np.ndarray) -> None:
-        self.f.write(memoryview(chunk.astype("<f4", copy=False)).cast("B"))
-        self.written += chunk.size * 4
-
-    def __enter__(self) -> _SafetensorsWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.f.close()
-        if exc[0] is None and self.written != self.expected:
-            raise ModelError(
-                f"internal error: {self.path.name} got {self.written} of {self.expected} bytes"
-            )
 
 
 # ---------------------------------------------------------------- tokenizer

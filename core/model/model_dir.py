@@ -9,13 +9,14 @@ support, weights and a tokenizer, so a bad choice fails with one sentence up fro
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from core.errors import ModelError
 from core.model.config import load_config
 from core.model.default_model import default_gguf_path
 from core.model.gguf_import import import_gguf
-from core.model.weights import WeightReader
+from core.model.gguf_weights import is_gguf_dir, open_weights, read_pointer
 from core.progress import StageProgress
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -46,7 +47,7 @@ def validate_model_dir(model_dir: Path) -> Path:
     """`model_dir` if it has a supported config.json, weights and a tokenizer."""
     model_dir = Path(model_dir)
     load_config(model_dir)
-    WeightReader(model_dir).close()  # opening checks every weight file's header
+    open_weights(model_dir).close()  # opening checks every weight file's header
     has_tokenizer = any((model_dir / f).is_file() for f in _TOKENIZER_FILES) or all(
         (model_dir / f).is_file() for f in ("vocab.json", "merges.txt")
     )
@@ -68,7 +69,10 @@ def model_hash(model_dir: str | Path) -> str:
         h.update((model_dir / "config.json").read_bytes())
     except OSError:
         raise ModelError(f"{model_dir} is not a model folder: it has no config.json") from None
-    with WeightReader(model_dir) as reader:
+    if is_gguf_dir(model_dir):  # the import's key already samples the GGUF's contents
+        h.update(json.dumps(read_pointer(model_dir), sort_keys=True).encode())
+        return h.hexdigest()[:16]
+    with open_weights(model_dir) as reader:
         files = reader.files()
     for f in files:
         _hash_weight_file(h, f)

@@ -117,7 +117,7 @@ class LocalCluster:
     def _split(self) -> None:
         opts = self.opts
         plan = make_plan(load_config(self.model_dir), opts.shares or [1.0] * opts.ranks)
-        split = split_model(self.model_dir, plan, cache_dir() / "shards", opts.torch_dtype,
+        split = split_model(self.model_dir, plan, cache_dir() / "shards", opts.dtype,
                             model_hash=model_hash(self.model_dir),
                             progress=lambda d, t: self._report("splitting model", d, t))
         self.rank_dirs = split.rank_dirs

@@ -33,25 +33,51 @@ each matrix M listed in MATRICES is stored as int8 in HF's [out, in] layout (the
 torch's int8 weight-only matmul takes) plus `M_scale` [out] float32, one scale per output
 channel; norms and biases stay float32. (lm_head int8 is [V, D]: row t is token t's
 embedding, so a tied embedding is a row lookup.)
+
+Quantized shard dtypes (q8_0, q4_0, q4_1 and gguf, see core/shard/qformats.py) store each
+matrix M in HF's [out, in] layout as llama.cpp's blocks: one or more uint8 tensors
+`M.{i}.{format}` [rows_i, row bytes], whose rows stacked in order i make M (a fused matrix
+whose source tensors came in different formats, such as a Q4_K_M file's q/k in 4 bits and
+v in 6, keeps one part per format). Norms and biases stay float32.
 """
 
 from __future__ import annotations
 
 import torch
 
+from core.shard.layout import FLOAT_DTYPES, is_quantized
+from core.shard.qformats import FORMATS
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3  # 2: matrices stored [in, out]; 3: int8 shards ([out, in] + scales)
+# (quantized dtypes came later under version 3: older code refuses their dtype by name)
 MATRICES = frozenset({"wqkv", "wo", "w_gate_up", "w_down", "lm_head", "embed"})
 SCALE = "_scale"  # suffix of an int8 matrix's per-output-channel scales
 EMBED = "embed"
 HEAD = "head"
 
 
-def stored_dtype(shard_dtype: torch.dtype, tensor: str) -> torch.dtype:
-    """The dtype tensor `tensor` of a block has in a shard of `shard_dtype`."""
-    if shard_dtype != torch.int8:
-        return shard_dtype
+def stored_dtype(shard_dtype: str, tensor: str) -> torch.dtype:
+    """The dtype tensor `tensor` of a block has in a shard of dtype `shard_dtype`."""
+    if is_quantized(shard_dtype):
+        return torch.uint8 if parse_part(tensor) else torch.float32
+    if shard_dtype != "int8":
+        return FLOAT_DTYPES[shard_dtype]
     return torch.int8 if tensor in MATRICES else torch.float32
+
+
+def part_name(matrix: str, index: int, fmt: str) -> str:
+    """'wqkv', 0, 'q4_1' -> 'wqkv.0.q4_1' (see the module docstring)."""
+    return f"{matrix}.{index}.{fmt}"
+
+
+def parse_part(tensor: str) -> tuple[str, int, str] | None:
+    """'wqkv.0.q4_1' -> ('wqkv', 0, 'q4_1'); None for a name that is not a matrix part."""
+    matrix, _, rest = tensor.partition(".")
+    index, _, fmt = rest.partition(".")
+    if matrix not in MATRICES or not index.isdigit() or fmt not in FORMATS:
+        return None
+    return matrix, int(index), fmt
 
 
 def attn_block(layer: int) -> str:

@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 from core.errors import ModelError
+from core.model.gguf_import import POINTER
 
 _MAX_HEADER = 100 << 20  # safetensors itself refuses headers over 100 MB
 
@@ -23,6 +24,9 @@ def model_fingerprint(model_dir: Path, weight_files: list[Path]) -> str:
     h = hashlib.sha256()
     try:
         h.update((model_dir / "config.json").read_bytes())
+        if (model_dir / POINTER).is_file():  # an imported GGUF: its key samples the file
+            h.update((model_dir / POINTER).read_bytes())
+            return h.hexdigest()[:16]
         for f in sorted(weight_files, key=lambda p: p.name):
             h.update(f"\0{f.name}\0{f.stat().st_size}\0".encode())
             h.update(_header(f))

@@ -16,34 +16,46 @@ import torch
 from core.errors import ShardError
 from core.shard.plan import Plan
 
-DTYPES: dict[str, torch.dtype] = {
+FLOAT_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
     "int8": torch.int8,  # weight-only: int8 matrices with per-row scales, see quant.py
 }
+# Block-quantized matrices (qformats.py); "gguf" keeps each GGUF matrix's own format.
+QUANT_DTYPES = ("q8_0", "q4_0", "q4_1", "gguf")
+SHARD_DTYPES = (*FLOAT_DTYPES, *QUANT_DTYPES)
+AUTO = "auto"  # a GGUF keeps its quantization ("gguf"), a Hugging Face folder is float32
 # What users type (`--dtype`); the long names above are accepted too.
-SHORT_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
+SHORT_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "q8": "q8_0",
+               "q4": "q4_1"}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,127}$")
 TMP_MARK = ".tmp-"
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """torch.float16 -> 'float16', refusing dtypes the shards do not support."""
-    for name, d in DTYPES.items():
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """torch.float16 or 'fp16' -> 'float16', refusing what shards cannot store."""
+    if isinstance(dtype, str):
+        return parse_dtype(dtype)
+    for name, d in FLOAT_DTYPES.items():
         if d == dtype:
             return name
     raise ShardError(f"shards can be float32, float16, bfloat16 or int8, not {dtype}")
 
 
-def parse_dtype(name: str) -> torch.dtype:
-    """'bfloat16' or 'bf16' -> torch.bfloat16, with a clear error for anything else."""
-    try:
-        return DTYPES[SHORT_NAMES.get(name, name)]
-    except (KeyError, TypeError):
+def parse_dtype(name: str) -> str:
+    """'bf16' or 'bfloat16' -> 'bfloat16', with a clear error for anything else."""
+    full = SHORT_NAMES.get(name, name) if isinstance(name, str) else None
+    if full not in SHARD_DTYPES:
         raise ShardError(
-            f"unknown shard dtype {name!r} (use fp32, bf16, fp16 or int8)"
-        ) from None
+            f"unknown shard dtype {name!r} (use auto, fp32, bf16, fp16, int8, q8 or q4)"
+        )
+    return full
+
+
+def is_quantized(dtype: str) -> bool:
+    """Whether shards of this dtype hold block-quantized matrices (qformats.py)."""
+    return dtype in QUANT_DTYPES
 
 
 def check_model_hash(model_hash: str) -> str:
@@ -53,7 +65,7 @@ def check_model_hash(model_hash: str) -> str:
     return model_hash
 
 
-def split_root(out_root: Path, model_hash: str, plan: Plan, dtype: torch.dtype) -> Path:
+def split_root(out_root: Path, model_hash: str, plan: Plan, dtype: torch.dtype | str) -> Path:
     """The folder holding every rank dir of this (model, plan, dtype) split."""
     return Path(out_root) / f"{check_model_hash(model_hash)}-{plan.key()}-{dtype_name(dtype)}"
 

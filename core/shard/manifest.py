@@ -89,16 +89,12 @@ class Manifest:
     config: ModelConfig
     plan: Plan
     rank: int
-    dtype: str  # "float32" | "float16" | "bfloat16" | "int8"
+    dtype: str  # a name of core.shard.layout.SHARD_DTYPES
     blocks: tuple[BlockInfo, ...]
 
     @property
     def share(self) -> RankShare:
         return self.plan.ranks[self.rank]
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return parse_dtype(self.dtype)
 
     @property
     def total_bytes(self) -> int:
@@ -134,8 +130,7 @@ class Manifest:
         rank = int(d["rank"])
         if not 0 <= rank < plan.world_size:
             raise ValueError(f"rank {rank} is outside the plan's {plan.world_size} ranks")
-        dtype = str(d["dtype"])
-        parse_dtype(dtype)
+        dtype = parse_dtype(str(d["dtype"]))
         return cls(
             format_version=version,
             model_hash=check_model_hash(str(d["model_hash"])),
@@ -269,8 +264,7 @@ def read_block(
         raise ShardError(
             f"shard file {shown} does not hold the tensors its manifest lists; {advice}"
         )
-    want = manifest.torch_dtype
-    if any(t.dtype != stored_dtype(want, k) for k, t in tensors.items()):
+    if any(t.dtype != stored_dtype(manifest.dtype, k) for k, t in tensors.items()):
         raise ShardError(
             f"shard file {shown} is not {manifest.dtype} as its manifest says; {advice}"
         )

@@ -14,7 +14,6 @@ from typing import TextIO
 import torch
 
 from core.model.config import load_config
-from core.shard.layout import dtype_name
 from core.shard.plan import make_plan
 from core.shard.splitter import SplitResult, split_model
 
@@ -52,7 +51,7 @@ def run_split(
     model_dir: Path,
     shares: list[float],
     out_root: Path | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = "auto",
     *,
     model_hash: str | None = None,
     stream: TextIO | None = None,
@@ -92,7 +91,9 @@ def run_split(
         "already split (cached)" if result.cached else (f"split in {time.monotonic() - t0:.1f} s")
     )
     stream.write(
-        f"{what} into {plan.world_size} ranks, {dtype_name(dtype)}: {sizes}; at {result.root}\n"
+        f"{what} into {plan.world_size} ranks, {result.dtype}: {sizes}; at {result.root}\n"
     )
+    for note in result.conversions:
+        stream.write(f"  converted {note}\n")
     stream.flush()
     return result

@@ -21,12 +21,13 @@ from safetensors.torch import save_file
 
 from core.errors import ShardError
 from core.model.config import ModelConfig, load_config
-from core.model.weights import WeightReader
+from core.model.gguf_weights import open_weights
 from core.progress import StageProgress
 from core.shard.block_builder import Block, BlockBuilder
 from core.shard.blocks import EMBED, FORMAT_VERSION, HEAD, attn_block, block_file, mlp_block
 from core.shard.fingerprint import model_fingerprint
 from core.shard.layout import (
+    AUTO,
     dtype_name,
     rank_dir,
     split_root,
@@ -53,13 +54,15 @@ class SplitResult:
     plan: Plan
     cached: bool
     bytes_per_rank: list[int] = field(default_factory=list)
+    dtype: str = "float32"
+    conversions: list[str] = field(default_factory=list)  # lossy format changes, measured
 
 
 def split_model(
     model_dir: Path,
     plan: Plan,
     out_root: Path,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = AUTO,
     progress: StageProgress | None = None,
     model_hash: str | None = None,
     *,
@@ -67,17 +70,19 @@ def split_model(
 ) -> SplitResult:
     """Write `out_root/<model_hash>-<plan.key()>-<dtype>/rank{r}/` for every rank of `plan`.
 
-    `progress(done, total)` is called after each block file is written (not at all when
+    `dtype` is a shard dtype (core.shard.layout), or "auto": a GGUF's own quantization,
+    float32 for a Hugging Face folder. `progress(done, total)` is called after each block
+    file is written (not at all when
     the split is cached); `on_written(nbytes)` too, with that file's size. `model_hash`
     defaults to a fingerprint of config.json and the weight file headers.
     """
     model_dir = Path(model_dir)
     cfg = load_config(model_dir)
     check_plan(cfg, plan)
-    with WeightReader(model_dir) as reader:  # closed after: the app splits many models
+    with open_weights(model_dir) as reader:  # closed after: the app splits many models
         mhash = model_hash or model_fingerprint(model_dir, reader.files())
-        dname = dtype_name(dtype)
-        root = split_root(out_root, mhash, plan, dtype)
+        dname = resolve_dtype(dtype, reader)
+        root = split_root(out_root, mhash, plan, dname)
         dirs = [rank_dir(root, r) for r in range(plan.world_size)]
 
         done = {r: complete_manifest(dirs[r], mhash, plan, dname)
@@ -88,18 +93,33 @@ def split_model(
             for stale in stale_tmp_dirs(root):
                 shutil.rmtree(stale, ignore_errors=True)
             written = _write_ranks(
-                _Job(cfg, plan, mhash, dname, root, todo, BlockBuilder(reader, cfg, dtype)),
+                _Job(cfg, plan, mhash, dname, root, todo, BlockBuilder(reader, cfg, dname)),
                 progress,
                 on_written,
             )
             done.update(written)
+        report = getattr(reader, "report", None)
     return SplitResult(
         root=root,
         rank_dirs=dirs,
         plan=plan,
         cached=not todo,
         bytes_per_rank=[done[r].total_bytes for r in range(plan.world_size)],
+        dtype=dname,
+        conversions=report.lines() if report else [],
     )
+
+
+def resolve_dtype(dtype: torch.dtype | str, reader: object) -> str:
+    """The shard dtype name to write: 'auto' keeps a GGUF's own weights, else float32."""
+    if dtype == AUTO:
+        native = getattr(reader, "native_dtype", None)
+        return native() if native else "float32"
+    name = dtype_name(dtype)
+    if name == "gguf" and not hasattr(reader, "qrows"):
+        raise ShardError("dtype 'gguf' keeps a GGUF file's own quantization; this model is a "
+                         "Hugging Face folder (use q8, q4, int8 or a float dtype)")
+    return name
 
 
 def check_plan(cfg: ModelConfig, plan: Plan) -> None:

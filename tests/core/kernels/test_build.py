@@ -53,10 +53,11 @@ def test_the_name_changes_with_the_source(tmp_path, monkeypatch):
 @needs_cc
 def test_a_shipped_library_is_used_before_the_cache(tmp_path, monkeypatch):
     """The bundle's layout: the library beside the sources, written by `-m core.kernels.build`."""
-    for src in build.SOURCES:
+    for src in build.SOURCES + build.HEADERS:
         shutil.copy(src, tmp_path / src.name)
     monkeypatch.setattr(build, "HERE", tmp_path)
     monkeypatch.setattr(build, "SOURCES", [tmp_path / s.name for s in build.SOURCES])
+    monkeypatch.setattr(build, "HEADERS", [tmp_path / s.name for s in build.HEADERS])
     monkeypatch.setenv("TPI_CHAT_CACHE", str(tmp_path / "cache"))
     assert build.main([str(tmp_path)]) == 0
     assert build.find_or_build() == tmp_path / build.library_name()

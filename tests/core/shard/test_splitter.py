@@ -151,7 +151,7 @@ def test_half_precision_split(tiny_model, tmp_path, dtype) -> None:
     result = _split(model_dir, [1, 1], tmp_path, dtype=dtype)
     assert result.root.name.endswith("-" + dtype_name(dtype))
     m = load_manifest(result.rank_dirs[1])
-    assert m.torch_dtype == dtype
+    assert m.dtype == dtype_name(dtype)
     blk = read_block(result.rank_dirs[1], m, mlp_block(2))
     assert blk["w_down"].dtype == dtype
     want = ref["model.layers.2.mlp.down_proj.weight"][:, m.share.col_start : m.share.col_end]

@@ -1,0 +1,61 @@
+/* Block-quantized weights as GGML stores them, and the row loops that multiply them.
+ *
+ * A quantized matrix w [N, K] is N rows of K/32 blocks; a block is 32 weights:
+ *   Q8_0 (34 bytes): fp16 d, int8 q[32]                  w = d * q
+ *   Q4_0 (18 bytes): fp16 d, uint8 qs[16]                w = d * (nibble - 8)
+ *   Q4_1 (20 bytes): fp16 d, fp16 m, uint8 qs[16]        w = d * nibble + m
+ * In Q4 blocks byte i holds weight i in its low nibble and weight i + 16 in its high one.
+ * These are llama.cpp's bytes exactly, so a GGUF's tensors are carried over unchanged.
+ *
+ * Activations are quantized per 32-block too (int8 xq, float scale xd, float sum xs of the
+ * unquantized values), so a block's product is one integer dot product and one or two
+ * float multiplies, as in llama.cpp; the integer dot is what the vector loops speed up.
+ */
+#ifndef TPI_QUANT_H
+#define TPI_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QK 32 /* weights per block, every format */
+
+enum { FMT_Q8_0 = 0, FMT_Q4_0 = 1, FMT_Q4_1 = 2, FMT_COUNT = 3 };
+
+/* Bytes per block, indexed by format. */
+static const int64_t QBLOCK_BYTES[FMT_COUNT] = {34, 18, 20};
+
+/* The quantized activations: M rows of K values, nb = K / QK blocks per row. */
+typedef struct {
+    const int8_t *q;  /* [M, K] */
+    const float *ds;  /* [M, nb, 2]: each block's scale, then the sum of its float values
+                       * (for Q4_1's m term); paired so one load serves both */
+    int64_t nb;
+} qacts;
+
+/* y[m * ldy + n] = dot(w row n, x row m) for rows n0..n1 of w and all M rows of x. */
+typedef void (*qrows_fn)(const uint8_t *w, const qacts *x, float *y, int64_t ldy, int64_t M,
+                         int64_t n0, int64_t n1);
+
+/* One loop per format (NULL: not available on this CPU), and the ISA's name for logs. */
+typedef struct {
+    const char *name;
+    qrows_fn rows[FMT_COUNT];
+} qisa;
+
+/* Exact fp16 -> fp32 by integer ops (see matvec.c's f16_load for why). */
+static inline float tpi_f16(const uint8_t *p) {
+    const uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
+    union { uint32_t u; float f; } c = {.u = (uint32_t)(h & 0x7fff) << 13};
+    c.f *= 0x1p112f;
+    c.u |= (uint32_t)(h & 0x8000) << 16;
+    if ((h & 0x7c00) == 0x7c00) c.u |= 0x7f800000;
+    return c.f;
+}
+
+/* The vector loops each CPU family offers; a family's file compiles to an empty table
+ * elsewhere. Each returns NULL when this CPU lacks the instructions. */
+const qisa *tpi_quant_x86(const char *cap);
+const qisa *tpi_quant_neon(const char *cap);
+extern const qisa TPI_QUANT_PLAIN;
+
+#endif
