@@ -18,9 +18,9 @@ from core.errors import ModelError
 from core.model import gguf_import
 from core.model.config import load_config
 from core.model.gguf_import import import_gguf, llama3_rope_factors, permute_qk, unpermute_qk
+from core.model.gguf_weights import open_weights
 from core.model.model_dir import resolve_model
 from core.model.tokenizer import ChatTokenizer
-from core.model.gguf_weights import open_weights
 from tests.core.model.conftest import write_gguf
 from tests.fixtures.tiny_tokenizer import CHATML_TEMPLATE, EOS_ID
 
