@@ -8,8 +8,8 @@ goes into it) and offers extra local worker processes. Enrolled devices
 their cards have a Remove button and context menu (`remove_device_requested(key)`).
 While a model loads, `show_transfer(name, done, total)` puts shard shipping progress on
 that device's card: a bar and "Shipping 412 / 980 MB · 11.3 MB/s · 50 s left", redrawn
-at most a few times a second (app/devices/transfer_ticker.py); the next status row
-replaces it.
+at most a few times a second (app/devices/transfer_ticker.py). A status row replaces it
+once the shards are through or stalled (an offline or failed row at once).
 """
 
 from __future__ import annotations
