@@ -27,8 +27,8 @@ static const int64_t QBLOCK_BYTES[FMT_COUNT] = {34, 18, 20};
 /* The quantized activations: M rows of K values, nb = K / QK blocks per row. */
 typedef struct {
     const int8_t *q;  /* [M, K] */
-    const float *ds;  /* [M, nb, 2]: each block's scale, then the sum of its float values
-                       * (for Q4_1's m term); paired so one load serves both */
+    const float *ds;  /* [M, nb, 2]: each block's scale, then scale * sum of its int8
+                       * values (for Q4_1's m term); paired so one load serves both */
     int64_t nb;
 } qacts;
 

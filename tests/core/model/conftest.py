@@ -16,6 +16,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from core.model.gguf_import import permute_qk
+from tests.fixtures.kquants import quantize_q4_k
 from tests.fixtures.tiny_models import BASE, make_tiny_model
 from tests.fixtures.tiny_tokenizer import CHATML_TEMPLATE
 
@@ -115,9 +116,11 @@ def write_gguf(
             t = permute_qk(t, kv_heads)
         if dtype == "f16" and t.ndim == 2:
             w.add_tensor(hf_to_gguf_name(hf), t.astype(np.float16))
-        elif dtype == "q8_0" and t.ndim == 2:
-            q = gguf.quants.quantize(t, gguf.GGMLQuantizationType.Q8_0)
-            w.add_tensor(hf_to_gguf_name(hf), q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        elif dtype != "f32" and t.ndim == 2:
+            qtype = _quant_type(dtype, hf, t.shape[1])
+            q = quantize_q4_k(t) if qtype == "Q4_K" else gguf.quants.quantize(
+                t, gguf.GGMLQuantizationType[qtype])
+            w.add_tensor(hf_to_gguf_name(hf), q, raw_dtype=gguf.GGMLQuantizationType[qtype])
         else:
             w.add_tensor(hf_to_gguf_name(hf), t)
     if rope_freqs is not None:
@@ -127,6 +130,17 @@ def write_gguf(
     w.write_tensors_to_file()
     w.close()
     return out
+
+
+def _quant_type(dtype: str, hf: str, cols: int) -> str:
+    """The GGML type of a matrix: `dtype` itself, or for "mixed" what a Q4_K_M file does
+    (Q4_K, with a higher-bit type for v and down projections; Q5_0 stands in for Q6_K,
+    which the gguf package cannot write), falling back to Q4_1 where 256 does not divide."""
+    if dtype != "mixed":
+        return dtype.upper()
+    if ".v_proj." in hf or ".down_proj." in hf:
+        return "Q5_0"
+    return "Q4_K" if cols % 256 == 0 else "Q4_1"
 
 
 def _add_tokenizer(w, model_dir: Path) -> None:

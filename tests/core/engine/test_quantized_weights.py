@@ -1,0 +1,123 @@
+"""Block-quantized shards (q8_0, q4_0, q4_1, a GGUF's own mix) through the whole engine.
+
+The reference for a quantized model is transformers running the same weights dequantized:
+what remains is the activation rounding of the integer kernels (x quantized per 32-block,
+as llama.cpp does), which costs a few percent of the logits at most. Splitting over ranks
+changes nothing but float summation order.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.engine.qweight import GEMV_MAX_ROWS
+from core.kernels import library
+from core.model.config import load_config
+from core.model.gguf_import import import_gguf
+from core.model.gguf_weights import open_weights
+from core.shard.plan import make_plan
+from tests.core.model.conftest import write_gguf
+from tests.fixtures.thread_cluster import ThreadCluster
+from tests.fixtures.tiny_models import make_tiny_model
+
+# Dims that every block format can split: head_dim 32, 256-wide rows for Q4_K.
+ALIGNED = dict(hidden_size=256, intermediate_size=512, num_attention_heads=8,
+               num_key_value_heads=4, num_hidden_layers=2)
+IDS = list(range(7, 27))  # 20 tokens: a prefill above GEMV_MAX_ROWS, then decode steps
+
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("aligned"), "llama", **ALIGNED)
+
+
+@pytest.fixture(scope="module")
+def gguf_models(hf_model, tmp_path_factory, request):
+    """{gguf dtype: imported model dir}, in a module cache of their own."""
+    import os
+
+    root = tmp_path_factory.mktemp("gguf")
+    old = os.environ.get("TPI_CHAT_CACHE")
+    os.environ["TPI_CHAT_CACHE"] = str(root / "cache")
+    try:
+        return {d: import_gguf(write_gguf(hf_model, root / f"{d}.gguf", dtype=d))
+                for d in ("q8_0", "q4_0", "q4_1", "mixed")}
+    finally:
+        if old is not None:
+            os.environ["TPI_CHAT_CACHE"] = old
+
+
+def _logits(model_dir, shares, dtype, out):
+    cluster = ThreadCluster(model_dir, make_plan(load_config(model_dir), shares), out,
+                            dtype=dtype)
+    try:
+        n = GEMV_MAX_ROWS + 4
+        pre = cluster.step_all(IDS[:n], 0)  # dequantize + GEMM
+        dec = [cluster.step_all([t], p)[0] for p, t in enumerate(IDS[n:], start=n)]  # kernel
+        return torch.cat([pre, torch.stack(dec)])
+    finally:
+        cluster.close()
+
+
+def _reference(model_dir) -> torch.Tensor:
+    """transformers on the weights our shards hold, dequantized to fp32."""
+    from tests.core.model.test_gguf_import import transformers_model
+
+    with torch.no_grad():
+        return transformers_model(model_dir)(torch.tensor([IDS])).logits[0]
+
+
+def _check_close(got: torch.Tensor, want: torch.Tensor, bound: float) -> None:
+    err = (got - want).abs().max().item()
+    assert 0 < err < bound * want.abs().max().item()
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.8
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_0", "q4_1"])
+def test_gguf_blocks_run_close_to_transformers_on_the_same_weights(gguf_models, dtype, tmp_path):
+    model = gguf_models[dtype]
+    one = _logits(model, [1], "auto", tmp_path / "1")
+    two = _logits(model, [1, 1], "auto", tmp_path / "2")
+    torch.testing.assert_close(one, two, rtol=1e-4, atol=1e-4)  # ranks: summation order only
+    _check_close(one, _reference(model), 0.05)
+
+
+def test_a_q4_k_m_style_mix_runs(gguf_models, tmp_path):
+    """Q4_K regrouped to Q4_1 beside requantized v/down: fused wqkv holds two formats."""
+    model = gguf_models["mixed"]
+    got = _logits(model, [3, 1], "auto", tmp_path / "m")
+    _check_close(got, _reference(model), 0.08)
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_1"])
+def test_hf_folders_quantize_at_split_time(hf_model, dtype, tmp_path):
+    want = _logits(hf_model, [1], "float32", tmp_path / "f")
+    got = _logits(hf_model, [1, 1], dtype, tmp_path / "q")
+    # 4 bits on random weights: the weights' own rounding, measured ~19% of the top logit
+    _check_close(got, want, 0.05 if dtype == "q8_0" else 0.3)
+
+
+def test_without_compiled_kernels_the_same_numbers_come_from_torch(gguf_models, monkeypatch,
+                                                                   tmp_path):
+    model = gguf_models["q4_1"]
+    with_kernels = _logits(model, [1], "auto", tmp_path / "k")
+    monkeypatch.setattr(library, "kernels", lambda: None)
+    without = _logits(model, [1], "auto", tmp_path / "t")
+    # Without kernels activations are not rounded: closer to the reference, not equal.
+    _check_close(with_kernels, without, 0.05)
+    torch.testing.assert_close(without, _reference(model), rtol=1e-3, atol=1e-3)
+
+
+def test_gguf_weights_read_back_the_files_tensors(gguf_models, hf_model):
+    """Float reads of a quantized GGUF are gguf's dequantization, in HF's row order."""
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import dequantize, quantize
+    from safetensors.numpy import load_file
+
+    ref = load_file(str(hf_model / "model.safetensors"))
+    name = "model.layers.1.self_attn.q_proj.weight"
+    with open_weights(gguf_models["q8_0"]) as w:
+        got = w.get(name).numpy()
+    want = dequantize(quantize(ref[name], T.Q8_0), T.Q8_0)
+    assert (got == want).all()
