@@ -23,6 +23,7 @@ from core.model.gguf_import import POINTER, hf_tensor_name, unpermute_qk
 from core.shard.qformats import FORMATS, QTensor, check_block_aligned
 
 _COL_CHUNK_ROWS = 256  # rows converted at a time when only some columns are wanted
+_CHUNK_FLOATS = 8 << 20  # weights converted at a time (32 MB as fp32): bounds peak memory
 
 
 def is_gguf_dir(model_dir: Path) -> bool:
@@ -122,8 +123,15 @@ class GgufWeights:
         t = self._tensor(name)
         target = FORMATS[fmt] if fmt else native_format(int(t.tensor_type))
         rows = self._row_index(name, t)[start:end]
-        return convert_rows(np.asarray(t.data)[rows], int(t.tensor_type), self._shape(t)[1],
-                            target, self.report, name)
+        cols = self._shape(t)[1]
+        data = np.asarray(t.data)
+        out = torch.empty(len(rows), target.row_bytes(cols), dtype=torch.uint8)
+        step = max(1, _CHUNK_FLOATS // max(1, cols))  # a big embedding never goes to floats whole
+        for r in range(0, len(rows), step):
+            q = convert_rows(data[rows[r : r + step]], int(t.tensor_type), cols, target,
+                             self.report, name)
+            out[r : r + q.rows] = q.data
+        return QTensor(target, out, cols)
 
     def qcols(self, name: str, start: int, end: int, fmt: str | None = None) -> QTensor:
         """Columns [start, end) (block-aligned) of every row, in block format `fmt`."""
