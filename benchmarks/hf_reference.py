@@ -48,15 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from core.model.reference import transformers_model
     from core.model.tokenizer import ChatTokenizer
 
     torch.set_num_threads(args.threads)
     tok = ChatTokenizer(args.model)
     ids = _prompt_ids(tok, args.prompt, args.raw)
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = transformers_model(args.model)  # an imported GGUF too (its weights stay in it)
     load_s = time.perf_counter() - t0
     inp = torch.tensor([ids])
     eos = sorted(tok.eos_ids)

@@ -1,8 +1,7 @@
 /* Products of float32 activations with block-quantized weights (quant.h), and dequantizing.
  *
- * tpi_qmatmul quantizes x once per call (per 32-block: int8, a scale and the block's float
- * sum), then threads split the rows of w, so each weight byte is read once per call,
- * whatever M. The row loops are chosen once per process: the best this CPU runs among
+ * tpi_qmatmul sums x per 32-block once per call, then threads split the rows of w, so each
+ * weight byte is read once per call, whatever M. The row loops are chosen once per process: the best this CPU runs among
  * quant_x86.c (AVX-512 VNNI, AVX2), quant_neon.c (dotprod, NEON) and the plain C below;
  * TPI_CHAT_KERNEL_ISA=plain|avx2|neon caps the choice so tests can run every loop.
  */
@@ -17,102 +16,73 @@
 
 /* ---- plain C loops: the reference the vector loops are tested against ---------------- */
 
-static int32_t dot_i8(const int8_t *a, const int8_t *b) {
-    int32_t s = 0;
-    for (int i = 0; i < QK; i++) s += (int32_t)a[i] * b[i];
-    return s;
-}
-
-/* Unpack a Q4 block's 16 bytes into its 32 weights' nibbles (0..15), minus `bias`. */
-static void unpack_q4(const uint8_t *qs, int bias, int8_t *out) {
+/* A block's 32 weights without the scale: q, or the nibbles (Q4_0's -8 is in its m). */
+static void block_q(int fmt, const uint8_t *blk, float *q) {
+    if (fmt == FMT_Q8_0) {
+        for (int i = 0; i < QK; i++) q[i] = (float)((const int8_t *)(blk + 2))[i];
+        return;
+    }
+    const uint8_t *qs = blk + (fmt == FMT_Q4_1 ? 4 : 2);
     for (int i = 0; i < QK / 2; i++) {
-        out[i] = (int8_t)((qs[i] & 0x0f) - bias);
-        out[i + QK / 2] = (int8_t)((qs[i] >> 4) - bias);
+        q[i] = (float)(qs[i] & 0x0f);
+        q[i + QK / 2] = (float)(qs[i] >> 4);
     }
 }
 
-static void q8_0_plain(const uint8_t *w, const qacts *x, float *y, int64_t ldy, int64_t M,
-                       int64_t n0, int64_t n1) {
-    const int64_t nb = x->nb, rb = nb * 34;
+static void rows_plain(int fmt, const uint8_t *w, const qacts *x, float *y, int64_t ldy,
+                       int64_t M, int64_t n0, int64_t n1) {
+    const int64_t nb = x->nb, bb = QBLOCK_BYTES[fmt];
+    float q[QK];
     for (int64_t n = n0; n < n1; n++) {
         for (int64_t m = 0; m < M; m++) {
+            const float *xm = x->x + m * nb * QK, *sums = x->sums + 2 * m * nb;
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = w + n * rb + b * 34;
-                const int32_t s = dot_i8((const int8_t *)(blk + 2), x->q + (m * nb + b) * QK);
-                acc += tpi_f16(blk) * x->ds[2 * (m * nb + b)] * (float)s;
+                const uint8_t *blk = w + (n * nb + b) * bb;
+                float d, mn, dot = 0.0f;
+                tpi_block_dm(fmt, blk, &d, &mn);
+                block_q(fmt, blk, q);
+                for (int i = 0; i < QK; i++) dot += q[i] * xm[b * QK + i];
+                acc += d * dot + mn * sums[2 * b + 1];
             }
             y[m * ldy + n] = acc;
         }
     }
 }
 
-static void q4_plain(const uint8_t *w, const qacts *x, float *y, int64_t ldy, int64_t M,
-                     int64_t n0, int64_t n1, int has_min) {
-    const int64_t nb = x->nb, bb = has_min ? 20 : 18, rb = nb * bb;
-    int8_t q[QK];
-    for (int64_t n = n0; n < n1; n++) {
-        for (int64_t m = 0; m < M; m++) {
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = w + n * rb + b * bb;
-                const int64_t i = m * nb + b;
-                unpack_q4(blk + (has_min ? 4 : 2), has_min ? 0 : 8, q);
-                acc += tpi_f16(blk) * x->ds[2 * i] * (float)dot_i8(q, x->q + i * QK);
-                if (has_min) acc += tpi_f16(blk + 2) * x->ds[2 * i + 1];
-            }
-            y[m * ldy + n] = acc;
-        }
+#define PLAIN(name, fmt)                                                                     \
+    static void name(const uint8_t *w, const qacts *x, float *y, int64_t ldy, int64_t M,   \
+                     int64_t n0, int64_t n1) {                                             \
+        rows_plain(fmt, w, x, y, ldy, M, n0, n1);                                          \
     }
-}
-
-static void q4_0_plain(const uint8_t *w, const qacts *x, float *y, int64_t ldy, int64_t M,
-                       int64_t n0, int64_t n1) {
-    q4_plain(w, x, y, ldy, M, n0, n1, 0);
-}
-
-static void q4_1_plain(const uint8_t *w, const qacts *x, float *y, int64_t ldy, int64_t M,
-                       int64_t n0, int64_t n1) {
-    q4_plain(w, x, y, ldy, M, n0, n1, 1);
-}
+PLAIN(q8_0_plain, FMT_Q8_0)
+PLAIN(q4_0_plain, FMT_Q4_0)
+PLAIN(q4_1_plain, FMT_Q4_1)
 
 const qisa TPI_QUANT_PLAIN = {"plain C", {q8_0_plain, q4_0_plain, q4_1_plain}};
 
 /* ---- activations ------------------------------------------------------------------- */
 
 /* Per thread (the engine may run ranks as threads); grown, never shrunk. */
-static __thread uint8_t *xbuf;
-static __thread int64_t xbuf_n;
+static __thread float *sbuf;
+static __thread int64_t sbuf_n;
 
-/* x [M, K] float -> int8 blocks with scale max|x|/127 (round to nearest, as llama.cpp's
- * q8_0) and each block's sum as quantized, scale * sum(q) (llama.cpp's q8_1 `s`). Q4_1's
- * m term then sees the same rounded x as its d term: with the float sum instead, the two
- * terms (which nearly cancel, nibbles being all positive) carried different errors, 3x
- * the output error on random weights. Returns 0, or -1 when out of memory. */
-static int quantize_acts(const float *x, int64_t M, int64_t K, qacts *out) {
-    const int64_t nb = K / QK, need = M * K + 2 * M * nb * (int64_t)sizeof(float) + 64;
-    if (xbuf_n < need) {
-        free(xbuf);
-        xbuf = malloc((size_t)need);
-        xbuf_n = xbuf ? need : 0;
-        if (!xbuf) return -1;
+/* The [0, sum] pair of every 32-block of x [M, K]. Returns 0, or -1 when out of memory. */
+static int block_sums(const float *x, int64_t M, int64_t K, qacts *out) {
+    const int64_t nb = K / QK, need = 2 * M * nb + 1;
+    if (sbuf_n < need) {
+        free(sbuf);
+        sbuf = malloc((size_t)need * sizeof(float));
+        sbuf_n = sbuf ? need : 0;
+        if (!sbuf) return -1;
     }
-    float *ds = (float *)xbuf;
-    int8_t *q = (int8_t *)(ds + 2 * M * nb);
     for (int64_t i = 0; i < M * nb; i++) {
-        const float *v = x + i * QK;
-        float amax = 0.0f;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(v[j]));
-        const float scale = amax / 127.0f, inv = scale ? 1.0f / scale : 0.0f;
-        int32_t sum = 0;
-        for (int j = 0; j < QK; j++) {
-            q[i * QK + j] = (int8_t)lrintf(v[j] * inv);
-            sum += q[i * QK + j];
-        }
-        ds[2 * i] = scale;
-        ds[2 * i + 1] = scale * (float)sum;
+        float s = 0.0f;
+        for (int j = 0; j < QK; j++) s += x[i * QK + j];
+        sbuf[2 * i] = 0.0f;
+        sbuf[2 * i + 1] = s;
     }
-    *out = (qacts){q, ds, nb};
+    *out = (qacts){x, sbuf, nb};
     return 0;
 }
 
@@ -141,7 +111,7 @@ int tpi_qmatmul(int fmt, const float *x, const uint8_t *w, float *y, int64_t ldy
                 int64_t K, int64_t N, int nthreads) {
     if (fmt < 0 || fmt >= FMT_COUNT || K % QK) return -2;
     qacts xa;
-    if (quantize_acts(x, M, K, &xa)) return -1;
+    if (block_sums(x, M, K, &xa)) return -1;
     qrows_fn rows = chosen()->rows[fmt];
     if (!rows) rows = TPI_QUANT_PLAIN.rows[fmt];
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
@@ -163,20 +133,10 @@ int tpi_dequant(int fmt, const uint8_t *w, float *out, int64_t nblocks, int nthr
     if (nthreads < 1 || nblocks < 1024) nthreads = 1;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t b = 0; b < nblocks; b++) {
-        int8_t q[QK];
-        const uint8_t *blk = w + b * bb;
-        const float d = tpi_f16(blk);
-        float *o = out + b * QK;
-        if (fmt == FMT_Q8_0) {
-            for (int j = 0; j < QK; j++) o[j] = d * (float)((const int8_t *)(blk + 2))[j];
-        } else if (fmt == FMT_Q4_0) {
-            unpack_q4(blk + 2, 8, q);
-            for (int j = 0; j < QK; j++) o[j] = d * (float)q[j];
-        } else {
-            const float m = tpi_f16(blk + 2);
-            unpack_q4(blk + 4, 0, q);
-            for (int j = 0; j < QK; j++) o[j] = d * (float)q[j] + m;
-        }
+        float q[QK], d, m;
+        tpi_block_dm(fmt, w + b * bb, &d, &m);
+        block_q(fmt, w + b * bb, q);
+        for (int j = 0; j < QK; j++) out[b * QK + j] = d * q[j] + m;
     }
     return 0;
 }

@@ -7,9 +7,15 @@
  * In Q4 blocks byte i holds weight i in its low nibble and weight i + 16 in its high one.
  * These are llama.cpp's bytes exactly, so a GGUF's tensors are carried over unchanged.
  *
- * Activations are quantized per 32-block too (int8 xq, float scale xd, float sum xs of the
- * unquantized values), so a block's product is one integer dot product and one or two
- * float multiplies, as in llama.cpp; the integer dot is what the vector loops speed up.
+ * Activations stay float32: each block's weights are widened to floats in registers and
+ * multiplied there, so a product equals x @ dequantized(w) up to float summation order,
+ * the same numbers transformers gets from the dequantized model. (llama.cpp rounds the
+ * activations to int8 per block for integer dot products; on the default model that flips
+ * the near-tie first token of "What is the capital of France?" away from "Paris".) The
+ * nibble-to-float widening costs a few more instructions per weight than an integer dot;
+ * decode is bound by reading the weights, so it mostly hides behind memory.
+ * A block's sum is d * sum(q x) + m * sum(x) (Q4_0: m = -8 d), so the per-block sums of
+ * x are computed once per call.
  */
 #ifndef TPI_QUANT_H
 #define TPI_QUANT_H
@@ -24,12 +30,12 @@ enum { FMT_Q8_0 = 0, FMT_Q4_0 = 1, FMT_Q4_1 = 2, FMT_COUNT = 3 };
 /* Bytes per block, indexed by format. */
 static const int64_t QBLOCK_BYTES[FMT_COUNT] = {34, 18, 20};
 
-/* The quantized activations: M rows of K values, nb = K / QK blocks per row. */
+/* The activations: M rows of K floats, and each 32-block's sum as pairs [0, sum] (a pair
+ * lines up with a block header widened to [d, m], so one multiply gives m * sum). */
 typedef struct {
-    const int8_t *q;  /* [M, K] */
-    const float *ds;  /* [M, nb, 2]: each block's scale, then scale * sum of its int8
-                       * values (for Q4_1's m term); paired so one load serves both */
-    int64_t nb;
+    const float *x;    /* [M, K] */
+    const float *sums; /* [M, nb, 2] */
+    int64_t nb;        /* blocks per row, K / 32 */
 } qacts;
 
 /* y[m * ldy + n] = dot(w row n, x row m) for rows n0..n1 of w and all M rows of x. */
@@ -50,6 +56,12 @@ static inline float tpi_f16(const uint8_t *p) {
     c.u |= (uint32_t)(h & 0x8000) << 16;
     if ((h & 0x7c00) == 0x7c00) c.u |= 0x7f800000;
     return c.f;
+}
+
+/* A block's d and m (Q8_0: m = 0; Q4_0: m = -8 d). */
+static inline void tpi_block_dm(int fmt, const uint8_t *blk, float *d, float *m) {
+    *d = tpi_f16(blk);
+    *m = fmt == FMT_Q4_1 ? tpi_f16(blk + 2) : fmt == FMT_Q4_0 ? -8.0f * *d : 0.0f;
 }
 
 /* The vector loops each CPU family offers; a family's file compiles to an empty table

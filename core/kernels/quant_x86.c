@@ -1,10 +1,13 @@
-/* x86 row loops for quant.h's formats: AVX-512 VNNI (two blocks per 512-bit register) and
- * AVX2 (one block per 256-bit register). Compiled for the baseline ISA with per-function
- * targets, so one binary runs on any x86-64; tpi_quant_x86 says which loops this CPU runs.
+/* x86 row loops for quant.h's formats: AVX-512 (a block's 32 weights as two 16-float
+ * registers) and AVX2 (four 8-float registers). Compiled for the baseline ISA with
+ * per-function targets, so one binary runs on any x86-64; tpi_quant_x86 says which loops
+ * this CPU runs.
  *
- * Integer dot products of unsigned by signed bytes (vpdpbusd, vpmaddubsw) are what the CPU
- * offers, so signed weights (Q8_0, Q4_0 after its -8) take the sign trick: |w| times x
- * with x's sign flipped where w < 0. Q4_1's nibbles are unsigned as stored.
+ * Per block: the int8 or nibble weights are widened to floats (vpmovsxbd / vpmovzxbd, then
+ * vcvtdq2ps), multiplied with x and summed in a block accumulator, which is scaled by d
+ * into the row's; m * sum(x) is added per block from quant.h's pairs. Two rows go at a
+ * time (one load of x for both, two independent chains); rows of x (M > 1) reuse a block's
+ * widened weights.
  */
 #include <string.h>
 
@@ -13,164 +16,137 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define MT 4 /* rows of x per pass over a row of w */
 
-/* Block headers (fp16 scale, Q4_1's fp16 min) convert with F16C, which AVX2 CPUs have. */
-
-/* ---- AVX-512 VNNI -------------------------------------------------------------------- */
-
-/* Two Q4 blocks' 16 bytes each -> 64 nibbles: [block0 0..31 | block1 0..31]. Each block's
- * bytes go to two 128-bit lanes; the second lane's copy is shifted to its high nibbles. */
-AVX512 static inline __m512i unpack2_q4(const uint8_t *qs0, const uint8_t *qs1) {
-    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)qs0));
-    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)qs1), 1);  /* [q0 q1 . .] */
-    v = _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), v); /* [q0 q0 q1 q1] */
-    v = _mm512_mask_srli_epi16(v, 0xFF00FF00, v, 4);
-    return _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+/* A block's header widened: [d, m, 0, 0] (Q8_0: m = 0; Q4_0: m = -8 d). */
+static inline __attribute__((always_inline, target("avx2,f16c"))) __m128
+header(int fmt, const uint8_t *blk) {
+    uint32_t h;
+    memcpy(&h, blk, 4);
+    if (fmt != FMT_Q4_1) h = (h & 0xffff) | (h << 16);  /* [d, d]: the next bytes are weights */
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)h));
+    if (fmt == FMT_Q4_0) return _mm_mul_ps(dm, _mm_setr_ps(1.0f, -8.0f, 0.0f, 0.0f));
+    if (fmt == FMT_Q8_0) return _mm_mul_ps(dm, _mm_setr_ps(1.0f, 0.0f, 0.0f, 0.0f));
+    return dm;
 }
 
-/* The fp16 scale (and Q4_1's min) of two blocks -> [d0, m0, d1, m1] (m = 0 without one). */
-AVX512 static inline __m128 two_headers(int fmt, const uint8_t *b0, const uint8_t *b1) {
-    uint32_t h0, h1;
-    memcpy(&h0, b0, 4);
-    memcpy(&h1, b1, 4);
-    if (fmt != FMT_Q4_1) h0 &= 0xffff, h1 &= 0xffff;  /* the next bytes are weights */
-    return _mm_cvtph_ps(_mm_set_epi32(0, 0, (int)h1, (int)h0));
-}
+/* ---- AVX-512 ------------------------------------------------------------------------- */
 
-/* Unsigned u times signed s, by 4-byte groups -> 16 int32 lanes (8 per block). */
-AVX512 static inline __m512i dot512(__m512i u, __m512i s) {
-    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
-}
-
-/* Signed w times signed x: |w| times x negated where w < 0. */
-AVX512 static inline __m512i dot512_signed(__m512i w, __m512i x) {
-    const __mmask64 neg = _mm512_movepi8_mask(w);
-    const __m512i sx = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
-    return dot512(_mm512_abs_epi8(w), sx);
-}
-
-/* A last odd block goes through the plain C loop's formula, one block's worth. */
-static float tail_block(int fmt, const uint8_t *blk, const int8_t *xq, float xd, float xs) {
-    int8_t q[QK];
+/* A block's weights without the scale: lo = weights 0..15, hi = 16..31, as floats. */
+AVX512 static inline void widen512(int fmt, const uint8_t *blk, __m512 *lo, __m512 *hi) {
     if (fmt == FMT_Q8_0) {
-        memcpy(q, blk + 2, QK);
-    } else {
-        const uint8_t *qs = blk + (fmt == FMT_Q4_1 ? 4 : 2);
-        for (int i = 0; i < QK / 2; i++) {
-            q[i] = (int8_t)((qs[i] & 0x0f) - (fmt == FMT_Q4_0 ? 8 : 0));
-            q[i + QK / 2] = (int8_t)((qs[i] >> 4) - (fmt == FMT_Q4_0 ? 8 : 0));
-        }
+        *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2))));
+        *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18))));
+        return;
     }
-    int32_t s = 0;
-    for (int i = 0; i < QK; i++) s += (int32_t)q[i] * xq[i];
-    float out = tpi_f16(blk) * xd * (float)s;
-    if (fmt == FMT_Q4_1) out += tpi_f16(blk + 2) * xs;
-    return out;
+    const __m128i v = _mm_loadu_si128((const __m128i *)(blk + (fmt == FMT_Q4_1 ? 4 : 2)));
+    const __m128i low = _mm_set1_epi8(0x0f);
+    *lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, low)));
+    *hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), low)));
 }
 
-/* Blocks b, b + 1 of one row: acc += their products with xv (scaled per block); for Q4_1,
- * mins lanes 1 and 3 += m * sum(x). */
-AVX512 static inline void step2(int fmt, const uint8_t *b0, int64_t bb, __m512i xv,
-                                __m128 xds, __m512 *acc, __m128 *mins) {
-    const uint8_t *b1 = b0 + bb;
-    __m512i p;
-    if (fmt == FMT_Q8_0) {
-        const __m512i wv = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
-            _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
-        p = dot512_signed(wv, xv);
-    } else if (fmt == FMT_Q4_0) {  /* sum (q - 8) x = sum q x - sum 8 x */
-        p = _mm512_sub_epi32(dot512(unpack2_q4(b0 + 2, b1 + 2), xv),
-                             dot512(_mm512_set1_epi8(8), xv));
-    } else {
-        p = dot512(unpack2_q4(b0 + 4, b1 + 4), xv);
-    }
-    /* [d0 xd0, m0 xs0, d1 xd1, m1 xs1]; lanes 0 and 2 scale the two blocks */
-    const __m128 prod = _mm_mul_ps(two_headers(fmt, b0, b1), xds);
-    const __m512i pick02 = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512 sc = _mm512_permutexvar_ps(pick02, _mm512_castps128_ps512(prod));
-    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, *acc);
-    if (fmt == FMT_Q4_1) *mins = _mm_add_ps(*mins, prod);
+/* acc += d * (lo . x[0:16] + hi . x[16:32]); mins += [d, m] * [0, sum] (lane 1: m sum). */
+AVX512 static inline void step512(__m512 lo, __m512 hi, __m128 dm, const float *xb,
+                                  const float *pair, __m512 *acc, __m128 *mins, int has_m) {
+    const __m512 t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16),
+                                     _mm512_mul_ps(lo, _mm512_loadu_ps(xb)));
+    *acc = _mm512_fmadd_ps(t, _mm512_broadcastss_ps(dm), *acc);
+    if (has_m)
+        *mins = _mm_fmadd_ps(dm, _mm_castpd_ps(_mm_load_sd((const double *)pair)), *mins);
 }
 
-/* A row's dot product from its accumulators, plus a last odd block. */
-AVX512 static inline float finish(int fmt, __m512 acc, __m128 mins, const uint8_t *row,
-                                  int64_t nb, int64_t bb, const int8_t *xq, const float *xds) {
-    float t = _mm512_reduce_add_ps(acc);
-    if (fmt == FMT_Q4_1) t += mins[1] + mins[3];
-    if (nb & 1)
-        t += tail_block(fmt, row + (nb - 1) * bb, xq + (nb - 1) * QK, xds[2 * (nb - 1)],
-                        xds[2 * (nb - 1) + 1]);
-    return t;
+static inline float lane1(__m128 v) {
+    return _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1));
 }
 
 /* One loop for the three formats; `fmt` is a compile-time constant in each caller, so the
- * branches fold away. Rows go two at a time: two independent chains, one x load. */
+ * branches fold away. */
 AVX512 static inline void rows512(int fmt, const uint8_t *w, const qacts *x, float *y,
                                   int64_t ldy, int64_t M, int64_t n0, int64_t n1) {
-    const int64_t nb = x->nb, bb = QBLOCK_BYTES[fmt], nb2 = nb & ~(int64_t)1, rb = nb * bb;
+    const int64_t nb = x->nb, bb = QBLOCK_BYTES[fmt], rb = nb * bb;
+    const int has_m = fmt != FMT_Q8_0;
     int64_t n = n0;
-    for (; n + 2 <= n1; n += 2) {
-        const uint8_t *r0 = w + n * rb, *r1 = r0 + rb;
-        for (int64_t m = 0; m < M; m++) {
-            const int8_t *xq = x->q + m * nb * QK;
-            const float *xds = x->ds + 2 * m * nb;
+    if (M == 1) {  /* decode: two rows at a time, two independent chains */
+        const float *xm = x->x, *sums = x->sums;
+        for (; n + 2 <= n1; n += 2) {
+            const uint8_t *r0 = w + n * rb, *r1 = r0 + rb;
             __m512 a0 = _mm512_setzero_ps(), a1 = a0;
             __m128 m0 = _mm_setzero_ps(), m1 = m0;
-            for (int64_t b = 0; b < nb2; b += 2) {
-                const __m512i xv = _mm512_loadu_si512((const void *)(xq + b * QK));
-                const __m128 xd = _mm_loadu_ps(xds + 2 * b);
-                step2(fmt, r0 + b * bb, bb, xv, xd, &a0, &m0);
-                step2(fmt, r1 + b * bb, bb, xv, xd, &a1, &m1);
+            for (int64_t b = 0; b < nb; b++) {
+                __m512 lo, hi;
+                widen512(fmt, r0 + b * bb, &lo, &hi);
+                step512(lo, hi, header(fmt, r0 + b * bb), xm + b * QK, sums + 2 * b, &a0, &m0,
+                        has_m);
+                widen512(fmt, r1 + b * bb, &lo, &hi);
+                step512(lo, hi, header(fmt, r1 + b * bb), xm + b * QK, sums + 2 * b, &a1, &m1,
+                        has_m);
             }
-            y[m * ldy + n] = finish(fmt, a0, m0, r0, nb, bb, xq, xds);
-            y[m * ldy + n + 1] = finish(fmt, a1, m1, r1, nb, bb, xq, xds);
+            y[n] = _mm512_reduce_add_ps(a0) + lane1(m0);
+            y[n + 1] = _mm512_reduce_add_ps(a1) + lane1(m1);
         }
     }
-    for (; n < n1; n++) {
-        const uint8_t *r0 = w + n * rb;
-        for (int64_t m = 0; m < M; m++) {
-            const int8_t *xq = x->q + m * nb * QK;
-            const float *xds = x->ds + 2 * m * nb;
-            __m512 a0 = _mm512_setzero_ps();
-            __m128 m0 = _mm_setzero_ps();
-            for (int64_t b = 0; b < nb2; b += 2)
-                step2(fmt, r0 + b * bb, bb, _mm512_loadu_si512((const void *)(xq + b * QK)),
-                      _mm_loadu_ps(xds + 2 * b), &a0, &m0);
-            y[m * ldy + n] = finish(fmt, a0, m0, r0, nb, bb, xq, xds);
+    for (; n < n1; n++) {  /* a row at a time, MT rows of x per pass over its blocks */
+        const uint8_t *row = w + n * rb;
+        for (int64_t m0 = 0; m0 < M; m0 += MT) {
+            const int64_t mt = M - m0 < MT ? M - m0 : MT;
+            __m512 acc[MT];
+            __m128 mins[MT];
+            for (int j = 0; j < MT; j++) acc[j] = _mm512_setzero_ps(), mins[j] = _mm_setzero_ps();
+            for (int64_t b = 0; b < nb; b++) {
+                __m512 lo, hi;
+                widen512(fmt, row + b * bb, &lo, &hi);
+                const __m128 dm = header(fmt, row + b * bb);
+                for (int j = 0; j < mt; j++)
+                    step512(lo, hi, dm, x->x + ((m0 + j) * nb + b) * QK,
+                            x->sums + 2 * ((m0 + j) * nb + b), &acc[j], &mins[j], has_m);
+            }
+            for (int j = 0; j < mt; j++)
+                y[(m0 + j) * ldy + n] = _mm512_reduce_add_ps(acc[j]) + lane1(mins[j]);
         }
     }
 }
 
-AVX512 static void q8_0_avx512(const uint8_t *w, const qacts *x, float *y, int64_t ldy,
-                               int64_t M, int64_t n0, int64_t n1) {
-    rows512(FMT_Q8_0, w, x, y, ldy, M, n0, n1);
-}
-AVX512 static void q4_0_avx512(const uint8_t *w, const qacts *x, float *y, int64_t ldy,
-                               int64_t M, int64_t n0, int64_t n1) {
-    rows512(FMT_Q4_0, w, x, y, ldy, M, n0, n1);
-}
-AVX512 static void q4_1_avx512(const uint8_t *w, const qacts *x, float *y, int64_t ldy,
-                               int64_t M, int64_t n0, int64_t n1) {
-    rows512(FMT_Q4_1, w, x, y, ldy, M, n0, n1);
-}
+#define LOOP(name, isa, rows, fmt)                                                           \
+    isa static void name(const uint8_t *w, const qacts *x, float *y, int64_t ldy, int64_t M,\
+                         int64_t n0, int64_t n1) {                                          \
+        rows(fmt, w, x, y, ldy, M, n0, n1);                                                 \
+    }
+LOOP(q8_0_avx512, AVX512, rows512, FMT_Q8_0)
+LOOP(q4_0_avx512, AVX512, rows512, FMT_Q4_0)
+LOOP(q4_1_avx512, AVX512, rows512, FMT_Q4_1)
 
-static const qisa ISA_AVX512 = {"AVX-512 VNNI", {q8_0_avx512, q4_0_avx512, q4_1_avx512}};
+static const qisa ISA_AVX512 = {"AVX-512", {q8_0_avx512, q4_0_avx512, q4_1_avx512}};
 
 /* ---- AVX2 ------------------------------------------------------------------------------ */
 
-AVX2 static inline __m256i unpack_q4(const uint8_t *qs) {
-    const __m128i v = _mm_loadu_si128((const __m128i *)qs), low = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low), _mm_and_si128(v, low));
+/* A block's weights without the scale as four 8-float registers (weights 0..7, ..., 24..31). */
+AVX2 static inline void widen256(int fmt, const uint8_t *blk, __m256 w[4]) {
+    if (fmt == FMT_Q8_0) {
+        for (int i = 0; i < 4; i++)
+            w[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                _mm_loadl_epi64((const __m128i *)(blk + 2 + 8 * i))));
+        return;
+    }
+    const __m128i v = _mm_loadu_si128((const __m128i *)(blk + (fmt == FMT_Q4_1 ? 4 : 2)));
+    const __m128i low = _mm_set1_epi8(0x0f);
+    const __m128i lo = _mm_and_si128(v, low), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low);
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
 }
 
-/* Unsigned u times signed s -> 8 float lanes of 4-byte group sums. vpmaddubsw saturates
- * pairs at 2^15; u = |w| <= 128 and |s| <= 127 keep a pair at most 32512. */
-AVX2 static inline __m256 dot256(__m256i u, __m256i s) {
-    const __m256i p16 = _mm256_maddubs_epi16(u, s);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+AVX2 static inline void step256(const __m256 w[4], __m128 dm, const float *xb,
+                                const float *pair, __m256 *acc, __m128 *mins, int has_m) {
+    __m256 t = _mm256_mul_ps(w[0], _mm256_loadu_ps(xb));
+    t = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb + 8), t);
+    t = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xb + 16), t);
+    t = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xb + 24), t);
+    *acc = _mm256_fmadd_ps(t, _mm256_broadcastss_ps(dm), *acc);
+    if (has_m)
+        *mins = _mm_fmadd_ps(dm, _mm_castpd_ps(_mm_load_sd((const double *)pair)), *mins);
 }
 
 AVX2 static inline float hsum256(__m256 v) {
@@ -182,55 +158,32 @@ AVX2 static inline float hsum256(__m256 v) {
 
 AVX2 static inline void rows256(int fmt, const uint8_t *w, const qacts *x, float *y,
                                 int64_t ldy, int64_t M, int64_t n0, int64_t n1) {
-    const int64_t nb = x->nb, bb = QBLOCK_BYTES[fmt];
-    const __m256i eight = _mm256_set1_epi8(8);
+    const int64_t nb = x->nb, bb = QBLOCK_BYTES[fmt], rb = nb * bb;
+    const int has_m = fmt != FMT_Q8_0;
     for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *row = w + n * nb * bb;
-        for (int64_t m = 0; m < M; m++) {
-            const int8_t *xq = x->q + m * nb * QK;
-            const float *xds = x->ds + 2 * m * nb;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0;  /* two chains hide FMA latency */
-            __m128 mins = _mm_setzero_ps();  /* lane 1: Q4_1's m * sum(x) */
+        const uint8_t *row = w + n * rb;
+        for (int64_t m0 = 0; m0 < M; m0 += MT) {
+            const int64_t mt = M - m0 < MT ? M - m0 : MT;
+            __m256 acc[MT];
+            __m128 mins[MT];
+            for (int j = 0; j < MT; j++) acc[j] = _mm256_setzero_ps(), mins[j] = _mm_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = row + b * bb;
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-                __m256 p;
-                if (fmt == FMT_Q4_1) {
-                    p = dot256(unpack_q4(blk + 4), xv);
-                } else {
-                    const __m256i wv = fmt == FMT_Q8_0
-                        ? _mm256_loadu_si256((const __m256i *)(blk + 2))
-                        : _mm256_sub_epi8(unpack_q4(blk + 2), eight);
-                    p = dot256(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-                }
-                uint32_t h;
-                memcpy(&h, blk, 4);
-                if (fmt != FMT_Q4_1) h &= 0xffff;
-                /* [d xd, m xs, 0, 0] */
-                const __m128 prod = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)h)),
-                    _mm_castpd_ps(_mm_load_sd((const double *)(xds + 2 * b))));
-                if (fmt == FMT_Q4_1) mins = _mm_add_ps(mins, prod);
-                const __m256 sc = _mm256_broadcastss_ps(prod);
-                if (b & 1) a1 = _mm256_fmadd_ps(p, sc, a1);
-                else a0 = _mm256_fmadd_ps(p, sc, a0);
+                __m256 wv[4];
+                widen256(fmt, row + b * bb, wv);
+                const __m128 dm = header(fmt, row + b * bb);
+                for (int j = 0; j < mt; j++)
+                    step256(wv, dm, x->x + ((m0 + j) * nb + b) * QK,
+                            x->sums + 2 * ((m0 + j) * nb + b), &acc[j], &mins[j], has_m);
             }
-            y[m * ldy + n] = hsum256(_mm256_add_ps(a0, a1)) + (fmt == FMT_Q4_1 ? mins[1] : 0.0f);
+            for (int j = 0; j < mt; j++)
+                y[(m0 + j) * ldy + n] = hsum256(acc[j]) + lane1(mins[j]);
         }
     }
 }
 
-AVX2 static void q8_0_avx2(const uint8_t *w, const qacts *x, float *y, int64_t ldy, int64_t M,
-                           int64_t n0, int64_t n1) {
-    rows256(FMT_Q8_0, w, x, y, ldy, M, n0, n1);
-}
-AVX2 static void q4_0_avx2(const uint8_t *w, const qacts *x, float *y, int64_t ldy, int64_t M,
-                           int64_t n0, int64_t n1) {
-    rows256(FMT_Q4_0, w, x, y, ldy, M, n0, n1);
-}
-AVX2 static void q4_1_avx2(const uint8_t *w, const qacts *x, float *y, int64_t ldy, int64_t M,
-                           int64_t n0, int64_t n1) {
-    rows256(FMT_Q4_1, w, x, y, ldy, M, n0, n1);
-}
+LOOP(q8_0_avx2, AVX2, rows256, FMT_Q8_0)
+LOOP(q4_0_avx2, AVX2, rows256, FMT_Q4_0)
+LOOP(q4_1_avx2, AVX2, rows256, FMT_Q4_1)
 
 static const qisa ISA_AVX2 = {"AVX2", {q8_0_avx2, q4_0_avx2, q4_1_avx2}};
 
@@ -239,8 +192,7 @@ const qisa *tpi_quant_x86(const char *cap) {
     __builtin_cpu_init();
     const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (!(cap && !strcmp(cap, "avx2")) && avx2 && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vnni"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
         return &ISA_AVX512;
     return avx2 ? &ISA_AVX2 : NULL;
 }

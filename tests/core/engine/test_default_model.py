@@ -42,8 +42,8 @@ def test_logits_equal_transformers(default_model, shares, tmp_path):
 
 def test_three_rank_greedy_equals_transformers_and_says_paris(default_model):
     model_dir, ids, _, want = default_model
-    run = run_cli("generate", "--ranks", "3", "--temperature", "0", "--max-new-tokens", "32",
-                  "--json", "--prompt", QUESTION[0]["content"])
+    run = run_cli("generate", "--ranks", "3", "--dtype", "fp32", "--temperature", "0",
+                  "--max-new-tokens", "32", "--json", "--prompt", QUESTION[0]["content"])
     assert run.code == 0, run.stderr
     out = run.json()
     eos = ChatTokenizer(model_dir).eos_ids
@@ -51,3 +51,19 @@ def test_three_rank_greedy_equals_transformers_and_says_paris(default_model):
     assert out["token_ids"] == want[:n]  # ours stops at EOS, HF pads after it
     assert n == 32 or out["token_ids"][-1] in eos
     assert "Paris" in out["text"]
+
+
+def test_kept_quantized_two_ranks_write_little_and_say_paris(tmp_path):
+    """The GGUF's own Q4_1/Q8_0 blocks go to the shards: a fresh cache holds about the
+    file's size (it held 11x, fp32 model dir plus fp32 shards), and the answer holds."""
+    from core.model.default_model import default_gguf_path
+
+    cache = tmp_path / "cache"
+    run = run_cli("generate", "--ranks", "2", "--temperature", "0", "--max-new-tokens", "16",
+                  "--json", "--prompt", QUESTION[0]["content"], env={"TPI_CHAT_CACHE": str(cache)})
+    assert run.code == 0, run.stderr
+    assert "Paris" in run.json()["text"]
+    written = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+    size = default_gguf_path().stat().st_size
+    assert written <= 1.5 * size, f"{written / size:.2f}x the GGUF written to the cache"
+    assert len(list(cache.glob("shards/*-gguf/rank*/manifest.json"))) == 2

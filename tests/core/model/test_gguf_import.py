@@ -20,6 +20,7 @@ from core.model.config import load_config
 from core.model.gguf_import import import_gguf, llama3_rope_factors, permute_qk, unpermute_qk
 from core.model.gguf_weights import open_weights
 from core.model.model_dir import resolve_model
+from core.model.reference import transformers_model
 from core.model.tokenizer import ChatTokenizer
 from tests.core.model.conftest import write_gguf
 from tests.fixtures.tiny_tokenizer import CHATML_TEMPLATE, EOS_ID
@@ -65,19 +66,6 @@ def test_import_gives_back_the_hf_weights(tiny_models, tmp_path, arch):
         "eos_token_ids",
     ):
         assert getattr(ours, field) == getattr(theirs, field), field
-
-
-def transformers_model(model_dir):
-    """transformers' model for an imported GGUF: its config.json, the weights we read."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir)),
-                                             dtype=torch.float32)
-    with open_weights(model_dir) as w:
-        missing = model.load_state_dict({n: w.get(n) for n in w.names()}, strict=False)
-    assert missing.unexpected_keys == [] and set(missing.missing_keys) <= {"lm_head.weight"}
-    model.tie_weights()
-    return model.eval()
 
 
 def test_imported_model_runs_in_transformers_with_same_logits(tiny_models, tmp_path):
