@@ -39,6 +39,9 @@ class QWeight:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, in] float32 -> x @ M.T [T, out] float32."""
+        if x.shape[1] != self.in_features:  # a shard from a peer may lie about its widths
+            raise ShardError(f"a {self.in_features}-wide quantized matrix cannot take "
+                             f"{x.shape[1]} inputs; the shard is damaged, delete it to re-split")
         kern = library.kernels()
         out = torch.empty(x.shape[0], self.out_features)
         x = x.contiguous()

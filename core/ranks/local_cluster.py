@@ -11,6 +11,7 @@ for this cluster's lifetime) over their stdin.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from core.shard.manifest import load_manifest
 from core.shard.plan import make_plan
 from core.shard.splitter import split_model
 
+log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120.0  # every rank loaded and ready (big shards take a while)
 LAST_WORDS_S = 0.3  # how long a failed step waits for the failing rank's own error message
 HELLO_TIMEOUT_S = 30.0  # a device's rank's first word: its process up, rank 0 reached
@@ -121,6 +123,8 @@ class LocalCluster:
                             model_hash=model_hash(self.model_dir),
                             progress=lambda d, t: self._report("splitting model", d, t))
         self.rank_dirs = split.rank_dirs
+        for note in split.conversions:  # a GGUF type we do not run as is (Q6_K, say)
+            log.info("weights converted: %s", note)
         self.windows = rank_windows(opts, [load_manifest(d) for d in self.rank_dirs])
         self.window_label = window_label(self.windows, opts.window == "auto")
 
