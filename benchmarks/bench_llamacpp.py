@@ -4,10 +4,14 @@
 
 llama-cpp-python compiles llama.cpp from source (minutes), so it is installed into the venv
 only when asked: LLAMA_CPP=1 or --install (`make bench` runs this only with LLAMA_CPP=1).
-F32/F16/Q8_0 GGUFs are written from the shipped Q4_1 GGUF (gguf_variants.py), so every
-engine runs the same weights. Each configuration runs in a fresh process per repetition
-(llamacpp_worker.py), in an order rotated per repetition; tables show medians. Writes
-benchmarks/out/llamacpp.json; report.py renders it into RESULTS.md.
+F32/F16/Q8_0/Q4_0/Q4_K_M GGUFs are written from the shipped Q4_1 GGUF (gguf_variants.py;
+Q4_K_M by llama.cpp's own quantizer), so every engine runs the same weights: llama.cpp on
+each file, ours on the Q8_0/Q4_0/Q4_K_M files with `--dtype auto` (the file's own
+quantization; ours regroups Q4_K into Q4_1 and requantizes Q5_0/Q6_K to Q8_0), and ours
+fp32/bf16/int8 from the shipped file. Each configuration runs in a fresh process per
+repetition (llamacpp_worker.py), in an order rotated per repetition; tables show medians
+and, per target, the median of the per-repetition ratios (paired: the two ran minutes
+apart at most). Writes benchmarks/out/llamacpp.json; report.py renders it into RESULTS.md.
 """
 
 from __future__ import annotations
@@ -25,25 +29,58 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from common import OUT, PY, bench_env, log, machine, median, spread, write_json  # noqa: E402
-from gguf_variants import ensure_variants  # noqa: E402
+from gguf_variants import ensure_variants, tensor_types  # noqa: E402
 
 LLAMA_CPP_VERSION = "0.3.36"
-# CPU only, tuned for this CPU, nothing but the library (no server, examples or tests).
-CMAKE_ARGS = ("-DGGML_NATIVE=ON -DGGML_BLAS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
-              "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF")
+# CPU only, nothing but the library (no server, examples or tests). Not GGML_NATIVE: a
+# native build also emits AMX tile instructions on a CPU that lists amx_tile, and a VM
+# that does not grant the AMX state (XFEATURE 17/18, arch_prctl ARCH_REQ_XCOMP_PERM) kills
+# them with SIGILL; so the x86 ISA extensions are named one by one from /proc/cpuinfo and
+# AMX is off (isa_cmake_args).
+CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+              "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF "
+              "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
+# ggml's CMake option -> the /proc/cpuinfo flags it needs (GGML_AVX512 compiles with
+# -mavx512f -mavx512cd -mavx512vl -mavx512dq -mavx512bw).
+ISA_OPTIONS = {
+    "GGML_SSE42": ("sse4_2",),
+    "GGML_AVX": ("avx",),
+    "GGML_AVX2": ("avx2",),
+    "GGML_AVX_VNNI": ("avx_vnni",),
+    "GGML_FMA": ("fma",),
+    "GGML_F16C": ("f16c",),
+    "GGML_BMI2": ("bmi2",),
+    "GGML_AVX512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
+    "GGML_AVX512_VBMI": ("avx512vbmi",),
+    "GGML_AVX512_VNNI": ("avx512_vnni",),
+    "GGML_AVX512_BF16": ("avx512_bf16",),
+}
 QUESTION = "What is the capital of France?"
-# (label, worker args); llama.cpp ones name a GGUF type, ours a shard dtype.
+LLAMA = ["--engine", "llama"]
+OURS_AUTO = ["--engine", "ours", "--dtype", "auto"]
+# (label, worker args, GGUF variant or None for the default model's own import)
 CONFIGS = [
-    ("llama.cpp F32", ["--engine", "llama"], "F32"),
-    ("llama.cpp F16", ["--engine", "llama"], "F16"),
-    ("llama.cpp Q8_0", ["--engine", "llama"], "Q8_0"),
+    ("llama.cpp F32", LLAMA, "F32"),
+    ("llama.cpp F16", LLAMA, "F16"),
+    ("llama.cpp Q8_0", LLAMA, "Q8_0"),
+    ("llama.cpp Q4_0", LLAMA, "Q4_0"),
+    ("llama.cpp Q4_K_M", LLAMA, "Q4_K_M"),
     ("transformers fp32", ["--engine", "transformers"], None),
     ("ours fp32", ["--engine", "ours", "--dtype", "float32"], None),
     ("ours bf16", ["--engine", "ours", "--dtype", "bfloat16"], None),
     ("ours int8", ["--engine", "ours", "--dtype", "int8"], None),
+    ("ours auto Q8_0", OURS_AUTO, "Q8_0"),
+    ("ours auto Q4_0", OURS_AUTO, "Q4_0"),
+    ("ours auto Q4_K_M", OURS_AUTO, "Q4_K_M"),
 ]
+SAME_FILE = ("Q8_0", "Q4_0", "Q4_K_M")  # ours --dtype auto vs llama.cpp on the same file
+DECODE_LIMIT_SAME_FILE = 1.2
 # (ours, theirs, measure, limit): the issue's targets.
 RATIOS = [
+    *[(f"ours auto {q}", f"llama.cpp {q}", "decode_ms_per_token", DECODE_LIMIT_SAME_FILE)
+      for q in SAME_FILE],
+    *[(f"ours auto {q}", f"llama.cpp {q}", key, None)
+      for key in ("ttft_ms", "ttft_512_ms") for q in SAME_FILE],
     ("ours fp32", "llama.cpp F32", "decode_ms_per_token", 1.5),
     ("ours int8", "llama.cpp Q8_0", "decode_ms_per_token", 1.5),
     ("ours fp32", "llama.cpp F32", "ttft_512_ms", 1.5),
@@ -55,6 +92,24 @@ RATIOS = [
 ]
 
 
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def isa_cmake_args(flags: set[str] | None = None) -> str:
+    """-DGGML_<ISA>=ON/OFF for each x86 extension ggml can use, from this CPU's flags
+    (all OFF where /proc/cpuinfo says nothing, e.g. on ARM, where ggml picks its own)."""
+    flags = cpu_flags() if flags is None else flags
+    return " ".join(f"-D{opt}={'ON' if all(f in flags for f in need) else 'OFF'}"
+                    for opt, need in ISA_OPTIONS.items())
+
+
 def llama_cpp_installed() -> bool:
     return subprocess.call([PY, "-c", "import llama_cpp"], stderr=subprocess.DEVNULL) == 0
 
@@ -62,7 +117,7 @@ def llama_cpp_installed() -> bool:
 def install_llama_cpp() -> float:
     """pip-install llama-cpp-python into this venv (a from-source build); seconds taken."""
     log(f"building llama-cpp-python=={LLAMA_CPP_VERSION} (compiles llama.cpp, minutes)")
-    env = dict(os.environ, CMAKE_ARGS=CMAKE_ARGS,
+    env = dict(os.environ, CMAKE_ARGS=f"{CMAKE_ARGS} {isa_cmake_args()}",
                CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 1))
     t0 = time.monotonic()
     subprocess.check_call([PY, "-m", "pip", "install", "-q", "--no-cache-dir",
@@ -85,12 +140,22 @@ def prepare_ids(cache: Path) -> Path:
     return path
 
 
-def presplit() -> None:
-    """Split the default model for each of our dtypes now, so no run pays for it."""
+def presplit(ggufs: dict[str, Path]) -> dict[str, str]:
+    """Split the default model for each of our dtypes, and each same-file GGUF with
+    --dtype auto, now, so no run pays for it; {variant: what the split said it converted}."""
     for dtype in ("fp32", "bf16", "int8"):
         subprocess.check_call([PY, "-m", "core.cli", "split", "--dtype", dtype],
                               env=bench_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
+    converted = {}
+    for q in SAME_FILE:
+        out = subprocess.run([PY, "-m", "core.cli", "split", "--model", str(ggufs[q]),
+                              "--dtype", "auto"], env=bench_env(), capture_output=True,
+                             text=True, check=True)
+        said = [ln.strip() for ln in (out.stdout + out.stderr).splitlines()
+                if ln.strip().startswith("converted ")]
+        converted[q] = "; ".join(said) or "nothing (every matrix kept byte for byte)"
+    return converted
 
 
 def run_config(args: list[str], gguf: Path | None, ids: Path, n: int, threads: int,
@@ -117,11 +182,12 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     for label, rs in runs.items():
         dec = [r["decode_ms_per_token"] for r in rs]
         long = [r["ttft_512_ms"] for r in rs]
+        short = [r["ttft_ms"] for r in rs]
         toks = rs[0]["token_ids"]
         summary[label] = {
             "decode_ms_per_token": median(dec), "decode_spread": spread(dec),
-            "ttft_512_spread": spread(long),
-            "ttft_ms": median([r["ttft_ms"] for r in rs]),
+            "ttft_512_spread": spread(long), "ttft_spread": spread(short),
+            "ttft_ms": median(short),
             "ttft_512_ms": median(long),
             "same_first16_as_ours_fp32": sum(a == b for a, b in zip(toks[:16], fp32[:16],
                                                                     strict=False)),
@@ -134,8 +200,12 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
             continue
         sp = key.replace("_ms_per_token", "").replace("_ms", "") + "_spread"
         worst = max((summary[x].get(sp) or 0) for x in (ours, theirs))
+        pairs = [x[key] / y[key] for x, y in zip(runs[ours], runs[theirs], strict=False)
+                 if x.get(key) and y.get(key)]
         ratios.append({"ours": ours, "theirs": theirs, "measure": key, "limit": limit,
-                       "ratio": round(a / b, 3) if a and b else None, "worst_spread": worst})
+                       "ratio": round(a / b, 3) if a and b else None,
+                       "paired": median(pairs), "paired_spread": spread(pairs),
+                       "worst_spread": worst})
     return {"by_config": summary, "ratios": ratios}
 
 
@@ -162,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     started = machine()
     ggufs = ensure_variants(default_gguf_path(), OUT / "gguf")
     ids = prepare_ids(OUT)
-    presplit()
+    converted = presplit(ggufs)
     configs = CONFIGS + ([("ours fp32 (baseline)", ["--engine", "ours"], None)]
                          if args.baseline_tree else [])
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in configs}
@@ -180,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             "new_tokens": args.new_tokens, "threads": args.threads,
             "prompt_tokens": len(json.loads(ids.read_text())["prompt"]),
             "gguf_mb": {q: round(p.stat().st_size / (1 << 20), 1) for q, p in ggufs.items()},
+            "gguf_types": {q: tensor_types(p) for q, p in ggufs.items()},
+            "ours_converted": converted, "decode_limit_same_file": DECODE_LIMIT_SAME_FILE,
+            "cmake_args": f"{CMAKE_ARGS} {isa_cmake_args()}",
             **summarize(runs), "runs": runs}
     log(f"wrote {write_json(args.out, data)}")
     return 0

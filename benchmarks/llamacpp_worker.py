@@ -8,9 +8,12 @@ Every engine is driven the same way on the same token ids: greedy, exactly N new
 All after one warm-up pass of each (first-call allocations are not what we compare).
 
     python benchmarks/llamacpp_worker.py --engine ours --dtype int8 --ids IDS.json
+    python benchmarks/llamacpp_worker.py --engine ours --dtype auto --gguf F.gguf --ids IDS.json
     python benchmarks/llamacpp_worker.py --engine llama --gguf F.gguf --ids IDS.json
     python benchmarks/llamacpp_worker.py --engine transformers --ids IDS.json
-IDS.json holds {"prompt": [...], "long": [...], "model_dir": "..."}.
+IDS.json holds {"prompt": [...], "long": [...], "model_dir": "..."}. Ours runs the model dir
+of IDS.json, or with --gguf that file's own import (pre-split by bench_llamacpp.py), so
+`--dtype auto` keeps the file's quantization.
 """
 
 from __future__ import annotations
@@ -94,9 +97,10 @@ def _measure(engine, prompt: list[int], long: list[int], n: int) -> dict:
 def _transformers(model_dir: str, prompt: list[int], long: list[int], n: int) -> dict:
     """transformers' own fp32 generate(); decode = (t(N) - t(1)) / (N - 1)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    from core.model.reference import transformers_model
+
+    model = transformers_model(Path(model_dir))  # an imported GGUF has no weight files
 
     def gen(ids: list[int], k: int) -> tuple[float, list[int]]:
         inp = torch.tensor([ids])
@@ -133,8 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "transformers":
         res = _transformers(spec["model_dir"], prompt, long, args.new_tokens)
     else:
-        engine = (Ours(spec["model_dir"], args.dtype, args.threads) if args.engine == "ours"
-                  else LlamaCpp(args.gguf, args.threads))
+        if args.engine == "ours":
+            model_dir = spec["model_dir"]
+            if args.gguf:
+                from core.model.model_dir import resolve_model
+
+                model_dir = str(resolve_model(args.gguf))
+            engine = Ours(model_dir, args.dtype, args.threads)
+        else:
+            engine = LlamaCpp(args.gguf, args.threads)
         res = _measure(engine, prompt, long, args.new_tokens)
     print(json.dumps({"engine": args.engine, "prompt_tokens": len(prompt),
                       "long_tokens": len(long), **res}))
