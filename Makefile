@@ -31,8 +31,10 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check core app tests benchmarks
 
+# LLAMA_CPP=1 adds ours vs llama.cpp (speed and perplexity on the same GGUFs);
+# BENCH_ARGS="--only llama.cpp,perplexity,70b" runs some steps only, "--quick" a smoke run.
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 # A onedir bundle for people without Python: dist/tpi-chat/tpi-chat (see packaging/README.md).
 PYINSTALLER_VERSION := 6.22.3

@@ -67,7 +67,27 @@ def machine() -> dict:
         "transformers": version("transformers"),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "code": code_state(),
     }
+
+
+def code_state() -> str:
+    """The commit measured, and the engine files changed in the work tree since (others
+    commit to this tree while benchmarks run)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    dirty = [ln[3:] for ln in git("status", "--porcelain", "--", "core").splitlines()]
+    if not dirty:
+        return head
+    more = ", ..." if len(dirty) > 4 else ""
+    return (f"{head} + uncommitted changes to {len(dirty)} files of core/ "
+            f"({', '.join(dirty[:4])}{more})")
 
 
 @dataclass

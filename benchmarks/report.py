@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from cells import fmt, verdict
-from llamacpp_report import llamacpp_section
+from llama70b_report import llama70b_section
+from llamacpp_report import llamacpp_section, perplexity_section
 from streaming_report import streaming_section
 
 ENGINE_TARGETS = (
@@ -30,6 +31,7 @@ def machine_section(m: dict, extra: dict) -> list[str]:
         "## Machine", "",
         f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_gib']} GiB; {m['os']}",
         f"- Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}",
+        f"- Code: {m['code']}" if m.get("code") else "",
         f"- Date: {m['date']}; load average at start {m['load_avg_at_start']}"
         + (f", at end {extra['load_avg_at_end']}" if extra.get("load_avg_at_end") else ""),
         f"- Whole run: {fmt(extra.get('total_min'))} min" if extra.get("total_min") else "",
@@ -37,7 +39,30 @@ def machine_section(m: dict, extra: dict) -> list[str]:
     ]
 
 
-def targets_section(engine: dict | None, memory: dict | None) -> list[str]:
+def same_file_targets(llama: list[dict], ppl: dict | None) -> list[str]:
+    """Rows of the Targets table for ours vs llama.cpp on the same GGUF files."""
+    lines = []
+    for d in llama:
+        for r in d.get("ratios", []):
+            if r["limit"] is None or not r["ours"].startswith("ours auto"):
+                continue
+            noisy = (r.get("worst_spread") or 0) > 0.5
+            result = ("not measured" if r["ratio"] is None
+                      else f"noisy (spread {r['worst_spread']:.2f})" if noisy
+                      else verdict(r["ratio"], r["limit"]))
+            lines.append(f"| {r['ours']} / {r['theirs']}, same file, {d['threads']} threads: "
+                         f"decode ms/token | <= {r['limit']} | {fmt(r['ratio'], 3)} | "
+                         f"{fmt(r.get('paired'), 3)} | {result} |")
+    if ppl:
+        for q, r in ppl["by_variant"].items():
+            lines.append(f"| perplexity, ours / llama.cpp - 1 on the {q} file | "
+                         f"<= {ppl['limit'] * 100:g}% | {r['rel_diff'] * 100:+.2f}% | - | "
+                         f"{'PASS' if r['pass'] else 'MISS'} |")
+    return lines
+
+
+def targets_section(engine: dict | None, memory: dict | None,
+                    extra_rows: list[str] | None = None) -> list[str]:
     lines = ["## Targets", "", "| target | limit | measured (ratio of medians) | paired "
              "median | result |", "|---|---|---|---|---|"]
     for model, cfg, key, limit, what in ENGINE_TARGETS:
@@ -55,7 +80,7 @@ def targets_section(engine: dict | None, memory: dict | None) -> list[str]:
             f"{'PASS' if ok else 'MISS'} |")
     else:
         lines.append("| 64-layer Llama, window 2 / all peak RSS | <= 0.4 | - | - | not measured |")
-    return lines + [""]
+    return lines + (extra_rows or []) + [""]
 
 
 def engine_section(name: str, m: dict) -> list[str]:
@@ -165,14 +190,17 @@ def render(out_dir: Path, extra: dict) -> str:
     memory = _load(out_dir / "memory.json")
     col = _load(out_dir / "collectives.json")
     streaming = _load(out_dir / "streaming.json")
-    llama = [_load(p) for p in sorted(out_dir.glob("llamacpp*.json"))]
-    mach = (engine or memory or {}).get("machine")
+    llama = [d for d in (_load(p) for p in sorted(out_dir.glob("llamacpp*.json"))) if d]
+    ppl = _load(out_dir / "perplexity.json")
+    l70 = _load(out_dir / "llama70b.json")
+    mach = next((d["machine"] for d in (engine, memory, l70, ppl, *llama)
+                 if d and d.get("machine")), None)
     lines = ["# Benchmark results", "",
              "Written by `make bench` (benchmarks/run_all.py); raw numbers in "
              "benchmarks/out/*.json.", ""]
     if mach:
         lines += machine_section(mach, extra)
-    lines += targets_section(engine, memory)
+    lines += targets_section(engine, memory, same_file_targets(llama, ppl))
     if extra.get("notes"):
         lines += ["## Notes on this run", "", *[f"- {n}" for n in extra["notes"]], ""]
     if engine:
@@ -185,8 +213,12 @@ def render(out_dir: Path, extra: dict) -> str:
         lines += streaming_section(streaming)
     if col:
         lines += collectives_section(col)
-    for d in filter(None, llama):
+    if l70:
+        lines += llama70b_section(l70)
+    for d in llama:
         lines += llamacpp_section(d)
+    if ppl:
+        lines += perplexity_section(ppl)
     if extra.get("errors"):
         lines += ["## Errors", "", *[f"- {e}" for e in extra["errors"]], ""]
     lines += NOTES
