@@ -8,7 +8,7 @@ point; it starts the window when there are no arguments and hands everything els
   tpi-chat split                pre-split a model for a plan
   tpi-chat pair HOST:PORT --code NNN-NNN   pair a device (its worker shows the code)
   tpi-chat devices              the paired devices, and whether each answers now
-  tpi-chat worker               serve this device to a master (pairing code on the console)
+  tpi-chat worker [--pair]      serve this device to a master (--pair: open pairing, show a code)
   tpi-chat rank ...             internal: a local worker rank process
   tpi-chat --self-test          check this installation on a tiny model, 1 vs 2 ranks
 """
@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--host", default=None,
                    help="bind and advertise only on this address (default: all interfaces)")
     w.add_argument("--port", type=int, default=0, help="pairing/info port (default: any)")
+    w.add_argument("--pair", nargs="?", type=float, const=5.0, default=None,
+                   metavar="MINUTES",
+                   help="open pairing for MINUTES (default 5) and show its code; while "
+                        "this worker runs, P in its console does the same, and so does "
+                        "`tpi-chat worker --pair` on this device when it already runs "
+                        "(a service, say)")
     w.add_argument("--data-dir", default=None, help="identity, trusted masters and shards")
     w.add_argument("--memory-budget", default=None, help="memory offered to masters, e.g. 3GB")
     w.add_argument("--masters", action="store_true", help="list the paired masters and exit")

@@ -1,11 +1,16 @@
 """`tpi-chat worker`: the headless peer daemon on a device that lends its memory and CPU.
 
-It keeps its identity and trusted masters in --data-dir, shows a pairing code on the
-console, answers pairing and info on its plaintext port (--port), advertises itself
+It keeps its identity and trusted masters in --data-dir, answers info (and pairing,
+while the user has opened it) on its plaintext pairing port (--port), advertises itself
 over mDNS on --host only, and serves paired masters on a CURVE control port (ZAP
 allow-list = trusted masters, checked at each connect, so unpairing is live): ping,
 info, shard shipping into DIR/shards, run_rank / stop_rank, unpair. See
 core/cluster/worker_protocol.py. SIGINT/SIGTERM stop the ranks and unregister mDNS.
+
+Pairing is closed until the user opens it on the device: `--pair [MINUTES]` at start,
+P in the console, or `tpi-chat worker --pair` while this worker runs (as a service, say:
+it asks the running worker through the data folder, see pairing_request.py). A window
+shows a fresh code for 5 minutes and closes after one pairing or 3 wrong codes.
 """
 
 from __future__ import annotations
@@ -16,13 +21,24 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
 
 from core.cluster.discovery import Advertiser
 from core.cluster.identity import default_data_dir, load_or_create
-from core.cluster.pairing import PairingServer
+from core.cluster.pairing_console import watch_console
+from core.cluster.pairing_request import DaemonLock, PairingRequests, ask_running_worker
+from core.cluster.pairing_server import PairingServer
+from core.cluster.pairing_window import (
+    DEFAULT_MINUTES,
+    LOCKED,
+    MAX_MINUTES,
+    PAIRED,
+    PairingEvent,
+    PairingGate,
+)
 from core.cluster.peer_info import PeerInfo, local_peer_info
 from core.cluster.rank_runner import RankRunner
 from core.cluster.shard_cache import ShardCache
@@ -39,6 +55,7 @@ from core.errors import PeerError, ProtocolError, TpiError
 
 log = logging.getLogger(__name__)
 REFRESH_S = 5.0  # how often free memory / paired state is re-advertised
+_REOPEN = "press P here or run `tpi-chat worker --pair` on this device"
 # Shipping chunks are the largest control messages (see ship_messages.MAX_CHUNK).
 LIMITS = CodecLimits(max_header_bytes=256 * 1024, max_total_bytes=8 * 2**20 + 2**20,
                      max_tensors=1)
@@ -88,9 +105,11 @@ class WorkerDaemon:
         self.ctl = bind_preferring(lambda p: ControlServer(
             self.bind, ops=TO_WORKER, limits=LIMITS, curve=curve, port=p), last.get("control"))
         self.ctl_port = int(self.ctl.endpoint.rsplit(":", 1)[1])
+        self.gate = PairingGate(on_event=self._pairing_event)
+        self.requests = PairingRequests(self.data_dir)
+
         def pairing_on(p: int) -> PairingServer:
-            return PairingServer(self.identity, self.trust, self.bind, p,
-                                 on_new_code=lambda c: _say(f"pairing code: {c}"),
+            return PairingServer(self.identity, self.trust, self.bind, p, gate=self.gate,
                                  on_paired=lambda peer: _say(f"paired with '{peer.name}'"),
                                  describe=self.describe)
 
@@ -112,10 +131,53 @@ class WorkerDaemon:
                            mem_free=min(info.mem_free, self.budget))
         return info
 
-    def announce(self) -> None:
+    def announce(self, pair_minutes: float | None = None) -> None:
         _say(f"worker '{self.identity.name}' ({self.identity.fingerprint}) on "
              f"{self.address}:{self.pairing.port}, control port {self.ctl_port}")
-        _say(f"pairing code: {self.pairing.code}")
+        if pair_minutes:
+            self.gate.open(pair_minutes)
+        else:
+            _say(f"pairing is closed: {_REOPEN} to let a new master pair for "
+                 f"{DEFAULT_MINUTES:g} minutes")
+
+    # -- pairing window --
+
+    def _pairing_event(self, ev: PairingEvent) -> None:
+        if ev.kind in ("opened", "extended"):
+            until = time.strftime("%H:%M", time.localtime(ev.closes_at))
+            again = " again" if ev.kind == "extended" else ""
+            _say(f"pairing open{again} until {until} ({ev.seconds_left / 60:.0f} min); "
+                 f"pairing code: {ev.code}")
+        elif ev.kind == "wrong_code":
+            _say(f"wrong pairing code from {ev.peer or 'a master'} "
+                 f"({ev.tries_left} {'try' if ev.tries_left == 1 else 'tries'} left)")
+        elif ev.kind == "closed":
+            self.requests.withdraw()
+            if ev.reason == PAIRED:
+                _say(f"pairing closed: a code pairs one master; {_REOPEN} to pair another")
+            elif ev.reason == LOCKED:
+                _say(f"pairing closed after {self.gate.max_tries} wrong codes (locked): "
+                     f"{_REOPEN} to open it again with a new code")
+            elif ev.reason != "stopped":
+                _say(f"pairing closed: its time is up; {_REOPEN} to open it again")
+
+    def watch_pairing_requests(self, stop: threading.Event) -> None:
+        """Open pairing when `tpi-chat worker --pair` asks through the data folder."""
+        def run() -> None:
+            while not stop.wait(0.5):
+                try:
+                    got = self.requests.take()
+                    if got is None:
+                        continue
+                    rid, minutes = got
+                    ev = self.gate.open(minutes)
+                    self.requests.answer(rid, name=self.identity.name, code=ev.code,
+                                         until=ev.closes_at, minutes=ev.seconds_left / 60,
+                                         address=f"{self.address}:{self.pairing.port}")
+                except Exception:  # a damaged file: the asking command times out
+                    log.exception("pairing request failed")
+
+        threading.Thread(target=run, name="pairing-requests", daemon=True).start()
 
     def serve(self, stop: threading.Event) -> None:
         self.advertiser = Advertiser(self.describe(), self.address, self.pairing.port)
@@ -188,6 +250,7 @@ class WorkerDaemon:
         self.ranks.stop_all()
         if self.advertiser is not None:
             self.advertiser.close()
+        self.gate.close()
         self.pairing.close()
         self.ctl.close()
         self.cache.close()
@@ -220,6 +283,10 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "install_service", False) or getattr(args, "uninstall_service", False):
         from core.cluster import worker_service
 
+        if getattr(args, "pair", None) is not None:
+            raise TpiError("the service starts with pairing closed: install it without "
+                           "--pair, then run `tpi-chat worker --pair` to pair a master")
+
         if getattr(args, "install_service", False):
             return worker_service.install_service(args)
         return worker_service.uninstall_service(args)
@@ -227,6 +294,46 @@ def main(args: argparse.Namespace) -> int:
     if args.masters or args.unpair:
         return manage_masters(data_dir, args.unpair)
     budget = parse_size(args.memory_budget) if args.memory_budget else None
+    minutes = pair_minutes(args)
+    lock = DaemonLock(data_dir)
+    if not lock.acquire():
+        if minutes is None:
+            raise TpiError(f"a worker already runs with the data folder {data_dir}; stop it "
+                           "first or give this one another --data-dir (`tpi-chat worker "
+                           "--pair` opens pairing on the running one)")
+        return open_on_running(data_dir, minutes)
+    try:
+        return _run(args, data_dir, budget, minutes)
+    finally:
+        lock.release()
+
+
+def pair_minutes(args: argparse.Namespace) -> float | None:
+    """--pair [MINUTES], checked."""
+    minutes = getattr(args, "pair", None)
+    if minutes is None:
+        return None
+    if not 0 < minutes <= MAX_MINUTES:
+        raise TpiError(f"--pair takes 1 to {MAX_MINUTES:g} minutes (default "
+                       f"{DEFAULT_MINUTES:g})")
+    return float(minutes)
+
+
+def open_on_running(data_dir: Path, minutes: float) -> int:
+    """`tpi-chat worker --pair` while a worker serves `data_dir`: open pairing there."""
+    ans = ask_running_worker(data_dir, minutes)
+    until = ans.get("until")
+    when = time.strftime("%H:%M", time.localtime(until)) if isinstance(
+        until, int | float) else "?"
+    _say(f"pairing open on the running worker '{ans.get('name')}' at {ans.get('address')} "
+         f"until {when}; pairing code: {ans.get('code')}")
+    _say("type it in the app's Add device dialog (or `tpi-chat pair "
+         f"{ans.get('address')} --code {ans.get('code')}` on the master)")
+    return 0
+
+
+def _run(args: argparse.Namespace, data_dir: Path, budget: int | None,
+         minutes: float | None) -> int:
     try:
         daemon = WorkerDaemon(data_dir, args.name, args.host, args.port, budget)
     except (OSError, ValueError) as e:
@@ -234,10 +341,13 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    restore_console = watch_console(stop, daemon.gate.open)
     try:
-        daemon.announce()
+        daemon.announce(minutes)
+        daemon.watch_pairing_requests(stop)
         daemon.serve(stop)
     finally:
+        restore_console()
         daemon.close()
         _say("worker stopped")
     return 0

@@ -14,7 +14,7 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 from core.cluster.discovery import probe_manual
 from core.cluster.identity import load_or_create
-from core.cluster.pairing import pair_with
+from core.cluster.pairing_client import pair_with
 from core.cluster.trust import TrustStore
 from core.errors import TpiError
 

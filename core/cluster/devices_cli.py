@@ -11,7 +11,7 @@ from pathlib import Path
 
 from core.cluster.discovery import probe_manual
 from core.cluster.identity import default_data_dir, load_or_create
-from core.cluster.pairing import pair_with
+from core.cluster.pairing_client import pair_with
 from core.cluster.roster import DEFAULT_BUDGET, Roster
 from core.cluster.worker_ping import split_answering
 from core.cluster.worker_protocol import parse_size

@@ -178,7 +178,7 @@ def _to_peer(info: ServiceInfo) -> PeerInfo | None:
 
 def probe_manual(host: str, port: int, timeout: float = 3.0) -> PeerInfo:
     """Ask a worker at host:port who it is (the fallback when mDNS does not reach it)."""
-    from core.cluster.pairing import query_info  # pairing pulls in the codec (torch)
+    from core.cluster.pairing_client import query_info  # pulls in the codec (torch)
 
     txt = query_info(tcp_endpoint(host, port), timeout)
     peer = PeerInfo.from_txt(txt, host, port)
