@@ -59,7 +59,26 @@ PLAIN(q8_0_plain, FMT_Q8_0)
 PLAIN(q4_0_plain, FMT_Q4_0)
 PLAIN(q4_1_plain, FMT_Q4_1)
 
-const qisa TPI_QUANT_PLAIN = {"plain C", {q8_0_plain, q4_0_plain, q4_1_plain}};
+static void deq_plain(int fmt, const uint8_t *w, float *out, int64_t b0, int64_t b1) {
+    const int64_t bb = QBLOCK_BYTES[fmt];
+    for (int64_t b = b0; b < b1; b++) {
+        float q[QK], d, m;
+        tpi_block_dm(fmt, w + b * bb, &d, &m);
+        block_q(fmt, w + b * bb, q);
+        for (int j = 0; j < QK; j++) out[(b - b0) * QK + j] = d * q[j] + m;
+    }
+}
+
+#define DEQ_PLAIN(name, fmt)                                                                 \
+    static void name(const uint8_t *w, float *out, int64_t b0, int64_t b1) {               \
+        deq_plain(fmt, w, out, b0, b1);                                                    \
+    }
+DEQ_PLAIN(q8_0_deq, FMT_Q8_0)
+DEQ_PLAIN(q4_0_deq, FMT_Q4_0)
+DEQ_PLAIN(q4_1_deq, FMT_Q4_1)
+
+const qisa TPI_QUANT_PLAIN = {"plain C", {q8_0_plain, q4_0_plain, q4_1_plain},
+                              {q8_0_deq, q4_0_deq, q4_1_deq}};
 
 /* ---- activations ------------------------------------------------------------------- */
 
@@ -128,15 +147,15 @@ int tpi_qmatmul(int fmt, const float *x, const uint8_t *w, float *y, int64_t ldy
  * Threaded: prefill dequantizes whole matrices before a GEMM (core/engine/qweight.py). */
 int tpi_dequant(int fmt, const uint8_t *w, float *out, int64_t nblocks, int nthreads) {
     if (fmt < 0 || fmt >= FMT_COUNT) return -2;
-    const int64_t bb = QBLOCK_BYTES[fmt];
+    qdeq_fn deq = chosen()->dequant[fmt];
+    if (!deq) deq = TPI_QUANT_PLAIN.dequant[fmt];
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    if (nthreads < 1 || nblocks < 1024) nthreads = 1;
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t b = 0; b < nblocks; b++) {
-        float q[QK], d, m;
-        tpi_block_dm(fmt, w + b * bb, &d, &m);
-        block_q(fmt, w + b * bb, q);
-        for (int j = 0; j < QK; j++) out[b * QK + j] = d * q[j] + m;
+    if (nthreads < 1 || nblocks < 4096) nthreads = 1;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const int64_t b0 = nblocks * t / n, b1 = nblocks * (t + 1) / n;
+        deq(w, out + b0 * QK, b0, b1);
     }
     return 0;
 }

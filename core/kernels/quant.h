@@ -42,10 +42,14 @@ typedef struct {
 typedef void (*qrows_fn)(const uint8_t *w, const qacts *x, float *y, int64_t ldy, int64_t M,
                          int64_t n0, int64_t n1);
 
+/* out[32 * (b1 - b0)] = the weights of blocks b0..b1 of w, as floats. */
+typedef void (*qdeq_fn)(const uint8_t *w, float *out, int64_t b0, int64_t b1);
+
 /* One loop per format (NULL: not available on this CPU), and the ISA's name for logs. */
 typedef struct {
     const char *name;
     qrows_fn rows[FMT_COUNT];
+    qdeq_fn dequant[FMT_COUNT]; /* NULL: the plain C one */
 } qisa;
 
 /* Exact fp16 -> fp32 by integer ops (see matvec.c's f16_load for why). */

@@ -117,7 +117,32 @@ LOOP(q8_0_avx512, AVX512, rows512, FMT_Q8_0)
 LOOP(q4_0_avx512, AVX512, rows512, FMT_Q4_0)
 LOOP(q4_1_avx512, AVX512, rows512, FMT_Q4_1)
 
-static const qisa ISA_AVX512 = {"AVX-512", {q8_0_avx512, q4_0_avx512, q4_1_avx512}};
+/* out = d * q + m, a block at a time (prefill dequantizes whole matrices before a GEMM). */
+AVX512 static inline void deq512(int fmt, const uint8_t *w, float *out, int64_t b0,
+                                 int64_t b1) {
+    const int64_t bb = QBLOCK_BYTES[fmt];
+    for (int64_t b = b0; b < b1; b++) {
+        __m512 lo, hi;
+        widen512(fmt, w + b * bb, &lo, &hi);
+        const __m128 dm = header(fmt, w + b * bb);
+        const __m512 d = _mm512_broadcastss_ps(dm);
+        const __m512 m = _mm512_broadcastss_ps(_mm_shuffle_ps(dm, dm, 1));
+        float *o = out + (b - b0) * QK;
+        _mm512_storeu_ps(o, _mm512_fmadd_ps(lo, d, m));
+        _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(hi, d, m));
+    }
+}
+
+#define DEQ(name, isa, deq, fmt)                                                             \
+    isa static void name(const uint8_t *w, float *out, int64_t b0, int64_t b1) {           \
+        deq(fmt, w, out, b0, b1);                                                           \
+    }
+DEQ(q8_0_deq512, AVX512, deq512, FMT_Q8_0)
+DEQ(q4_0_deq512, AVX512, deq512, FMT_Q4_0)
+DEQ(q4_1_deq512, AVX512, deq512, FMT_Q4_1)
+
+static const qisa ISA_AVX512 = {"AVX-512", {q8_0_avx512, q4_0_avx512, q4_1_avx512},
+                                {q8_0_deq512, q4_0_deq512, q4_1_deq512}};
 
 /* ---- AVX2 ------------------------------------------------------------------------------ */
 
@@ -185,7 +210,25 @@ LOOP(q8_0_avx2, AVX2, rows256, FMT_Q8_0)
 LOOP(q4_0_avx2, AVX2, rows256, FMT_Q4_0)
 LOOP(q4_1_avx2, AVX2, rows256, FMT_Q4_1)
 
-static const qisa ISA_AVX2 = {"AVX2", {q8_0_avx2, q4_0_avx2, q4_1_avx2}};
+AVX2 static inline void deq256(int fmt, const uint8_t *w, float *out, int64_t b0, int64_t b1) {
+    const int64_t bb = QBLOCK_BYTES[fmt];
+    for (int64_t b = b0; b < b1; b++) {
+        __m256 wv[4];
+        widen256(fmt, w + b * bb, wv);
+        const __m128 dm = header(fmt, w + b * bb);
+        const __m256 d = _mm256_broadcastss_ps(dm);
+        const __m256 m = _mm256_broadcastss_ps(_mm_shuffle_ps(dm, dm, 1));
+        for (int i = 0; i < 4; i++)
+            _mm256_storeu_ps(out + (b - b0) * QK + 8 * i, _mm256_fmadd_ps(wv[i], d, m));
+    }
+}
+
+DEQ(q8_0_deq256, AVX2, deq256, FMT_Q8_0)
+DEQ(q4_0_deq256, AVX2, deq256, FMT_Q4_0)
+DEQ(q4_1_deq256, AVX2, deq256, FMT_Q4_1)
+
+static const qisa ISA_AVX2 = {"AVX2", {q8_0_avx2, q4_0_avx2, q4_1_avx2},
+                              {q8_0_deq256, q4_0_deq256, q4_1_deq256}};
 
 const qisa *tpi_quant_x86(const char *cap) {
     if (cap && (!strcmp(cap, "plain") || !strncmp(cap, "neon", 4))) return NULL;
