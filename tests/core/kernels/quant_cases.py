@@ -1,12 +1,11 @@
 """Cases and a numpy reference for the quantized kernels (core/kernels/quant*.c), shared by
 test_quant.py (x86 loops in-process) and test_quant_arm.py (ARM loops under qemu).
 
-The reference follows quant.c's arithmetic, not an idealized float product: x is quantized
-per 32-block exactly as quantize_acts does (float32 scale max|x| / 127, 1 / scale, round
-half to even; Q4_1's m term takes the block's scale * sum(q)), weights come from the gguf
-package's dequantize, and the sum is taken in float64. The kernels differ from it only by
-their float32 summation, so they are compared within 1e-5 of the sum of the terms'
-magnitudes.
+The kernels keep x in float32 and widen each block's weights to floats (quant.h), so the
+reference is the plain product x @ w.T in float64, w being the gguf package's dequantize.
+The kernels differ from it only by their float32 summation (a block's d * sum(q x) and
+m * sum(x) taken apart, in their own order), so they are compared within 1e-5 of the sum
+of the terms' magnitudes, |x| @ |w|.T; the loops measured stay under 2e-7 of it.
 """
 
 from __future__ import annotations
@@ -14,11 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from gguf.quants import dequantize as gguf_dequantize
 
 QK = 32
 FORMATS = {0: ("q8_0", 34, 8), 1: ("q4_0", 18, 2), 2: ("q4_1", 20, 3)}  # id: name, bytes, ggml
 RTOL = 1e-5
+
+# Known bug (quant.c, quant_x86.c): loops whose dequant gives +0.0 where gguf gives -0.0
+# (d < 0 times a zero weight), and for which formats. quant.c computes d * q + m, adding
+# m = +0.0 (Q8_0) or -8 d (Q4_0) to -0.0; the x86 loops' fma(q, d, m) has m = d * 0 = -0.0
+# for Q8_0 but -8 d for Q4_0. Tests xfail on exactly these and fail on any other mismatch,
+# or once a listed one is fixed (then drop it here).
+ZERO_SIGN_BUG = {"plain C": {0, 1}, "AVX2": {1}, "AVX-512": {1}}
 
 
 @dataclass
@@ -39,18 +46,22 @@ class Case:
 
 
 def make_case(fmt: int, M: int, K: int, N: int, seed: int, nthreads: int = 1) -> Case:
-    """Random weight bytes with finite fp16 headers (some negative, some subnormal), random
-    x with one all-zero block; Q8_0 gets a row of -128 against x of -1 (the largest
-    products, which the NEON loop adds in int16 pairs)."""
+    """Random weight bytes with finite fp16 headers, some negative, every 7th subnormal and
+    rows 2 and N - 1 subnormal throughout (a loop flushing them to zero then misses whole
+    rows, not a part in 1e5); random x with one all-zero block. Q8_0 gets a row of -128
+    (the NEON loop converts q << 24: here INT32_MIN) against a block of x = -1."""
     rng = np.random.default_rng(seed)
     _, bb, _ = FORMATS[fmt]
     nb = K // QK
     w = rng.integers(0, 256, size=(N, nb, bb), dtype=np.uint8)
     d = rng.uniform(-0.02, 0.05, size=(N, nb)).astype(np.float16)
-    d.flat[:: 7] = np.float16(2.0**-20)  # subnormal in fp16
+    d.flat[::7] = np.float16(2.0**-20)
+    d[[2 % N, N - 1]] = subnormals(rng, (2, nb))
     w[:, :, 0:2] = d[..., None].view(np.uint8)
     if fmt == 2:
-        w[:, :, 2:4] = rng.uniform(-0.3, 0.3, size=(N, nb, 1)).astype(np.float16).view(np.uint8)
+        m = rng.uniform(-0.3, 0.3, size=(N, nb)).astype(np.float16)
+        m[[2 % N, N - 1]] = subnormals(rng, (2, nb))
+        w[:, :, 2:4] = m[..., None].view(np.uint8)
     x = rng.standard_normal((M, K)).astype(np.float32) * np.float32(1.5)
     x[0, :QK] = 0.0
     if fmt == 0 and N > 1 and K >= 2 * QK:
@@ -59,17 +70,10 @@ def make_case(fmt: int, M: int, K: int, N: int, seed: int, nthreads: int = 1) ->
     return Case(fmt, x, w.reshape(N, nb * bb), nthreads)
 
 
-def quantize_acts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """quant.c's quantize_acts: int8 q [M, K]; per block [M, K / 32] the float32 scale and
-    the float32 scale * sum(q) (Q4_1's m term multiplies it)."""
-    M, K = x.shape
-    v = x.reshape(M, K // QK, QK)
-    scale = (np.abs(v).max(axis=2) / np.float32(127.0)).astype(np.float32)
-    with np.errstate(divide="ignore"):
-        inv = np.where(scale != 0, np.float32(1.0) / scale, np.float32(0.0)).astype(np.float32)
-    q = np.rint(v * inv[..., None]).astype(np.int8)
-    sums = (scale * q.astype(np.int32).sum(axis=2).astype(np.float32)).astype(np.float32)
-    return q.reshape(M, K), scale, sums
+def subnormals(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """fp16 subnormals (k * 2^-24, 0 < k < 1024) of either sign."""
+    k = rng.integers(1, 1024, size=shape) * rng.choice([-1, 1], size=shape)
+    return (k * 2.0**-24).astype(np.float16)
 
 
 def dequantize(case: Case) -> np.ndarray:
@@ -80,30 +84,18 @@ def dequantize(case: Case) -> np.ndarray:
 
 
 def reference(case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """(y [M, N] float64, bound [M, N]: the sum of the terms' magnitudes)."""
-    M, K, N = case.shape
-    nb, bb = K // QK, FORMATS[case.fmt][1]
-    q, scale, sums = quantize_acts(case.x)
-    xs = q.astype(np.float64) * np.repeat(scale, QK, axis=1)  # exact: int8 * float32
-    w = case.w
-    if case.fmt == 2:  # d * nibble alone: gguf's dequantize with the mins zeroed
-        w = w.reshape(N, nb, bb).copy()
-        mins = w[:, :, 2:4].copy().view(np.float16).astype(np.float64).reshape(N, nb)
-        w[:, :, 2:4] = 0
-        w = w.reshape(N, nb * bb)
-    dq = np.ascontiguousarray(gguf_dequantize(w, FORMATS[case.fmt][2]), dtype=np.float64)
-    dq = dq.reshape(N, K)
-    y = xs @ dq.T
-    bound = np.abs(xs) @ np.abs(dq).T
-    if case.fmt == 2:
-        y += sums.astype(np.float64) @ mins.T
-        bound += np.abs(sums.astype(np.float64)) @ np.abs(mins).T
-    return y, bound
+    """(y [M, N] float64, bound [M, N]: the sum of the terms' magnitudes, |x| @ |w|.T)."""
+    x = case.x.astype(np.float64)
+    w = dequantize(case).astype(np.float64)
+    return x @ w.T, np.abs(x) @ np.abs(w).T
 
 
 def standard_cases() -> list[Case]:
-    """Every format; M 1, 3 and 9; an odd and an even number of blocks; an odd N (so the
-    two-row loops end on a single row); and one product large enough to be threaded."""
+    """Every format; M 1, 3 and 9 (9: two tiles of 4 rows of x and one of 1); an odd and an
+    even number of blocks; an odd N (so the two-row loops end on a single row); and two
+    products large enough to be threaded at 2 threads: M 1 with N 127 (rows split at 63,
+    so one thread's pairs start on an odd row; 4191 blocks, so dequant is threaded too) and
+    M 2 with N 63."""
     cases = []
     seed = 0
     for fmt in FORMATS:
@@ -111,8 +103,9 @@ def standard_cases() -> list[Case]:
             for nb in (7, 8):
                 cases.append(make_case(fmt, M, nb * QK, 13, seed))
                 seed += 1
-        cases.append(make_case(fmt, 2, 33 * QK, 63, seed, nthreads=2))  # N K >= 65536
-        seed += 1
+        for M, N in ((1, 127), (2, 63)):
+            cases.append(make_case(fmt, M, 33 * QK, N, seed, nthreads=2))  # N K >= 65536
+            seed += 1
     return cases
 
 
@@ -130,9 +123,47 @@ def check_product(case: Case, y: np.ndarray, what: str) -> None:
 
 
 def check_dequant(case: Case, got: np.ndarray, what: str) -> None:
+    """Dequantized weights equal to gguf's bit for bit, but for the sign of a zero (see
+    check_zero_signs)."""
     want = dequantize(case)
     assert got.shape == want.shape, f"{what} {case.name}: shape {got.shape}"
-    same = got.view(np.uint32) == want.view(np.uint32)
+    same = (got.view(np.uint32) == want.view(np.uint32)) | ((got == 0) & (want == 0))
     assert same.all(), (
         f"{what} {case.name}: dequant differs from gguf's at {np.argwhere(~same)[:3].tolist()}"
+        f": {got[~same][:3].tolist()} for {want[~same][:3].tolist()}"
     )
+
+
+def zero_sign_cases() -> list[Case]:
+    """A case per format whose weights are all -0.0 in gguf's dequant: d < 0 and q = 0
+    (Q4_0: nibbles 8; Q4_1: m = -0.0)."""
+    cases = []
+    for fmt, (_, bb, _) in FORMATS.items():
+        c = make_case(fmt, 1, 4 * QK, 3, seed=40 + fmt)
+        w = c.w.reshape(3, 4, bb)
+        w[:, :, 0:2] = np.full((3, 4, 1), -0.01, np.float16).view(np.uint8)
+        w[:, :, 2:] = 0x88 if fmt == 1 else 0
+        if fmt == 2:
+            w[:, :, 2:4] = np.full((3, 4, 1), -0.0, np.float16).view(np.uint8)
+        assert (dequantize(c) == 0).all() and np.signbit(dequantize(c)).all()
+        cases.append(c)
+    return cases
+
+
+def check_zero_signs(isa: str, cases: list[Case], deqs: list[np.ndarray]) -> None:
+    """zero_sign_cases() dequantized by `isa`'s loops: bit for bit as gguf's, -0.0 included,
+    or xfail if they give +0.0 for just the formats ZERO_SIGN_BUG lists for `isa`."""
+    wrong = set()
+    for c, deq in zip(cases, deqs, strict=True):
+        check_dequant(c, deq, isa)
+        if (np.signbit(deq) != np.signbit(dequantize(c))).any():
+            wrong.add(c.fmt)
+    known = ZERO_SIGN_BUG.get(isa, set())
+    assert wrong <= known, f"{isa}: dequant gives +0.0 for gguf's -0.0 in {_names(wrong - known)}"
+    assert known <= wrong, f"{isa}: {_names(known - wrong)} dequant fixed: update ZERO_SIGN_BUG"
+    if wrong:
+        pytest.xfail(f"known bug: {isa} dequant gives +0.0 for gguf's -0.0 in {_names(wrong)}")
+
+
+def _names(fmts: set[int]) -> str:
+    return ", ".join(FORMATS[f][0] for f in sorted(fmts))

@@ -9,6 +9,8 @@
  * OUT gets per case: int32 tpi_qmatmul's result, int32 tpi_dequant's; float32 y[M * ldy]
  * (NaN where the product is not written); float32 w dequantized [N * K].
  * stdout: "isa NAME", then per case "case I seconds S" (the best of `reps` products).
+ * quant_arm.py builds and runs it; it also counts the instructions the row loops execute
+ * here, from qemu's log.
  */
 #include <math.h>
 #include <stdint.h>
