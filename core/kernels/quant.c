@@ -1,9 +1,9 @@
 /* Products of float32 activations with block-quantized weights (quant.h), and dequantizing.
  *
  * tpi_qmatmul sums x per 32-block once per call, then threads split the rows of w, so each
- * weight byte is read once per call, whatever M. The row loops are chosen once per process: the best this CPU runs among
- * quant_x86.c (AVX-512 VNNI, AVX2), quant_neon.c (dotprod, NEON) and the plain C below;
- * TPI_CHAT_KERNEL_ISA=plain|avx2|neon caps the choice so tests can run every loop.
+ * weight byte is read once per call, whatever M. The loops are chosen once per process: the
+ * best this CPU runs among quant_x86.c (AVX-512, AVX2), quant_neon.c (NEON) and the plain C
+ * below; TPI_CHAT_KERNEL_ISA=plain|avx2|neon caps the choice so tests can run every loop.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -65,7 +65,11 @@ static void deq_plain(int fmt, const uint8_t *w, float *out, int64_t b0, int64_t
         float q[QK], d, m;
         tpi_block_dm(fmt, w + b * bb, &d, &m);
         block_q(fmt, w + b * bb, q);
-        for (int j = 0; j < QK; j++) out[(b - b0) * QK + j] = d * q[j] + m;
+        /* gguf's own order: d * q (Q4_0: d * (q - 8)), plus m only for Q4_1, so a zero
+         * weight under a negative scale stays -0.0 as there */
+        for (int j = 0; j < QK; j++)
+            out[(b - b0) * QK + j] = fmt == FMT_Q4_1 ? d * q[j] + m
+                                   : fmt == FMT_Q4_0 ? d * (q[j] - 8.0f) : d * q[j];
     }
 }
 

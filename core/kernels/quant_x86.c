@@ -126,10 +126,18 @@ AVX512 static inline void deq512(int fmt, const uint8_t *w, float *out, int64_t 
         widen512(fmt, w + b * bb, &lo, &hi);
         const __m128 dm = header(fmt, w + b * bb);
         const __m512 d = _mm512_broadcastss_ps(dm);
-        const __m512 m = _mm512_broadcastss_ps(_mm_shuffle_ps(dm, dm, 1));
         float *o = out + (b - b0) * QK;
-        _mm512_storeu_ps(o, _mm512_fmadd_ps(lo, d, m));
-        _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(hi, d, m));
+        if (fmt == FMT_Q4_1) {  /* as gguf: d * q + m; Q4_0 d * (q - 8); Q8_0 d * q */
+            const __m512 m = _mm512_broadcastss_ps(_mm_shuffle_ps(dm, dm, 1));
+            lo = _mm512_fmadd_ps(lo, d, m);
+            hi = _mm512_fmadd_ps(hi, d, m);
+        } else {
+            const __m512 off = _mm512_set1_ps(fmt == FMT_Q4_0 ? 8.0f : 0.0f);
+            lo = _mm512_mul_ps(_mm512_sub_ps(lo, off), d);
+            hi = _mm512_mul_ps(_mm512_sub_ps(hi, off), d);
+        }
+        _mm512_storeu_ps(o, lo);
+        _mm512_storeu_ps(o + 16, hi);
     }
 }
 
@@ -218,8 +226,11 @@ AVX2 static inline void deq256(int fmt, const uint8_t *w, float *out, int64_t b0
         const __m128 dm = header(fmt, w + b * bb);
         const __m256 d = _mm256_broadcastss_ps(dm);
         const __m256 m = _mm256_broadcastss_ps(_mm_shuffle_ps(dm, dm, 1));
-        for (int i = 0; i < 4; i++)
-            _mm256_storeu_ps(out + (b - b0) * QK + 8 * i, _mm256_fmadd_ps(wv[i], d, m));
+        const __m256 off = _mm256_set1_ps(fmt == FMT_Q4_0 ? 8.0f : 0.0f);
+        for (int i = 0; i < 4; i++)  /* gguf's order, as deq512 */
+            _mm256_storeu_ps(out + (b - b0) * QK + 8 * i,
+                             fmt == FMT_Q4_1 ? _mm256_fmadd_ps(wv[i], d, m)
+                                             : _mm256_mul_ps(_mm256_sub_ps(wv[i], off), d));
     }
 }
 

@@ -20,12 +20,10 @@ QK = 32
 FORMATS = {0: ("q8_0", 34, 8), 1: ("q4_0", 18, 2), 2: ("q4_1", 20, 3)}  # id: name, bytes, ggml
 RTOL = 1e-5
 
-# Known bug (quant.c, quant_x86.c): loops whose dequant gives +0.0 where gguf gives -0.0
-# (d < 0 times a zero weight), and for which formats. quant.c computes d * q + m, adding
-# m = +0.0 (Q8_0) or -8 d (Q4_0) to -0.0; the x86 loops' fma(q, d, m) has m = d * 0 = -0.0
-# for Q8_0 but -8 d for Q4_0. Tests xfail on exactly these and fail on any other mismatch,
-# or once a listed one is fixed (then drop it here).
-ZERO_SIGN_BUG = {"plain C": {0, 1}, "AVX2": {1}, "AVX-512": {1}}
+# Loops whose dequant gives +0.0 where gguf gives -0.0 (d < 0 times a zero weight), by
+# format: none since d * q and d * (q - 8) are computed in gguf's order (d * q + m once gave
+# +0.0). A listed entry makes its test xfail; any unlisted mismatch fails.
+ZERO_SIGN_BUG: dict[str, set[int]] = {}
 
 
 @dataclass
