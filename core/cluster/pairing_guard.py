@@ -72,7 +72,7 @@ class AddressGuard:
             a = self._addrs[key] = _Address()
         if a.open >= lim.max_conns_per_addr:
             return "busy"
-        if not _allow(a.conns, lim.conns_per_addr, lim.rate_window, now):
+        if not _allow(a.conns, lim.conns_per_addr, lim.conn_window, now):
             return "slow_down"
         a.open += 1
         return None
@@ -88,9 +88,9 @@ class AddressGuard:
         a = self._addrs.get(key)
         if a is None:
             return False  # never admitted: cannot happen, refuse anyway
-        if not _allow(a.hellos, lim.hellos_per_addr, lim.rate_window, now):
+        if not _allow(a.hellos, lim.hellos_per_addr, lim.hello_window, now):
             return False
-        if not _allow(self._hellos, lim.hellos_total, lim.rate_window, now):
+        if not _allow(self._hellos, lim.hellos_total, lim.hello_window, now):
             a.hellos.pop()  # not computed: give the address its attempt back
             return False
         return True
@@ -98,19 +98,21 @@ class AddressGuard:
     def retry_after(self, key: str) -> int:
         """Seconds until `key` may try again (for the refusal's wording)."""
         lim, now, a = self.limits, self.clock(), self._addrs.get(key)
-        full = [(self._hellos, lim.hellos_total)]
+        full = [(self._hellos, lim.hellos_total, lim.hello_window)]
         if a is not None:
-            full += [(a.conns, lim.conns_per_addr), (a.hellos, lim.hellos_per_addr)]
-        waits = [times[0] + lim.rate_window - now for times, cap in full
+            full += [(a.conns, lim.conns_per_addr, lim.conn_window),
+                     (a.hellos, lim.hellos_per_addr, lim.hello_window)]
+        waits = [times[0] + window - now for times, cap, window in full
                  if times and len(times) >= cap]
         return max(1, int(max(waits, default=0) + 1))
 
     def _prune(self, now: float) -> None:
-        window = self.limits.rate_window
+        lim = self.limits
 
         def stale(a: _Address) -> bool:
-            return a.open == 0 and all(now - times[-1] >= window
-                                       for times in (a.conns, a.hellos) if times)
+            return a.open == 0 and all(
+                now - times[-1] >= window for times, window in
+                ((a.conns, lim.conn_window), (a.hellos, lim.hello_window)) if times)
 
         for key in [k for k, a in self._addrs.items() if stale(a)]:
             del self._addrs[key]

@@ -17,6 +17,7 @@ few. Any malformed frame gets one `refused` answer and the connection is closed.
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import socket
 import threading
@@ -115,8 +116,9 @@ class PairingServer:
         try:
             self._listener = socket.create_server((host, port), family=family, backlog=64)
         except OSError as e:
-            raise PairingError(f"cannot listen for pairing on {host}:{port} "
-                               f"({e.strerror or e}); choose another address or port.") from e
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise PairingError(f"cannot listen for pairing on {host}:{port} ({why}); choose "
+                               "another address or port.") from e
         self._listener.setblocking(False)
         self.host, self.port = host, int(self._listener.getsockname()[1])
         self._sel = selectors.DefaultSelector()

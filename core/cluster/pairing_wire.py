@@ -44,10 +44,11 @@ class Limits:
     idle_seconds: float = 5.0  # silence before a connection is dropped
     max_conns: int = 32  # open connections, all addresses together
     max_conns_per_addr: int = 4  # open connections from one address (IPv6: one /64)
-    conns_per_addr: int = 60  # new connections from one address per `rate_window`
-    hellos_per_addr: int = 10  # pairing attempts (each a SPAKE2) from one address per window
-    hellos_total: int = 60  # pairing attempts from everyone per window
-    rate_window: float = 600.0  # seconds
+    conns_per_addr: int = 30  # new connections from one address per `conn_window`
+    conn_window: float = 60.0  # seconds
+    hellos_per_addr: int = 10  # pairing attempts (each a SPAKE2) from one address per
+    hellos_total: int = 60  # ... and from everyone together per `hello_window`
+    hello_window: float = 600.0  # seconds
     max_addresses: int = 4096  # addresses remembered for the rates above
 
 
@@ -206,6 +207,6 @@ class FrameSocket:
     def recv(self) -> bytes:
         """The next frame's body; TimeoutError, WireError or ConnectionError."""
         prefix = self._exactly(LENGTH.size)
-        if prefix[0] == 0xFF:  # a ZMTP greeting: a worker from before this protocol
+        if prefix == b"\xff\0\0\0":  # how libzmq's greeting starts: a worker from before
             raise WireError("speaks the older ZeroMQ pairing protocol", version=-1)
         return self._exactly(frame_length(prefix, self.limits.max_frame))

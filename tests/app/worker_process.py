@@ -15,12 +15,12 @@ def enroll_in_app(worker: WorkerProcess, memory_budget: int) -> str:
     from app.store.db import Store, data_dir
     from core.cluster.discovery import probe_manual
     from core.cluster.identity import load_or_create
-    from core.cluster.pairing import pair_with
+    from core.cluster.pairing_client import pair_with
 
     store = Store()
     try:
         roster = DeviceRoster(store, data_dir())
-        peer = pair_with(worker.endpoint, worker.code(), load_or_create(data_dir()),
+        peer = pair_with(worker.endpoint, worker.current_code(), load_or_create(data_dir()),
                          trust=roster.trust)
         roster.enroll(peer.public_key, probe_manual(worker.host, worker.port), memory_budget)
         return peer.name

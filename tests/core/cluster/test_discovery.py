@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -21,12 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import zmq
 from zeroconf import ServiceInfo, Zeroconf
 
 from core.cluster.discovery import SERVICE_TYPE, Browser, PeerEvent, probe_manual
 from core.cluster.identity import Identity
-from core.cluster.pairing import PairingServer
+from core.cluster.pairing_server import PairingServer
 from core.cluster.peer_info import PeerInfo
 from core.cluster.trust import TrustStore
 from core.errors import PeerError
@@ -156,13 +156,9 @@ def test_manual_probe_asks_the_pairing_port(tmp_path: Path) -> None:
 
 
 def test_manual_probe_of_a_silent_port_fails_clearly() -> None:
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.linger = 0
-    port = router.bind_to_random_port("tcp://127.0.0.1")
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
     try:
         with pytest.raises(PeerError, match="no answer from the device at"):
-            probe_manual("127.0.0.1", port, timeout=0.3)
+            probe_manual("127.0.0.1", silent.getsockname()[1], timeout=0.3)
     finally:
-        router.close()
-        ctx.term()
+        silent.close()

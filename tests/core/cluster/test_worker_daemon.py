@@ -14,7 +14,8 @@ import zmq
 
 from core.cluster.discovery import Browser
 from core.cluster.identity import Identity
-from core.cluster.pairing import PairingError, pair_with
+from core.cluster.pairing import PairingError
+from core.cluster.pairing_client import pair_with
 from core.cluster.worker_protocol import TO_MASTER
 from core.comm.control import ControlClient
 from core.comm.curve import CurveClientConfig
