@@ -63,7 +63,8 @@ def main() -> int:
         w2 = devices.start("board", tmp / "board", "2GB")
         master = tmp / "master"
         for w in (w1, w2):
-            r = cli(master, "pair", f"{w.host}:{w.port}", "--code", w.codes()[-1])
+            # the workers started with `tpi-chat worker --pair`: pairing open, a code shown
+            r = cli(master, "pair", f"{w.host}:{w.port}", "--code", w.current_code())
             check(r.returncode == 0, f"pair {w.name}: {r.stdout.strip() or r.stderr}",
                   failures)
         r = cli(master, "devices")
@@ -93,7 +94,7 @@ def main() -> int:
             ranks = chat.wait_for(r"(\d) ranks?\]", chat.say("Are you still there?"),
                                   timeout=300)[1]
             check(ranks == "2", f"the next message answered on {ranks} ranks", failures)
-            w2 = devices.start("board", tmp / "board", "2GB")
+            w2 = devices.start("board", tmp / "board", "2GB", pair=False)  # rebooted
             seen = []
             while "3" not in seen and len(seen) < 10:
                 seen.append(chat.wait_for(r"(\d) ranks?\]", chat.say("And now?"),

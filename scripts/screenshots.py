@@ -265,7 +265,7 @@ def add_device_shot(app, out: Path) -> None:
     dlg.select_peer("mini-pc")
     dlg.code.setText("482-913")
     dlg.budget.setValue(8.0)
-    dlg.show_status("'mini-pc' refused the pairing code (2 tries left).", "danger")
+    dlg.show_status("'mini-pc' refused the code (2 tries left).", "danger")
     settle(app, 500)
     dlg.grab().save(str(out))
     print(f"wrote {out}")

@@ -1,11 +1,16 @@
 """The Add device dialog: live list of workers, pairing by code, memory budget, manual host:port.
 
 Workers found over mDNS appear and vanish as they start and stop (PeerBrowser marshals
-zeroconf's callbacks to the GUI thread). The user picks one, types the code its console
-shows and chooses how much of its memory the model may use; pairing and the host:port
-probe run on QThreadPool threads while the dialog shows progress. A refused code is
-explained with the worker's answer (tries left). A paired device is enrolled in the
-DeviceRoster (trust store + app settings) and `enrolled(EnrolledDevice)` is emitted.
+zeroconf's callbacks to the GUI thread). A worker pairs only while its user has opened
+pairing on it (`tpi-chat worker --pair`, or P in its console: a 5-minute window with a
+fresh code, closed after 3 wrong codes), so the dialog says what to do on the selected
+device. The user picks one, types the code its console shows and chooses how much of its
+memory the model may use; pairing and the host:port probe run on QThreadPool threads
+while the dialog shows progress. A refusal is shown in the worker's words as core words
+them ("not accepting pairing right now", "refused the code (2 tries left)", "locked").
+A paired device is enrolled in the DeviceRoster (trust store + app settings) and
+`enrolled(EnrolledDevice)` is emitted. Text that came from the network (device names,
+refusals) is shown as plain text, never rich text.
 """
 
 from __future__ import annotations
@@ -40,9 +45,17 @@ from core.cluster.peer_info import PeerInfo
 from core.comm.endpoint import parse_host_port
 
 MIN_BUDGET_GB = 0.5
-INTRO = ("Run <code>tpi-chat worker</code> on the other device. It appears below when it "
-         "is on the same network; select it, type the pairing code its console shows and "
-         "choose how much of its memory the model may use.")
+INTRO = ("Run <code>tpi-chat worker</code> on the other device; it appears below when it "
+         "is on the same network. To pair it, open pairing on that device: run "
+         "<code>tpi-chat worker --pair</code> there (or press P in its console). Then "
+         "select it here, type the code it shows and choose how much of its memory the "
+         "model may use.")
+
+
+def pair_hint(name: str) -> str:
+    """What the user must do on the device before typing its code."""
+    return (f"On \u201c{name}\u201d, run `tpi-chat worker --pair` (or press P in its "
+            "console) to open pairing for 5 minutes, then type the code it shows.")
 
 
 def default_budget_gb(peer: PeerInfo) -> float:
@@ -138,6 +151,12 @@ class AddDeviceDialog(QDialog):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
         self.selected = QLabel("Select a device above.", self)
         self.selected.setObjectName("Muted")
+        self.selected.setTextFormat(Qt.TextFormat.PlainText)  # names come from the network
+        self.hint = QLabel(self)
+        self.hint.setObjectName("Muted")
+        self.hint.setWordWrap(True)
+        self.hint.setTextFormat(Qt.TextFormat.PlainText)
+        self.hint.hide()
         self.code = QLineEdit(self)
         self.code.setPlaceholderText("482-913")
         self.code.setMaxLength(11)
@@ -153,12 +172,14 @@ class AddDeviceDialog(QDialog):
         self.budget.setToolTip("How much of the device's memory the model may use; "
                                "its share of the model follows from it.")
         form.addRow("Device", self.selected)
+        form.addRow("", self.hint)
         form.addRow("Pairing code", self.code)
         form.addRow("Memory budget", self.budget)
         lay.addLayout(form)
 
         self.status = QLabel(self)
         self.status.setWordWrap(True)
+        self.status.setTextFormat(Qt.TextFormat.PlainText)  # a worker's words, names
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 0)
@@ -234,7 +255,8 @@ class AddDeviceDialog(QDialog):
         key = f"manual:{peer.address}:{peer.port}"
         self.model.upsert(key, peer)
         self.table.selectRow(self.model.row_of(key))
-        self.show_status(f"Found \u201c{peer.name}\u201d. Type the code it shows.", "muted")
+        self.show_status(f"Found \u201c{peer.name}\u201d. Open pairing on it, then type the "
+                         "code it shows.", "muted")
         self.code.setFocus()
 
     def _probe_failed(self, signals: JobSignals, message: str) -> None:
@@ -263,9 +285,12 @@ class AddDeviceDialog(QDialog):
         peer = self.current_peer()
         if peer is None:
             self.selected.setText("Select a device above.")
+            self.hint.hide()
         else:
             self.selected.setText(f"{peer.name} \u00b7 {peer.address}:{peer.port} \u00b7 "
                                   f"fingerprint {peer.fingerprint}")
+            self.hint.setText(pair_hint(peer.name))
+            self.hint.show()
             self.budget.setRange(MIN_BUDGET_GB, max(MIN_BUDGET_GB, peer.mem_total / GB))
             self.budget.setValue(default_budget_gb(peer))
         self._update_buttons()

@@ -91,7 +91,7 @@ def test_bundled_worker_advertises_itself_over_mdns(bundle, tmp_path):
     seen: set[str] = set()
     lines: list[str] = []
     proc = subprocess.Popen([str(EXE), "worker", "--name", "bundled-mini", "--host",
-                             "127.0.0.1", "--data-dir", str(tmp_path / "w")],
+                             "127.0.0.1", "--data-dir", str(tmp_path / "w"), "--pair"],
                             env={"HOME": str(tmp_path)}, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)

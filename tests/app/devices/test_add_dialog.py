@@ -1,6 +1,8 @@
-"""Add device: a real worker process on loopback is listed live, refuses a wrong code with
-the tries-left message, pairs with the code it printed, becomes an enrolled device in the
-Devices panel (trust store + settings), and its row vanishes when the process stops."""
+"""Add device: a real worker process on loopback is listed live, says it is not accepting
+pairing until its user presses P, refuses a wrong code with the tries-left message, pairs
+with the code it printed, becomes an enrolled device in the Devices panel (trust store +
+settings), and its row vanishes when the process stops. The dialog says what to do on
+the device, and shows what came from the network as plain text."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import uuid
 import pytest
 from PySide6.QtCore import Qt
 
-from app.devices.add_dialog import default_budget_gb
+from app.devices.add_dialog import AddDeviceDialog, default_budget_gb, pair_hint
 from app.devices.roster import GB
 from core.cluster.trust import TrustStore
 from tests.app.conftest import close_window, open_window
@@ -38,9 +40,8 @@ def _wrong(code: str) -> str:
 @pytest.mark.slow
 def test_add_device_lists_pairs_and_loses_a_real_worker(qtbot, themed, tmp_path):
     name = f"test-worker-{uuid.uuid4().hex[:6]}"  # other runs may advertise on lo too
-    worker = WorkerProcess(name, tmp_path / "worker")
+    worker = WorkerProcess(name, tmp_path / "worker", pair=False)  # as it runs day to day
     try:
-        code = worker.code()
         loader = FakeLoader()
         w = open_window(qtbot, loader)
         w.discovery_interfaces = ["127.0.0.1"]
@@ -62,6 +63,9 @@ def test_add_device_lists_pairs_and_loses_a_real_worker(qtbot, themed, tmp_path)
         peer = dlg.current_peer()
         assert dlg.budget.value() == default_budget_gb(peer)
         assert worker.fingerprint in dlg.selected.text()
+        assert dlg.hint.isVisible() and dlg.hint.text() == (
+            f"On \u201c{name}\u201d, run `tpi-chat worker --pair` (or press P in its console) "
+            "to open pairing for 5 minutes, then type the code it shows.")
 
         # the manual host:port fallback finds the same device
         dlg.manual.setText(f"{worker.host}:{worker.port}")
@@ -70,12 +74,22 @@ def test_add_device_lists_pairs_and_loses_a_real_worker(qtbot, themed, tmp_path)
         assert dlg.current_peer().fingerprint == worker.fingerprint
         assert dlg.select_peer(name)
 
-        # a wrong code is refused, and the dialog says how many tries are left
+        # pairing is closed on the device: the dialog says what to do there
+        dlg.code.setText("123-456")
+        qtbot.mouseClick(dlg.pair_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "not accepting" in dlg.status.text(), timeout=WAIT_MS)
+        assert dlg.status.text() == (
+            f"'{name}' is not accepting pairing right now: open pairing on the device (run "
+            "`tpi-chat worker --pair` there, or press P in its console), then type the code "
+            "it shows.")
+
+        # the user presses P on the device; a wrong code is refused with the tries left
+        code = worker.open_pairing()
         dlg.code.setText(_wrong(code))
         qtbot.mouseClick(dlg.pair_button, Qt.MouseButton.LeftButton)
         assert dlg.progress.isVisible() and not dlg.pair_button.isEnabled()
         qtbot.waitUntil(lambda: "tries left" in dlg.status.text(), timeout=WAIT_MS)
-        assert f"'{name}' refused the pairing code (2 tries left)" in dlg.status.text()
+        assert dlg.status.text() == f"'{name}' refused the code (2 tries left)."
         assert not dlg.progress.isVisible()
         assert w.roster.devices() == [] and name not in w.devices.cards
 
@@ -136,3 +150,30 @@ def test_local_workers_spin_box_reloads_with_more_ranks(qtbot, themed):
     assert w.devices.local_workers.value() == 1
     close_window(w)
 
+
+
+def test_refusals_and_names_from_the_network_are_plain_text(qtbot, themed, tmp_path):
+    from app.devices.roster import DeviceRoster
+    from app.store.db import Store
+    from core.cluster.peer_info import PeerInfo
+
+    store = Store(tmp_path / "chats.sqlite3")
+    try:
+        dlg = AddDeviceDialog(DeviceRoster(store, tmp_path), discover=False)
+        qtbot.addWidget(dlg)
+        evil = "<a href='https://x.example'>mini-pc</a>"
+        dlg.model.upsert("k", PeerInfo(evil, "192.168.1.20", 47000, 1, 16 * GB, 8 * GB, 8,
+                                       "Linux-x86_64", "3f9a-12c4-88be-07d1", False, 47001))
+        assert dlg.hint.isHidden()
+        assert dlg.select_peer(evil)
+        assert not dlg.hint.isHidden()
+        assert dlg.hint.text() == pair_hint(evil) and evil in dlg.hint.text()
+        locked = (f"'{evil}' refused the code and is now locked: open pairing again on the "
+                  "device (it shows a new code).")
+        dlg._pair_failed(None, locked)  # as a PairJob reports it
+        assert dlg.status.text() == locked
+        for label in (dlg.status, dlg.hint, dlg.selected):
+            assert label.textFormat() == Qt.TextFormat.PlainText
+        dlg.close()
+    finally:
+        store.close()

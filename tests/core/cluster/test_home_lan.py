@@ -1,8 +1,9 @@
 """Devices on a real (emulated) home network: every worker in its own network namespace,
 joined to this computer by veth pairs on bridges, never through this machine's loopback.
 
-Driven as a user's script would: `tpi-chat pair`, `tpi-chat devices`, `tpi-chat generate
---devices all` as processes (the master pinned to core 0, the workers to core 1).
+Driven as a user's script would: pairing opened on each device (`tpi-chat worker --pair`,
+or P pressed in a running worker's console), `tpi-chat pair`, `tpi-chat devices`, `tpi-chat
+generate --devices all` as processes (the master pinned to core 0, the workers to core 1).
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ def master_cli(data_dir, *args: str, timeout: float = 240) -> subprocess.Complet
 
 
 def pair(master_dir, worker: WorkerProcess, budget: str = "1GB") -> None:
+    """`tpi-chat pair` with the code the device shows; when pairing is closed there, the
+    user opens it first (P in the worker's console)."""
     run = master_cli(master_dir, "pair", f"{worker.host}:{worker.port}",
-                     "--code", worker.codes()[-1], "--budget", budget)
+                     "--code", worker.current_code(), "--budget", budget)
     assert run.returncode == 0, run.stderr
     assert f"paired with '{worker.name}'" in run.stdout
 
@@ -67,8 +70,9 @@ def test_pair_and_generate_across_two_networks(tiny, one_rank_tokens, lan, tmp_p
     on each), one capped at 100 Mbit: the same greedy tokens as one rank alone."""
     wifi, ethernet = lan.network(), lan.network()
     d1, d2 = wifi.device("minipc", mbit=100), ethernet.device("board")
+    # the mini PC started with `--pair`; the board runs, and its user presses P to pair
     w1 = WorkerProcess("minipc", tmp_path / "w1", "1GB", device=d1, cores=[1])
-    w2 = WorkerProcess("board", tmp_path / "w2", "1GB", device=d2, cores=[1])
+    w2 = WorkerProcess("board", tmp_path / "w2", "1GB", device=d2, cores=[1], pair=False)
     assert (w1.host, w2.host) == (d1.ip, d2.ip)
     master = tmp_path / "master"
     pair(master, w1)
@@ -153,7 +157,7 @@ def test_chat_goes_on_when_a_device_is_killed_mid_reply_and_it_rejoins(lan, tmp_
         chat.wait_for(r"2 ranks\]", chat.say("are you still there?"))
 
         # back (same ports): once its link's heartbeat finds it, the next message uses it
-        w2 = WorkerProcess("two", tmp_path / "w2", "1GB", device=d2, cores=[1])
+        w2 = WorkerProcess("two", tmp_path / "w2", "1GB", device=d2, cores=[1], pair=False)
         ranks = []
         while "3" not in ranks and len(ranks) < 10:
             ranks.append(chat.wait_for(r"(\d) ranks?\]", chat.say("and now?"))[1])
