@@ -314,7 +314,7 @@ def pair_minutes(args: argparse.Namespace) -> float | None:
     if minutes is None:
         return None
     if not 0 < minutes <= MAX_MINUTES:
-        raise TpiError(f"--pair takes 1 to {MAX_MINUTES:g} minutes (default "
+        raise TpiError(f"--pair takes a number of minutes up to {MAX_MINUTES:g} (default "
                        f"{DEFAULT_MINUTES:g})")
     return float(minutes)
 

@@ -125,6 +125,7 @@ class PairingServer:
         self._sel.register(self._listener, selectors.EVENT_READ, None)
         self._conns: dict[socket.socket, _Conn] = {}  # oldest first
         self._delayed: list[tuple[float, _Conn, bytes]] = []  # (due, conn, frame)
+        self._accept_warned = -1e9
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pairing-server", daemon=True)
         self._thread.start()
@@ -198,7 +199,11 @@ class PairingServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # out of file descriptors: let the others finish first
-                log.warning("pairing server: cannot accept (%s)", e)
+                now = self.clock()
+                if now - self._accept_warned >= 10.0:
+                    self._accept_warned = now
+                    log.warning("pairing server: cannot accept (%s)", e)
+                time.sleep(_POLL_S)  # the listener stays readable: do not spin on it
                 return
             sock.setblocking(False)
             key = address_key(addr[0])
