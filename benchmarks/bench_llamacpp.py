@@ -9,7 +9,8 @@ Q4_K_M by llama.cpp's own quantizer), so every engine runs the same weights: lla
 each file, ours on the Q8_0/Q4_0/Q4_K_M files with `--dtype auto` (the file's own
 quantization; ours regroups Q4_K into Q4_1 and requantizes Q5_0/Q6_K to Q8_0), and ours
 fp32/bf16/int8 from the shipped file. Each configuration runs in a fresh process per
-repetition (llamacpp_worker.py), in an order rotated per repetition; tables show medians
+repetition (llamacpp_worker.py), in an order rotated per repetition with each same-file
+pair back to back (rep_order); tables show medians
 and, per target, the median of the per-repetition ratios (paired: the two ran minutes
 apart at most). Writes benchmarks/out/llamacpp.json; report.py renders it into RESULTS.md.
 """
@@ -176,6 +177,21 @@ def run_config(args: list[str], gguf: Path | None, ids: Path, n: int, threads: i
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def rep_order(configs: list, rep: int) -> list:
+    """Repetition `rep`'s order: the same-file pairs (llama.cpp X, ours auto X) run back to
+    back, first one then the other alternately, so a pair's ratio compares runs seconds
+    apart; the pairs and the other configurations take turns going first."""
+    by_label = {c[0]: c for c in configs}
+    partner = {f"ours auto {q}": by_label[f"llama.cpp {q}"] for q in SAME_FILE
+               if f"ours auto {q}" in by_label and f"llama.cpp {q}" in by_label}
+    placed = {c[0] for c in partner.values()}  # each runs beside its ours auto partner
+    units = [[partner[c[0]], c] if c[0] in partner else [c]
+             for c in configs if c[0] not in placed]
+    units = [u[::-1] if rep % 2 else u for u in units]
+    k = rep % len(units)
+    return [c for unit in units[k:] + units[:k] for c in unit]
+
+
 def summarize(runs: dict[str, list[dict]]) -> dict:
     summary = {}
     fp32 = runs.get("ours fp32", [{}])[0].get("token_ids", [])
@@ -216,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--install", action="store_true", help="build llama-cpp-python if missing")
     ap.add_argument("--out", default="llamacpp.json", help="file name under benchmarks/out")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated labels to run (default: all), e.g. "
+                         "'llama.cpp Q4_0,ours auto Q4_0'")
     ap.add_argument("--baseline-tree", type=Path, default=None,
                     help="also run 'ours fp32 (baseline)' from this checkout (a git worktree "
                          "of an older commit, with this llamacpp_worker.py copied in)")
@@ -235,10 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     converted = presplit(ggufs)
     configs = CONFIGS + ([("ours fp32 (baseline)", ["--engine", "ours"], None)]
                          if args.baseline_tree else [])
+    if args.configs:
+        wanted = [c.strip() for c in args.configs.split(",")]
+        configs = [c for c in configs if c[0] in wanted]
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in configs}
     for rep in range(args.reps):
-        order = configs[rep % len(configs):] + configs[:rep % len(configs)]
-        for label, wargs, qtype in order:
+        for label, wargs, qtype in rep_order(configs, rep):
             tree = args.baseline_tree if label.endswith("(baseline)") else None
             r = run_config(wargs, ggufs[qtype] if qtype else None, ids, args.new_tokens,
                            args.threads, tree)
