@@ -8,12 +8,18 @@ Wire layout of one message (a list of ZeroMQ frames):
 
 No pickle and no msgpack extension types: a header can only ever decode to plain
 dicts, lists, strings, bytes, numbers, booleans and None, so nothing on the wire can
-make us run code. Every header is validated (see `decode`) before a tensor is built.
+make us run code. Every header is validated (see `decode`) before a tensor is built:
+sizes, counts, nesting depth, dtypes and shapes are bounded (a shape's product with its
+zero dimensions counted as 1, so even an empty tensor cannot declare strides torch
+cannot compute), and whatever a peer sends, `decode` raises ProtocolError and nothing
+else. Error texts quote wire values through `shown` (short, depth-limited).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import reprlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +29,8 @@ import torch
 import zmq
 
 from core.errors import ProtocolError
+
+log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 
@@ -42,6 +50,19 @@ DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 _MAX_NDIM = 8
 _MAX_META_DEPTH = 16
 _HEADER_KEYS = frozenset({"v", "op", "meta", "tensors"})
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 3, 40, 40, 40
+_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxtuple = _SHOWN.maxset = 6
+_SHOWN_MAX = 120
+
+
+def shown(value: Any) -> str:
+    """A wire value for an error text: short, depth-limited, never raises."""
+    try:
+        text = _SHOWN.repr(value)
+    except Exception:  # a value reprlib cannot walk: name its type only
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= _SHOWN_MAX else text[:_SHOWN_MAX - 3] + "..."
 
 Buffer = bytes | bytearray | memoryview | zmq.Frame
 
@@ -118,6 +139,8 @@ def _unpack_header(raw: Buffer, limits: CodecLimits) -> dict[str, Any]:
         raise ProtocolError(f"Message header is not valid msgpack ({type(e).__name__}).") from e
     if not isinstance(header, dict):
         raise ProtocolError("Message header is not a map.")
+    if not all(isinstance(k, str) for k in header):
+        raise ProtocolError("Message header has a non-string key.")
     return header
 
 
@@ -166,14 +189,20 @@ def _tensor_descs(header: dict[str, Any], n_frames: int,
             raise ProtocolError("A tensor description must hold exactly 'dtype' and 'shape'.")
         dtype = DTYPES.get(d["dtype"]) if isinstance(d["dtype"], str) else None
         if dtype is None:
-            raise ProtocolError(f"Tensor dtype {d['dtype']!r} is not allowed.")
+            raise ProtocolError(f"Tensor dtype {shown(d['dtype'])} is not allowed.")
         shape = d["shape"]
         if (not isinstance(shape, list) or len(shape) > _MAX_NDIM
                 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                            for s in shape)):
-            raise ProtocolError(f"Tensor shape {shape!r} is not a list of at most {_MAX_NDIM} "
-                                "non-negative integers.")
-        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+            raise ProtocolError(f"Tensor shape {shown(shape)} is not a list of at most "
+                                f"{_MAX_NDIM} non-negative integers.")
+        # Zero dimensions count as 1 here: torch computes strides from the other sizes
+        # even for an empty tensor, and [0, 2**64 - 1] would overflow them.
+        extent = math.prod(max(s, 1) for s in shape) * dtype.itemsize  # Python ints
+        if extent > limits.max_total_bytes:
+            raise ProtocolError(f"Tensor shape {shown(shape)} exceeds the "
+                                f"{limits.max_total_bytes}-byte limit.")
+        nbytes = math.prod(shape) * dtype.itemsize
         total += nbytes
         if total > limits.max_total_bytes:
             raise ProtocolError(f"Message tensors exceed the {limits.max_total_bytes}-byte "
@@ -209,17 +238,32 @@ def decode(frames: Sequence[Buffer], ops: Collection[str],
     torch.frombuffer on the received frames (zero-copy): they share memory with the frame,
     which they keep alive. With writable=False the caller must treat them as read-only
     when the frames are shared; pass writable=True to get private copies.
+
+    Nothing else escapes: an exception the checks did not foresee is a bug here, logged
+    with its traceback (the fuzz tests fail on that log line), and still reaches the
+    caller as a ProtocolError, so a receiver that handles ProtocolError stays up.
     """
+    try:
+        return _decode(frames, ops, limits, writable)
+    except ProtocolError:
+        raise
+    except Exception as e:
+        log.error("codec bug: a malformed message raised %s", type(e).__name__, exc_info=True)
+        raise ProtocolError(f"Message could not be decoded ({type(e).__name__}).") from None
+
+
+def _decode(frames: Sequence[Buffer], ops: Collection[str], limits: CodecLimits,
+            writable: bool) -> Message:
     if not frames:
         raise ProtocolError("Empty message.")
     header = _unpack_header(frames[0], limits)
     check_version(header.get("v"))
     extra = set(header) - _HEADER_KEYS
     if extra:
-        raise ProtocolError(f"Message header has unknown fields {sorted(extra)}.")
+        raise ProtocolError(f"Message header has unknown fields {shown(sorted(extra))}.")
     op = header.get("op")
     if not isinstance(op, str) or op not in ops:
-        raise ProtocolError(f"Unknown message kind {op!r}.")
+        raise ProtocolError(f"Unknown message kind {shown(op)}.")
     meta = header.get("meta", {})
     if not isinstance(meta, dict):
         raise ProtocolError("Message header field 'meta' is not a map.")

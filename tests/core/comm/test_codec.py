@@ -162,3 +162,49 @@ def test_encode_refuses_unsendable_things():
         encode("step", {}, [torch.ones(2, dtype=torch.complex64)])
     with pytest.raises(TypeError):
         encode("step", {"x": object()})
+
+
+# Each of these once escaped decode() as something other than ProtocolError (issue 13).
+_DEEP = b"\x91" * 1000 + b"\xc0"  # [[[...[None]...]]], 1000 lists deep
+
+
+@pytest.mark.parametrize("frames, match", [
+    ([msgpack.packb({"v": PROTOCOL_VERSION, "op": "step", "meta": {}, "tensors": [],
+                     "zz": 1, b"x": 1}, use_bin_type=True)], "non-string key"),
+    ([_header(tensors=[{"dtype": "uint8", "shape": [0, 2**64 - 1]}]), b""], "limit"),
+    ([_header(tensors=[{"dtype": "uint8", "shape": [0, 2**28, 2**28, 2**28]}]), b""],
+     "limit"),
+    ([_header(tensors=[{"dtype": "float32", "shape": [2**26, 0, 2]}]), b""], "limit"),
+    ([b"\x84\xa1v\x01\xa2op\xa4step\xa4meta\x80\xa7tensors\x91\x82\xa5dtype\xa5uint8"
+      b"\xa5shape" + _DEEP, b""], "shape"),
+    ([b"\x84\xa1v\x01\xa2op\xa4step\xa4meta\x80\xa7tensors\x91\x82\xa5dtype" + _DEEP
+      + b"\xa5shape\x91\x00", b""], "dtype"),
+    ([msgpack.packb({"v": PROTOCOL_VERSION, "op": "x" * 60000, "meta": {}, "tensors": []})],
+     "Unknown message kind"),
+])
+def test_hostile_headers_are_short_protocol_errors(frames, match, caplog):
+    with pytest.raises(ProtocolError, match=match) as e:
+        decode(frames, OPS)
+    assert len(str(e.value)) < 300
+    assert not [r for r in caplog.records if "codec bug" in r.getMessage()]
+
+
+def test_largest_allowed_empty_tensor_still_decodes():
+    limit = CodecLimits(max_total_bytes=1024)
+    msg = decode([_header(tensors=[{"dtype": "float32", "shape": [0, 256]}]), b""], OPS,
+                 limit)
+    assert msg.tensors[0].shape == (0, 256)
+    with pytest.raises(ProtocolError, match="limit"):
+        decode([_header(tensors=[{"dtype": "float32", "shape": [0, 257]}]), b""], OPS, limit)
+
+
+def test_an_unforeseen_failure_is_still_a_protocol_error_and_logged(monkeypatch, caplog):
+    import core.comm.codec as codec
+
+    def broken(*a):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(codec, "_check_plain", broken)
+    with pytest.raises(ProtocolError, match="TypeError"):
+        decode(encode("step", {"a": 1}), OPS)
+    assert [r for r in caplog.records if "codec bug" in r.getMessage()]
