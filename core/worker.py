@@ -56,6 +56,7 @@ from core.errors import PeerError, ProtocolError, TpiError
 log = logging.getLogger(__name__)
 REFRESH_S = 5.0  # how often free memory / paired state is re-advertised
 _REOPEN = "press P here or run `tpi-chat worker --pair` on this device"
+LOG_EVERY_S = 1.0  # refused control messages: at most one log line per second
 # Shipping chunks are the largest control messages (see ship_messages.MAX_CHUNK).
 LIMITS = CodecLimits(max_header_bytes=256 * 1024, max_total_bytes=8 * 2**20 + 2**20,
                      max_tensors=1)
@@ -100,6 +101,7 @@ class WorkerDaemon:
         self.cache = ShardCache(self.data_dir / "shards")
         self.ranks = RankRunner(self.identity, self.address, self.data_dir / "logs")
         self.refused = 0  # bad control messages seen (strangers never get this far)
+        self._last_note = -LOG_EVERY_S
         last = saved_ports(self.data_dir)
         curve = CurveServerConfig(self.identity, self.trust.contains)
         self.ctl = bind_preferring(lambda p: ControlServer(
@@ -185,21 +187,46 @@ class WorkerDaemon:
                          daemon=True).start()
         while not stop.is_set():
             try:
-                got = self.ctl.recv(timeout=0.2)
-            except BadMessage as e:
-                self.refused += 1
-                if e.identity is not None:
-                    self._reply(e.identity, "refused", {"message": str(e)[:200]})
-                continue
-            if got is None:
-                continue
-            ident, msg = got
-            key = self.ctl.last_peer_key or ""
-            try:
-                op, meta = self._handle(key, msg)
-            except (ProtocolError, RuntimeError, OSError) as e:
-                op, meta = "refused", {"message": str(e)[:300]}
-            self._reply(ident, op, meta)
+                self.serve_one()
+            except Exception as e:  # the outermost loop: no message ends the daemon
+                self._refuse_note(f"internal error ({type(e).__name__})", exc=True)
+
+    def serve_one(self, timeout: float = 0.2) -> None:
+        """Receive and answer one control message (or return after `timeout` s).
+
+        A malformed or unacceptable message is answered `refused {message}` (when the
+        sender can be told) and logged in one line; nothing a peer sends raises here."""
+        try:
+            got = self.ctl.recv(timeout=timeout)
+        except BadMessage as e:
+            self._refuse_note(str(e))
+            if e.identity is not None:
+                self._reply(e.identity, "refused", {"message": str(e)[:200]})
+            return
+        if got is None:
+            return
+        ident, msg = got
+        key = self.ctl.last_peer_key or ""
+        try:
+            op, meta = self._handle(key, msg)
+        except (ProtocolError, RuntimeError, OSError) as e:
+            self._refuse_note(f"{msg.op}: {e}")
+            op, meta = "refused", {"message": str(e)[:300]}
+        except Exception as e:  # a bug on our side: say so, keep the trace, keep serving
+            self._refuse_note(f"{msg.op}: internal error ({type(e).__name__})", exc=True)
+            op, meta = "refused", {"message": f"internal error on the worker "
+                                              f"({type(e).__name__})"}
+        self._reply(ident, op, meta)
+
+    def _refuse_note(self, why: str, exc: bool = False) -> None:
+        """Count a refused message and log it in one line (at most LOG_EVERY_S apart, so
+        a peer sending garbage in a loop cannot fill the log)."""
+        self.refused += 1
+        now = time.monotonic()
+        if exc or now - self._last_note >= LOG_EVERY_S:
+            self._last_note = now
+            log.warning("refused a control message (%d so far): %s", self.refused,
+                        why[:200], exc_info=exc)
 
     def _handle(self, key: str, msg: Message) -> tuple[str, dict]:
         if msg.op == "ping":
@@ -236,6 +263,8 @@ class WorkerDaemon:
             self.ctl.send(ident, op, meta)
         except PeerError:
             pass  # the master left before its answer
+        except Exception as e:  # e.g. a reply we could not encode: that request only
+            self._refuse_note(f"could not answer with {op} ({type(e).__name__})", exc=True)
 
     def _refresh(self, stop: threading.Event) -> None:
         while not stop.wait(REFRESH_S):
