@@ -24,6 +24,11 @@ class StepTimeout(PeerError):
     """recv_step's timeout passed without a step from rank 0."""
 
 
+class BadStep(ProtocolError):
+    """recv_step received a whole message that is not a valid step; it was dropped and the
+    link is still in step, so the worker may report it and wait for the next one."""
+
+
 def send_step(p: DataPlane, meta: dict[str, Any], t: torch.Tensor | None) -> None:
     """Rank 0: send `meta` (and `t`) to every worker."""
     if p.rank != 0:
@@ -44,11 +49,17 @@ def recv_step(p: DataPlane, timeout: float | None) -> tuple[dict[str, Any], torc
     n = wait_for(lambda: sock.recv_into(p.hdr), timeout=timeout, closing=p.closing,
                  watch=p.watch,
                  on_timeout=lambda: StepTimeout(f"rank 0 sent no step within {timeout:g} s."))
-    p.check_hot(sock, n, wire.Kind.STEP, 0, 0)
+    try:
+        p.check_hot(sock, n, wire.Kind.STEP, 0, 0)  # drains the rest when it raises
+    except ProtocolError as e:
+        raise BadStep(str(e)) from None
     frames = [sock.recv(copy=False)] if sock.rcvmore else []
     while sock.rcvmore:
         frames.append(sock.recv(copy=False))
-    msg = decode(frames, ops={STEP_OP}, limits=p.limits)
+    try:
+        msg = decode(frames, ops={STEP_OP}, limits=p.limits)
+    except ProtocolError as e:
+        raise BadStep(str(e)) from None
     if len(msg.tensors) > 1:
-        raise ProtocolError("A step message carries more than one tensor.")
+        raise BadStep("A step message carries more than one tensor.")
     return msg.meta, (msg.tensors[0] if msg.tensors else None)

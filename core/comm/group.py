@@ -10,7 +10,8 @@ Failure behaviour (the engine relies on it):
 - A receive inside a collective waits at most `op_timeout` seconds, then raises
   PeerError naming the silent rank(s); a peer whose connection drops is reported within
   ~0.1 s as PeerError("rank N disconnected.").
-- A malformed frame from a peer of the group raises ProtocolError.
+- A malformed frame from a peer of the group raises ProtocolError; recv_step's
+  BadStep (a whole message dropped, the link still in step) leaves the group usable.
 - Frames from anyone who is not a member (no session token, see handshake.py) are
   dropped and counted in `dropped`: they can slow a rank down but never wedge it or get
   into a sum.
@@ -209,6 +210,7 @@ class _Op:
         self._g._lock.release()
         if e is None or isinstance(e, ValueError | RuntimeError):
             return  # success, or a caller bug detected before anything was sent
-        if isinstance(e, broadcast.StepTimeout) and not self._breaks_on_timeout:
-            return  # nothing arrived: still in step, the worker may wait again
+        if (isinstance(e, broadcast.StepTimeout | broadcast.BadStep)
+                and not self._breaks_on_timeout):
+            return  # nothing, or one whole bad message, arrived: still in step
         self._g._broken = str(e).rstrip(".") if isinstance(e, TpiError) else type(e).__name__

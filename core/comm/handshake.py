@@ -21,7 +21,9 @@ and the error then quotes the last refusal (e.g. a version mismatch) so the user
 from __future__ import annotations
 
 import hmac
+import logging
 import os
+import re
 import secrets
 import time
 from typing import Any
@@ -29,7 +31,14 @@ from typing import Any
 import zmq
 
 from core.comm import fastlink, wire
-from core.comm.codec import DEFAULT_LIMITS, PROTOCOL_VERSION, CodecLimits, decode, encode
+from core.comm.codec import (
+    DEFAULT_LIMITS,
+    PROTOCOL_VERSION,
+    CodecLimits,
+    decode,
+    encode,
+    shown,
+)
 from core.comm.curve import (
     CurveClientConfig,
     CurveServerConfig,
@@ -43,7 +52,19 @@ from core.comm.plane import ALGORITHMS, TRANSPORTS, DataPlane
 from core.comm.transport import bind_random, configure, wait_for
 from core.errors import PeerError, ProtocolError
 
+log = logging.getLogger(__name__)
 _HEADER_MARGIN = 64 * 1024  # codec header and wire header on top of the tensor bytes
+_ENDPOINT_RE = re.compile(r"tcp://(\[[0-9a-fA-F:.]{2,45}\]|[A-Za-z0-9.-]{1,253}):(\d{1,5})")
+
+
+def check_endpoint(value: object, what: str) -> str:
+    """`value` if it is tcp://host:port (a name, IPv4 or bracketed IPv6 host, port
+    1-65535) as a peer may hand us one to connect to; ProtocolError otherwise (libzmq
+    would raise on connect, or dial something odd)."""
+    m = _ENDPOINT_RE.fullmatch(value) if isinstance(value, str) else None
+    if m is None or not 0 < int(m[2]) < 65536:
+        raise ProtocolError(f"{what} {shown(value)} is not tcp://host:port.")
+    return value
 
 
 def _socket(ctx: zmq.Context, kind: int, limits: CodecLimits, op_timeout: float) -> zmq.Socket:
@@ -143,12 +164,22 @@ def _check_hello(p: DataPlane, frames: list[zmq.Frame], joined: dict[int, Any]) 
         raise ProtocolError(f"Rank {rank!r} is not a worker rank of this group.")
     if rank in joined:
         raise ProtocolError(f"Rank {rank} has already joined this group.")
-    if not isinstance(m.get("ring"), str) or not m["ring"].startswith("tcp://"):
-        raise ProtocolError("This peer's hello has no valid ring endpoint.")
+    check_endpoint(m.get("ring"), "This peer's hello's ring endpoint")
     fast = m.get("fast", False)
     if not isinstance(fast, bool) or (fast and p.fast_listener is None):
         raise ProtocolError("This peer asked for a local link this group does not offer.")
     return m
+
+
+def check_welcome(m: dict[str, Any], world_size: int) -> tuple[list[str], str, bool]:
+    """(ring endpoints, algorithm, wire_ring) of rank 0's welcome; ProtocolError if bad."""
+    ring, algo = m.get("ring"), m.get("algorithm")
+    if (not isinstance(ring, list) or len(ring) != world_size
+            or not isinstance(algo, str) or algo not in ALGORITHMS):
+        raise ProtocolError("rank 0's welcome is malformed.")
+    for e in ring:
+        check_endpoint(e, "A ring endpoint in rank 0's welcome")
+    return list(ring), algo, m.get("wire_ring", True) is not False
 
 
 def master_wait_ready(p: DataPlane, ring0: str, timeout: float) -> None:
@@ -187,8 +218,10 @@ def master_wait_ready(p: DataPlane, ring0: str, timeout: float) -> None:
             if kind != wire.Kind.HELLO:
                 raise ProtocolError("Expected a hello from a joining peer.")
             meta = _check_hello(p, frames[2:], joined)
-        except ProtocolError as e:
-            refusal = str(e)
+        except Exception as e:  # ProtocolError, or a bug: refuse that peer, go on
+            if not isinstance(e, ProtocolError):
+                log.error("hello check failed on %s", type(e).__name__, exc_info=True)
+            refusal = str(e) if isinstance(e, ProtocolError) else "internal error"
             _refuse(sock, ident, refusal)
             continue
         joined[meta["rank"]] = meta
@@ -219,8 +252,12 @@ def master_wait_ready(p: DataPlane, ring0: str, timeout: float) -> None:
                 _refuse(sock, ident, "This group is already complete.")
             p.dropped += 1
             continue
-        if len(frames) != 1 or wire.unpack(frames[0])[0] != wire.Kind.READY:
-            raise ProtocolError(f"rank {r} sent something other than READY while joining.")
+        try:
+            ok = len(frames) == 1 and wire.unpack(frames[0])[0] == wire.Kind.READY
+        except ProtocolError:
+            ok = False
+        if not ok:  # a member out of step: the group cannot start without it
+            raise PeerError(f"rank {r} sent something other than READY while joining.", [r])
         ready.add(r)
     go = wire.pack(wire.Kind.GO)
     for r in range(1, p.world_size):
@@ -275,8 +312,10 @@ def _wire_ring(p: DataPlane, ring: list[str], deadline: float) -> None:
             if (not isinstance(tok, str) or not hmac.compare_digest(tok, p.token)
                     or m.get("rank") != p.prev):
                 raise ProtocolError("ring hello from a stranger")
-        except ProtocolError:
-            p.dropped += 1  # a stranger on our ring socket: ignore it
+        except Exception as e:  # a stranger on our ring socket (or a bug): ignore it
+            if not isinstance(e, ProtocolError):
+                log.error("ring hello check failed on %s", type(e).__name__, exc_info=True)
+            p.dropped += 1
             continue
         p.ring_prev_ident = frames[0].bytes
         p.watch.learn(ring_index, frames[0], p.prev)
@@ -290,8 +329,9 @@ def open_worker(rank: int, world_size: int, endpoints: dict[str, Any], host: str
     """Rank r > 0: join rank 0's group and wire the ring; returns when fully connected."""
     if not 0 < rank < world_size:
         raise ValueError(f"worker rank must be in 1..{world_size - 1}, got {rank}")
-    if not isinstance(endpoints, dict) or not isinstance(endpoints.get("star"), str):
+    if not isinstance(endpoints, dict):
         raise ProtocolError("The data-plane endpoints from rank 0 are malformed.")
+    check_endpoint(endpoints.get("star"), "rank 0's star endpoint")
     if endpoints.get("protocol") != PROTOCOL_VERSION:
         raise ProtocolError(f"peer speaks protocol {endpoints.get('protocol')}, we speak "
                             f"{PROTOCOL_VERSION}.")
@@ -349,13 +389,8 @@ def _join(p: DataPlane, star: str, host: str, join_timeout: float,
     kind, _, _ = wire.unpack(frames[0].bytes)
     if kind != wire.Kind.WELCOME:
         raise ProtocolError("rank 0 answered our hello with something other than a welcome.")
-    m = decode(frames[1:], ops={"welcome"}, limits=p.limits).meta
-    ring, algo = m.get("ring"), m.get("algorithm")
-    if (not isinstance(ring, list) or len(ring) != p.world_size
-            or not all(isinstance(e, str) for e in ring) or algo not in ALGORITHMS):
-        raise ProtocolError("rank 0's welcome is malformed.")
-    p.algorithm = algo
-    p.wire_ring = m.get("wire_ring", True) is not False
+    ring, p.algorithm, p.wire_ring = check_welcome(
+        decode(frames[1:], ops={"welcome"}, limits=p.limits).meta, p.world_size)
     if host_of(ring[0]) in WILDCARDS:  # rank 0 listens on all interfaces: its ring socket
         try:  # is where we reached its star
             ring[0] = with_host(ring[0], host_of(star))

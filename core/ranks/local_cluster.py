@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from core.comm.codec import shown
 from core.comm.control import BadMessage, ControlServer
 from core.comm.curve import CurveServerConfig, Keys
 from core.comm.endpoint import dialable
@@ -30,13 +31,14 @@ from core.engine.master import MasterRunner, SoloGroup
 from core.engine.options import RunOptions
 from core.engine.rank import RankRuntime
 from core.engine.rank_stats import RankStats, collect
-from core.errors import PeerError, TpiError
+from core.errors import PeerError, ProtocolError, TpiError
 from core.model.cache import cache_dir
 from core.model.config import load_config
 from core.model.model_dir import model_hash
 from core.progress import Progress
 from core.ranks.rank_host import LocalRankHost, RankHost
 from core.ranks.rank_process import CONTROL_OPS
+from core.ranks.rank_wire import shown_text, stats_from_wire
 from core.shard.manifest import load_manifest
 from core.shard.plan import make_plan
 from core.shard.splitter import split_model
@@ -93,6 +95,7 @@ class LocalCluster:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one step (or stats round) at a time
         self._idents: dict[int, bytes] = {}
+        self._noted = -1.0  # when a message we ignored was last logged
 
     def start(self) -> LocalCluster:
         """Split (cached), start every rank, load rank 0; on failure close and raise."""
@@ -207,17 +210,28 @@ class LocalCluster:
             if got is None:
                 continue
             ident, msg = got
-            rank = int(msg.meta.get("rank", -1)) if msg.op == "hello" else self._rank_of(ident)
-            if msg.op == "hello" and rank in need:
-                self._idents[rank] = ident
-                self.control.send(ident, "setup", self._setup_for(rank))
-                greeted.add(rank)
+            known = self._rank_of(ident)
+            if msg.op == "hello" and known == -1:
+                rank = msg.meta.get("rank")
+                if (isinstance(rank, int) and not isinstance(rank, bool) and rank in need
+                        and rank not in greeted):
+                    self._idents[rank] = ident
+                    self.control.send(ident, "setup", self._setup_for(rank))
+                    greeted.add(rank)
+                else:
+                    log.warning("ignored a hello for rank %s during start-up", shown(rank))
+            elif known == -1:
+                continue  # not one of our ranks (yet): nothing it says counts
             elif msg.op == "error":
-                raise PeerError(f"{self.host_name(rank) if rank > 0 else 'a rank'} could not "
-                                f"start: {msg.meta.get('message')}", [rank] if rank > 0 else [])
+                raise PeerError(f"{self.host_name(known)} could not start: "
+                                f"{shown_text(msg.meta.get('message'))}", [known])
             elif msg.op == "ready":
-                ready.add(rank)
-                self._stats[rank] = RankStats.from_dict(msg.meta)
+                try:
+                    self._stats[known] = stats_from_wire(msg.meta, known)
+                except ProtocolError as e:
+                    raise PeerError(f"{self.host_name(known)} could not start: {e}",
+                                    [known]) from None
+                ready.add(known)
                 report("starting ranks", len(ready), len(need))
 
     def _join_data_plane(self) -> None:
@@ -248,8 +262,16 @@ class LocalCluster:
     def _recv(self, timeout: float):
         try:
             return self.control.recv(timeout=timeout)
-        except BadMessage:
-            return None  # not from one of our ranks, or garbled: ignore it
+        except BadMessage as e:  # not from one of our ranks, or garbled: ignore it
+            self._note(f"ignored a malformed control message: {e}")
+            return None
+
+    def _note(self, why: str, exc: bool = False) -> None:
+        """One log line about a message we ignored (at most one a second)."""
+        now = time.monotonic()
+        if exc or now - self._noted >= 1.0:
+            self._noted = now
+            log.warning("%s", why[:300], exc_info=exc)
 
     def _check_procs(self) -> None:
         for r, h in enumerate(self.started, start=1):
@@ -261,18 +283,31 @@ class LocalCluster:
     # --- running ------------------------------------------------------------------------
 
     def _listen(self) -> None:
-        """Collect stats and errors that workers push; the GUI reads them, never blocks."""
+        """Collect stats and errors that workers push; the GUI reads them, never blocks.
+        Only our ranks count; whatever arrives, the listener logs it and goes on."""
         while not self._stop.is_set():
-            got = self._recv(0.2)
-            if got is None:
-                continue
-            ident, msg = got
-            rank = self._rank_of(ident)
-            if msg.op == "stats":
-                self._stats[rank] = RankStats.from_dict(msg.meta)
-            elif msg.op == "error":
-                self._errors[rank] = str(msg.meta.get("message"))
-                self._error_seen.set()
+            try:
+                self._listen_one()
+            except Exception as e:  # never die silently: stats and errors would stop
+                self._note(f"control listener: {type(e).__name__}: {e}", exc=True)
+                self._stop.wait(0.2)
+
+    def _listen_one(self) -> None:
+        got = self._recv(0.2)
+        if got is None:
+            return
+        ident, msg = got
+        rank = self._rank_of(ident)
+        if rank == -1:
+            self._note(f"ignored {shown(msg.op)} from a peer that is not one of our ranks")
+        elif msg.op == "stats":
+            try:
+                self._stats[rank] = stats_from_wire(msg.meta, rank)
+            except ProtocolError as e:
+                self._note(f"ignored stats from rank {rank}: {e}")
+        elif msg.op == "error":
+            self._errors[rank] = shown_text(msg.meta.get("message"))
+            self._error_seen.set()
 
     @property
     def procs(self) -> list:
