@@ -9,6 +9,7 @@ the pings go on, and the first pong after that clears it and calls `on_back`.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -27,6 +28,9 @@ PING_EVERY_S = 1.0
 DEAD_AFTER_S = 2.5
 RTT_HISTORY = 60
 MAX_WORDS = 300  # characters of a worker's log line we keep
+NOTE_EVERY_S = 10.0  # unexpected heartbeat failures: at most one log line this often
+
+log = logging.getLogger(__name__)
 
 
 class Refused(ProtocolError):
@@ -56,6 +60,7 @@ class WorkerLink:
         self.last_words: dict[str, str] = {}  # "<rank>": last log line of a failed rank
         self.last_pong = time.monotonic()
         self.dead: str | None = dead  # why it is not answering; None while it is
+        self._noted = -NOTE_EVERY_S  # when an unexpected heartbeat failure was last logged
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{name}",
                                         daemon=True)
@@ -103,18 +108,29 @@ class WorkerLink:
                     got = self._pong(hb, t0, t0 + PING_EVERY_S)
                 except (PeerError, BadMessage):
                     got = False
+                except Exception as e:  # never die silently: a dead heartbeat would
+                    self._note(e)  # leave the link "alive" for good
+                    got = False
                 if got:
                     self.rtt_ms.append((time.monotonic() - t0) * 1000)
                     self.last_pong = time.monotonic()
                     if self.dead is not None:  # it is back (restarted, or the link healed)
                         self.dead = None
                         if self.on_back is not None:
-                            self.on_back(self)
+                            self._call(self.on_back)
                 elif self.dead is None and time.monotonic() - self.last_pong > DEAD_AFTER_S:
                     self._mark_dead(f"no answer for {DEAD_AFTER_S:g} s")
                 self._stop.wait(max(0.0, t0 + PING_EVERY_S - time.monotonic()))
         finally:
             hb.close()
+
+    def _note(self, e: Exception) -> None:
+        """Log an unexpected heartbeat failure: one line, at most every NOTE_EVERY_S."""
+        now = time.monotonic()
+        if now - self._noted >= NOTE_EVERY_S:
+            self._noted = now
+            log.warning("heartbeat to worker '%s' failed: %s: %s", self.name,
+                        type(e).__name__, str(e)[:200], exc_info=True)
 
     def _pong(self, hb: ControlClient, t0: float, deadline: float) -> bool:
         while (left := deadline - time.monotonic()) > 0:
@@ -137,7 +153,13 @@ class WorkerLink:
     def _mark_dead(self, why: str) -> None:
         self.dead = why
         if self.on_dead is not None:
-            self.on_dead(self)
+            self._call(self.on_dead)
+
+    def _call(self, listener: Callable[[WorkerLink], None]) -> None:
+        try:
+            listener(self)
+        except Exception as e:  # the listener's bug must not stop the heartbeat
+            self._note(e)
 
     def probe(self, timeout: float = 1.0) -> bool:
         """Ask now, on a fresh socket, whether the worker answers; marks the link dead if not."""
@@ -147,6 +169,9 @@ class WorkerLink:
             c.send("ping", {"t": t0})
             ok = self._pong(c, t0, t0 + timeout)
         except (PeerError, BadMessage):
+            ok = False
+        except Exception as e:  # as in the heartbeat: a failed probe is a silent worker
+            self._note(e)
             ok = False
         finally:
             c.close()
