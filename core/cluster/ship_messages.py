@@ -37,6 +37,7 @@ from core.errors import ProtocolError
 REQUEST_OPS = frozenset({"ship_begin", "ship_chunk", "ship_end_file", "ship_commit"})
 REPLY_OPS = frozenset({"ship_have", "ship_ack", "ship_file_ok", "ship_committed", "ship_error"})
 DEFAULT_CHUNK = 1 << 20
+MAX_TEXT = 2000  # characters of any string field (names are 128 at most, see check_name)
 MAX_CHUNK = 8 << 20
 # bad_request: malformed or unsafe message (never retried); hash_mismatch: the file's
 # sha256 did not match, its temp file was deleted (re-send it); no_space / io: the
@@ -105,6 +106,9 @@ class _Meta:
             v = meta[f.name]
             if not isinstance(v, want) or (isinstance(v, bool) and want is int):
                 raise ProtocolError(f"{cls.op} field {f.name!r} has the wrong type.")
+            if isinstance(v, str) and len(v) > MAX_TEXT:
+                raise ProtocolError(f"{cls.op} field {f.name!r} is longer than {MAX_TEXT} "
+                                    "characters.")
             # seq -1 marks an error reply to a request whose own seq was unreadable.
             if f.type == "int" and v < (-1 if f.name == "seq" else 0):
                 raise ProtocolError(f"{cls.op} field {f.name!r} is out of range.")

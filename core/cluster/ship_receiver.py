@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from core.cluster.shard_cache import HashMismatch, NoSpace, ShardCache
 from core.cluster.ship_messages import (
+    MAX_TEXT,
     ShipAck,
     ShipBegin,
     ShipChunk,
@@ -36,25 +37,34 @@ from core.errors import PeerError, ProtocolError, TpiError
 log = logging.getLogger(__name__)
 
 ReplyFrame = tuple[str, dict[str, Any]]
+_MAX_FILE_ECHO = 128  # a longer "file" is no shard name: not echoed back
+
+
+def _text(e: object) -> str:
+    """An error text that fits a ship_error's message field."""
+    text = str(e)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 3] + "..."
 
 
 def serve_shipping(cache: ShardCache, msg: Message) -> ReplyFrame:
     """Handle one ship_* request; returns (reply op, reply meta). Never raises for bad input."""
     seq = request_seq(msg.meta)
-    file = msg.meta.get("file") if isinstance(msg.meta.get("file"), str) else None
+    file = msg.meta.get("file")
+    file = file if isinstance(file, str) and len(file) <= _MAX_FILE_ECHO else None
     try:
         req, data = parse_request(msg)
         rep = _handle(cache, req, data)
     except HashMismatch as e:
-        rep = ShipError(seq, "hash_mismatch", str(e), e.file)
+        rep = ShipError(seq, "hash_mismatch", _text(e), e.file)
     except NoSpace as e:
-        rep = ShipError(seq, "no_space", str(e), None)
+        rep = ShipError(seq, "no_space", _text(e), None)
     except ProtocolError as e:
-        rep = ShipError(seq, "bad_request", str(e), file)
+        rep = ShipError(seq, "bad_request", _text(e), file)
     except TpiError as e:
-        rep = ShipError(seq, "io", str(e), file)
+        rep = ShipError(seq, "io", _text(e), file)
     except OSError as e:
-        rep = ShipError(seq, "io", f"The worker could not write its shard cache ({e}).", file)
+        rep = ShipError(seq, "io", _text(f"The worker could not write its shard cache ({e})."),
+                        file)
     except Exception as e:  # a bug must not take the worker down; say so, log the trace
         log.exception("shard shipping failed on %s", msg.op)
         rep = ShipError(seq, "internal", f"Internal error on the worker ({type(e).__name__}).",
@@ -101,7 +111,7 @@ def serve_router(server: RouterLike, cache: ShardCache,
             got = server.recv(timeout=poll_s)
         except BadMessage as e:
             if e.identity is not None:
-                rep = ShipError(-1, "bad_request", str(e), None)
+                rep = ShipError(-1, "bad_request", _text(e), None)
                 _reply(server, e.identity, rep.op, rep.to_meta())
             continue
         if got is None:
