@@ -5,6 +5,7 @@ point; it starts the window when there are no arguments and hands everything els
   tpi-chat chat                 interactive chat in the terminal
   tpi-chat generate --prompt T  one reply, streamed to stdout (--json for numbers)
   tpi-chat perplexity --text F  the model's perplexity on a text file, llama.cpp's method
+  tpi-chat serve                an OpenAI-compatible HTTP API over the model, for other apps
   tpi-chat split                pre-split a model for a plan
   tpi-chat pair HOST:PORT --code NNN-NNN   pair a device (its worker shows the code)
   tpi-chat devices              the paired devices, and whether each answers now
@@ -93,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(c)
     _sampling_args(c)
 
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP API over the model",
+                        description="Serve the model to other programs over OpenAI's API "
+                        "(/v1/chat/completions, /v1/completions, /v1/models), one reply at "
+                        "a time, the others waiting in line.")
+    _model_args(sv)
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this computer only; any "
+                         "other needs --api-key)")
+    sv.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free)")
+    sv.add_argument("--api-key", default=None,
+                    help="key clients must send as 'Authorization: Bearer KEY' (default: "
+                         "$TPI_CHAT_API_KEY, else none)")
+    sv.add_argument("--max-queue", type=int, default=16,
+                    help="requests that may wait behind the running one (default 16); "
+                         "more are refused with 503")
+
     s = sub.add_parser("split", help="pre-split a model into per-rank block files")
     s.add_argument("--model", default=None)
     s.add_argument("--ranks", type=int, default=1)
@@ -159,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             from core.perplexity_cli import cmd_perplexity
 
             return cmd_perplexity(args)
+        if args.cmd == "serve":
+            from core.serve.cli import cmd_serve
+
+            return cmd_serve(args)
         if args.cmd in ("pair", "devices"):
             from core.cluster import devices_cli
 

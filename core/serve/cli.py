@@ -1,0 +1,61 @@
+"""`tpi-chat serve`: the model opened as `tpi-chat generate` opens it, behind the API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from argparse import Namespace
+
+from core.cli_commands import open_for, start_for
+from core.cluster.open_model import model_display_name
+from core.engine.generate import GenerationResult
+from core.errors import TpiError
+from core.serve.server import ApiServer, ServeConfig, check_exposure, listen_socket
+
+KEY_ENV = "TPI_CHAT_API_KEY"
+
+
+def cmd_serve(args: Namespace) -> int:
+    key = args.api_key or os.environ.get(KEY_ENV) or None
+    if args.max_queue < 0 or not 0 <= args.port <= 65535:
+        raise TpiError("--max-queue must be 0 or more and --port from 0 to 65535")
+    config = ServeConfig(host=args.host, port=args.port, api_key=key,
+                         max_queue=args.max_queue)
+    check_exposure(config.host, key)
+    sock = listen_socket(config.host, config.port)  # a taken port fails before the load
+    try:
+        model_dir, tokenizer = open_for(args)
+        cluster = start_for(args, model_dir)
+    except BaseException:
+        sock.close()
+        raise
+    server = None
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        name = model_display_name(args.model)
+        server = ApiServer(tokenizer, cluster, name, config, on_reply=_log_reply).start(sock)
+        ranks = cluster.world_size
+        print(f"TPI Chat serving '{name}' on {ranks} rank{'s' if ranks != 1 else ''} at "
+              f"{server.url}/v1{' (API key required)' if key else ''}. Ctrl-C stops.",
+              flush=True)
+        while not done.wait(0.5):
+            if not server.serving:
+                print("tpi-chat: the HTTP server stopped", file=sys.stderr)
+                return 1
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
+        cluster.close()
+
+
+def _log_reply(r: GenerationResult, gone: bool) -> None:
+    what = "client went away" if gone else r.stop_reason
+    print(f"tpi-chat: {r.prompt_tokens} prompt tokens ({r.reused_tokens} cached), "
+          f"{len(r.token_ids)} generated ({what}), first token {r.ttft_ms:.0f} ms, "
+          f"{r.tokens_per_s:.1f} tokens/s", file=sys.stderr, flush=True)

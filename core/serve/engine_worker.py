@@ -1,0 +1,209 @@
+"""The one thread that runs the model, and the bounded FIFO queue in front of it.
+
+The engine is not thread-safe, so every reply of the API runs on `ModelWorker`'s thread,
+one at a time, in the order requests were admitted. A job's events (Started, Text,
+Finished or Failed) go back to the asyncio side through its event loop. A job cancelled
+while it waits is dropped from the queue; one cancelled while it runs (its client went
+away) ends after the token being computed: the engine checks between tokens.
+
+`model_lock` is held around each reply: whoever else steps the same model (the app's own
+chat) takes it too, so the two never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from core.engine.generate import GenerationResult, Generator
+from core.engine.sampler import SamplingParams
+from core.errors import TpiError
+from core.model.tokenizer import ChatTokenizer, TextStream
+from core.serve.errors import ApiError, engine_failed, queue_full, shutting_down
+from core.serve.penalties import adjusted
+from core.serve.schemas import Sampling
+from core.serve.stop_text import StopText
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Started:
+    pass
+
+
+@dataclass
+class Text:
+    text: str
+
+
+@dataclass
+class Finished:
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    result: GenerationResult
+
+
+@dataclass
+class Failed:
+    error: ApiError
+
+
+Event = Started | Text | Finished | Failed
+
+
+@dataclass(eq=False)
+class Job:
+    """One admitted request: its prompt and how to sample, and where its events go."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    sampling: Sampling
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, event: Event) -> None:
+        """Thread-safe: hand an event to the request's handler."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            self.cancelled.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class JobQueue:
+    """At most `max_waiting` jobs waiting (the running one not counted), first in first
+    out; put() refuses with a 503 when full or closed."""
+
+    def __init__(self, max_waiting: int):
+        self.max_waiting = max_waiting
+        self._jobs: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, job: Job) -> None:
+        with self._cond:
+            if self._closed:
+                raise shutting_down()
+            self._drop_cancelled()
+            if len(self._jobs) >= self.max_waiting:
+                raise queue_full(self.max_waiting)
+            self._jobs.append(job)
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> Job | None:
+        """The next job not cancelled; None when closed (or after `timeout`)."""
+        with self._cond:
+            while True:
+                self._drop_cancelled()
+                if self._closed:
+                    return None
+                if self._jobs:
+                    return self._jobs.popleft()
+                if not self._cond.wait(timeout) and timeout is not None:
+                    return None
+
+    def waiting(self) -> int:
+        with self._cond:
+            self._drop_cancelled()
+            return len(self._jobs)
+
+    def close(self) -> list[Job]:
+        """Refuse new jobs; returns the ones still waiting."""
+        with self._cond:
+            self._closed = True
+            left = list(self._jobs)
+            self._jobs.clear()
+            self._cond.notify_all()
+            return left
+
+    def _drop_cancelled(self) -> None:
+        if any(j.cancelled.is_set() for j in self._jobs):
+            self._jobs = deque(j for j in self._jobs if not j.cancelled.is_set())
+
+
+class ModelWorker:
+    """Runs the queue's jobs on `generator`, one at a time, on a thread of its own."""
+
+    def __init__(self, tokenizer: ChatTokenizer, generator: Generator, queue: JobQueue,
+                 model_lock: threading.Lock | None = None,
+                 on_reply: Callable[[GenerationResult, bool], None] | None = None):
+        self.tokenizer = tokenizer
+        self.generator = generator
+        self.queue = queue
+        self.model_lock = model_lock or threading.Lock()
+        self.on_reply = on_reply
+        self._thread: threading.Thread | None = None
+        self._current: Job | None = None
+
+    def start(self) -> ModelWorker:
+        self._thread = threading.Thread(target=self._loop, name="tpi-serve-model", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new jobs, fail the waiting ones, end the running one after its current
+        token, and wait for the thread."""
+        for job in self.queue.close():
+            job.emit(Failed(shutting_down()))
+        current = self._current
+        if current is not None:
+            current.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while (job := self.queue.get()) is not None:
+            self._current = job
+            try:
+                with self.model_lock:
+                    if not job.cancelled.is_set():
+                        self.run(job)
+            finally:
+                self._current = None
+
+    def run(self, job: Job) -> None:
+        """One reply, its events emitted as it goes; never raises."""
+        job.emit(Started())
+        eos = self.tokenizer.eos_ids
+        stream = TextStream(self.tokenizer)
+        text = StopText(job.sampling.stop)
+        with adjusted(self.generator, job.sampling) as adjust:
+            def on_token(tok: int) -> None:
+                if adjust is not None:
+                    adjust.note(tok)
+                if tok in eos:
+                    return
+                shown = text.feed(stream.push(tok))
+                if shown:
+                    job.emit(Text(shown))
+
+            def should_stop() -> bool:
+                return text.hit or job.cancelled.is_set()
+
+            try:
+                result = self.generator.generate(job.prompt_ids, job.params, on_token,
+                                                 should_stop)
+            except TpiError as e:  # a device dropped out: the next reply re-plans
+                job.emit(Failed(engine_failed(str(e))))
+                return
+            except Exception as e:
+                log.exception("a reply failed")
+                job.emit(Failed(engine_failed(f"the model failed: {e}")))
+                return
+        shown = text.feed(stream.flush()) + text.finish()
+        if shown:
+            job.emit(Text(shown))
+        finish = "stop" if text.hit or result.stop_reason == "eos" else "length"
+        gone = job.cancelled.is_set()
+        job.emit(Finished(finish, len(job.prompt_ids), len(result.token_ids), result))
+        if self.on_reply is not None:
+            self.on_reply(result, gone)
