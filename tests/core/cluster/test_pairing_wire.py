@@ -191,10 +191,17 @@ def test_idle_connections_are_dropped(small: PairingServer) -> None:
     s = _conn(small.port)
     with s:
         took = _hung_up(s, 3)
-    assert took is not None and 0.4 < took < 1.2
+    assert took is not None and 0.4 < took < 3  # 0.5 s idle (3: a loaded test machine)
 
 
-def test_a_trickle_is_cut_at_the_connection_lifetime(small: PairingServer) -> None:
+def test_a_trickle_is_cut_at_the_connection_lifetime(tmp_path) -> None:
+    w = make_device(tmp_path, "mini-pc", "master")
+    with PairingServer(w.identity, w.trust, limits=Limits(conn_seconds=1.5,
+                                                          idle_seconds=30)) as server:
+        _trickle(server)
+
+
+def _trickle(small: PairingServer) -> None:
     s = _conn(small.port)
     with s:
         t0 = time.monotonic()
@@ -206,7 +213,7 @@ def test_a_trickle_is_cut_at_the_connection_lifetime(small: PairingServer) -> No
         except OSError:
             pass
         assert _hung_up(s, 2) is not None
-        assert 1.4 < time.monotonic() - t0 < 3
+        assert 1.4 < time.monotonic() - t0 < 4
 
 
 def test_too_many_frames_on_one_connection(small: PairingServer) -> None:
@@ -222,7 +229,14 @@ def test_too_many_frames_on_one_connection(small: PairingServer) -> None:
     assert data.count(b"\xa3txt") == 3 and b"too many messages on one connection" in data
 
 
-def test_connections_are_capped_per_address_and_overall(small: PairingServer) -> None:
+def test_connections_are_capped_per_address_and_overall(tmp_path) -> None:
+    w = make_device(tmp_path, "mini-pc", "master")
+    caps = Limits(max_conns=4, max_conns_per_addr=2, idle_seconds=30, conn_seconds=30)
+    with PairingServer(w.identity, w.trust, limits=caps) as server:
+        _capped(server)
+
+
+def _capped(small: PairingServer) -> None:
     held = [_conn(small.port) for _ in range(2)]
     third = _conn(small.port)  # over 2 per address: one refusal and goodbye
     third.settimeout(3)
@@ -234,7 +248,7 @@ def test_connections_are_capped_per_address_and_overall(small: PairingServer) ->
     more = [_conn(small.port, f"127.0.0.{i}") for i in (2, 3, 4)]
     assert _wait(lambda: small.open_connections() == 4)
     assert _hung_up(held[0], 2) is not None  # the oldest went
-    assert small.open_connections() == 4
+    assert _wait(lambda: small.open_connections() == 4)  # (dropped just before the new one)
     for s in held + more + [third]:
         s.close()
     assert _wait(lambda: small.open_connections() == 0)
