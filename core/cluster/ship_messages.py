@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from core.comm.codec import Message
+from core.comm.codec import Message, shown
 from core.errors import ProtocolError
 
 REQUEST_OPS = frozenset({"ship_begin", "ship_chunk", "ship_end_file", "ship_commit"})
@@ -225,7 +225,7 @@ def parse_request(msg: Message) -> tuple[Request, torch.Tensor | None]:
 def parse_reply(msg: Message) -> Reply:
     rep = _parse(msg, _REPLIES)
     if isinstance(rep, ShipError) and rep.code not in ERROR_CODES:
-        raise ProtocolError(f"ship_error with unknown code {rep.code!r}.")
+        raise ProtocolError(f"ship_error with unknown code {shown(rep.code)}.")
     return rep
 
 

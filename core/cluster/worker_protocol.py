@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.cluster.ship_messages import REPLY_OPS, REQUEST_OPS, check_name
+from core.comm.codec import shown
 from core.errors import ProtocolError
 
 TO_WORKER = frozenset({"ping", "info", "run_rank", "stop_rank", "unpair"}) | REQUEST_OPS
@@ -39,7 +40,7 @@ class RunRank:
     def from_meta(cls, meta: dict[str, Any]) -> RunRank:
         rank, control = meta.get("rank"), meta.get("control")
         if not isinstance(rank, int) or isinstance(rank, bool) or not 0 < rank < MAX_RANK:
-            raise ProtocolError(f"run_rank: rank {rank!r} is not a worker rank.")
+            raise ProtocolError(f"run_rank: rank {shown(rank)} is not a worker rank.")
         if not isinstance(control, str) or not _ENDPOINT_RE.match(control):
             raise ProtocolError("run_rank: the control endpoint is not tcp://host:port.")
         if not 0 < int(control.rsplit(":", 1)[1]) < 65536:

@@ -143,6 +143,12 @@ def endpoints_for(endpoints: dict[str, Any], peer_host: str | None) -> dict[str,
     return out
 
 
+def _same_token(got: str, token: str) -> bool:
+    """Constant-time comparison of a peer's token with ours; as bytes, since
+    hmac.compare_digest raises TypeError on a str with non-ASCII characters."""
+    return hmac.compare_digest(got.encode("utf-8", "surrogatepass"), token.encode())
+
+
 def _refuse(sock: zmq.Socket, ident: bytes, reason: str) -> None:
     try:
         sock.send_multipart([ident, wire.pack(wire.Kind.REFUSE), reason.encode()],
@@ -156,12 +162,13 @@ def _check_hello(p: DataPlane, frames: list[zmq.Frame], joined: dict[int, Any]) 
     msg = decode(frames, ops={"hello"}, limits=p.limits)
     m = msg.meta
     rank, ws, token = m.get("rank"), m.get("world_size"), m.get("token")
-    if not isinstance(token, str) or not hmac.compare_digest(token, p.token):
+    if not isinstance(token, str) or not _same_token(token, p.token):
         raise ProtocolError("This peer does not hold the session token of this group.")
     if ws != p.world_size:
-        raise ProtocolError(f"This peer expects {ws} ranks, the group has {p.world_size}.")
+        raise ProtocolError(f"This peer expects {shown(ws)} ranks, the group has "
+                            f"{p.world_size}.")
     if not isinstance(rank, int) or isinstance(rank, bool) or not 0 < rank < p.world_size:
-        raise ProtocolError(f"Rank {rank!r} is not a worker rank of this group.")
+        raise ProtocolError(f"Rank {shown(rank)} is not a worker rank of this group.")
     if rank in joined:
         raise ProtocolError(f"Rank {rank} has already joined this group.")
     check_endpoint(m.get("ring"), "This peer's hello's ring endpoint")
@@ -309,7 +316,7 @@ def _wire_ring(p: DataPlane, ring: list[str], deadline: float) -> None:
                 raise ProtocolError("not a ring hello")
             m = decode(frames[2:], ops={"ring_hello"}, limits=p.limits).meta
             tok = m.get("token")
-            if (not isinstance(tok, str) or not hmac.compare_digest(tok, p.token)
+            if (not isinstance(tok, str) or not _same_token(tok, p.token)
                     or m.get("rank") != p.prev):
                 raise ProtocolError("ring hello from a stranger")
         except Exception as e:  # a stranger on our ring socket (or a bug): ignore it
@@ -333,11 +340,11 @@ def open_worker(rank: int, world_size: int, endpoints: dict[str, Any], host: str
         raise ProtocolError("The data-plane endpoints from rank 0 are malformed.")
     check_endpoint(endpoints.get("star"), "rank 0's star endpoint")
     if endpoints.get("protocol") != PROTOCOL_VERSION:
-        raise ProtocolError(f"peer speaks protocol {endpoints.get('protocol')}, we speak "
+        raise ProtocolError(f"peer speaks protocol {shown(endpoints.get('protocol'))}, we speak "
                             f"{PROTOCOL_VERSION}.")
     if endpoints.get("world_size") != world_size:
-        raise ProtocolError(f"rank 0 set up {endpoints.get('world_size')} ranks, this worker "
-                            f"expects {world_size}.")
+        raise ProtocolError(f"rank 0 set up {shown(endpoints.get('world_size'))} ranks, this "
+                            f"worker expects {world_size}.")
     p = DataPlane(rank, world_size, link=link, op_timeout=op_timeout, limits=limits,
                   token=str(endpoints.get("token", "")))
     rc = endpoints.get("ring_curve")

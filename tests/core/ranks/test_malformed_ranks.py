@@ -284,13 +284,22 @@ def test_data_plane_hello_refuses_malformed_and_the_real_rank_joins(attacker):
              b""],
             [hello, *encode("hello", {"rank": 1, "world_size": 2, "token": token,
                                       "ring": "tcp://[::1", "pid": 1})],
+            # hmac.compare_digest raises TypeError on a non-ASCII str
+            [hello, *encode("hello", {"rank": 1, "world_size": 2, "token": "é" * 32,
+                                      "ring": "tcp://127.0.0.1:9", "pid": 1})],
+            # what a peer sent is quoted short (make fuzz found a long world_size quoted
+            # whole in the refusal)
+            [hello, *encode("hello", {"rank": 1, "world_size": "s" * 5000, "token": token,
+                                      "ring": "tcp://127.0.0.1:9", "pid": 1})],
         ):
             s.send_multipart(frames)
         refusals = []
-        while s.poll(2000) and len(refusals) < 3:
+        while s.poll(2000) and len(refusals) < 5:
             refusals.append(s.recv_multipart())
-        assert len(refusals) == 3
+        assert len(refusals) == 5
         assert all(wire.peek_kind(r[0]) == wire.Kind.REFUSE for r in refusals)
+        assert b"session token" in refusals[3][1], refusals[3]
+        assert b"expects" in refusals[4][1] and len(refusals[4][1]) < 300
         out = mp.get_context("spawn").Queue()
         proc = mp.get_context("spawn").Process(
             target=_join, args=(1, g.endpoints, keys, server.public_key, out), daemon=True)
