@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-done
 
-.PHONY: setup run test test-fast lint bench bundle clean
+.PHONY: setup run test test-fast fuzz lint bench bundle clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,19 @@ test: setup
 
 test-fast: setup
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m "not slow"
+
+# The fuzz tests (tests/fuzz) run in `make test` with a small budget (Hypothesis profile
+# "ci"); here with many more examples and a random seed, and a results table at the end.
+# FUZZ_DECODER / FUZZ_PORT: examples per in-process decoder / per real process's port.
+FUZZ_DECODER ?= 8000
+FUZZ_PORT    ?= 60000
+fuzz: setup
+	mkdir -p benchmarks/out
+	HYPOTHESIS_PROFILE=fuzz TPI_FUZZ_DECODER_EXAMPLES=$(FUZZ_DECODER) \
+		TPI_FUZZ_PORT_EXAMPLES=$(FUZZ_PORT) TPI_FUZZ_REPORT=benchmarks/out/fuzz.json \
+		QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider \
+		--timeout 0 tests/fuzz
+	$(BIN)/python -m tests.fuzz.report benchmarks/out/fuzz.json
 
 lint: setup
 	$(BIN)/ruff check core app tests benchmarks
