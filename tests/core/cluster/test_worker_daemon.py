@@ -50,11 +50,13 @@ def _files(root):
 @pytest.mark.slow
 def test_discovered_paired_by_printed_code_wrong_code_refused(workers, tmp_path):
     alpha, beta = workers
-    seen = {}
-    with Browser(lambda e: seen.__setitem__(e.peer.name, e.peer), interfaces=["127.0.0.1"]):
-        assert _wait(lambda: {"alpha", "beta"} <= set(seen)), seen
-    assert seen["alpha"].control_port == alpha.control_port
-    assert seen["alpha"].mem_total <= 2**30  # the budget is what it offers
+    seen = {}  # by fingerprint: another test run may advertise an 'alpha' on lo too
+    with Browser(lambda e: seen.__setitem__(e.peer.fingerprint, e.peer),
+                 interfaces=["127.0.0.1"]):
+        assert _wait(lambda: {alpha.fingerprint, beta.fingerprint} <= set(seen)), seen
+    assert seen[alpha.fingerprint].name == "alpha"
+    assert seen[alpha.fingerprint].control_port == alpha.control_port
+    assert seen[alpha.fingerprint].mem_total <= 2**30  # the budget is what it offers
 
     master = make_device(tmp_path, "master", "worker")
     with pytest.raises(PairingError, match="tries left"):
