@@ -33,6 +33,9 @@ class QFormat:
     def row_bytes(self, in_features: int) -> int:
         return in_features // QK * self.block_bytes
 
+    def values_per_row(self, row_bytes: int) -> int:
+        return row_bytes // self.block_bytes * QK
+
 
 FORMATS: dict[str, QFormat] = {
     "q8_0": QFormat("q8_0", 0, 34, 8),
