@@ -212,7 +212,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     ratios = []
     for ours, theirs, key, limit in RATIOS:
         a, b = summary.get(ours, {}).get(key), summary.get(theirs, {}).get(key)
-        if theirs not in summary:
+        if ours not in summary or theirs not in summary:
             continue
         sp = key.replace("_ms_per_token", "").replace("_ms", "") + "_spread"
         worst = max((summary[x].get(sp) or 0) for x in (ours, theirs))

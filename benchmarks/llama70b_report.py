@@ -58,7 +58,7 @@ def llama70b_section(d: dict) -> list[str]:
         f"| decode ms/token at {s['layers']} layers | {fmt(d['decode_ms_per_token_80'], 0)} | "
         + ("- | " if w else "") + "not quoted here |",
         f"| MB per layer per process (slope) | "
-        f"{_mb_list(d['rss_mb_per_layer_per_process'])} | " + ("~0 (window) | " if w else "")
+        f"{_mb_list(d['rss_mb_per_layer_per_process'])} | " + ("- | " if w else "")
         + "- |",
         f"| peak RSS per process at {s['layers']} layers | "
         f"{_mb_list(d['peak_rss_mb_per_process_80'])} MB (max {max(gb80):.1f} GB) | "
