@@ -68,8 +68,9 @@ def llama70b_section(d: dict) -> list[str]:
         "",
         "Reading it: the ms are for all 8 ranks' shares of a layer computed by 8 processes "
         f"time-sharing {m['cores']} cores and one memory bus, plus 2 allreduces a layer over "
-        "loopback; on 8 devices each rank would have its own cores and bus, so this is an "
-        "upper bound of the compute, with no network. The paper's latency figures for Llama "
+        "loopback; on 8 devices each rank would have its own cores and bus, so the compute "
+        f"would shrink (up to 8 / {m['cores']} times with cores like these) while a real "
+        "network adds its link latency to every allreduce. The paper's latency figures for Llama "
         "2-70B are not quoted here (its text was not available to check them); its memory "
         "figure is per device for fp32 weights streamed by its sliding window, the "
         f"comparable column is window {w or '2'}.",
