@@ -1,6 +1,6 @@
 """Ours vs llama.cpp vs transformers on the default model, side by side in one run.
 
-    LLAMA_CPP=1 .venv/bin/python benchmarks/bench_llamacpp.py [--reps 3] [--new-tokens 64]
+    LLAMA_CPP=1 .venv/bin/python benchmarks/bench_llamacpp.py [--reps 5] [--new-tokens 64]
 
 llama-cpp-python compiles llama.cpp from source (minutes), so it is installed into the venv
 only when asked: LLAMA_CPP=1 or --install (`make bench` runs this only with LLAMA_CPP=1).
@@ -141,22 +141,32 @@ def prepare_ids(cache: Path) -> Path:
     return path
 
 
-def presplit(ggufs: dict[str, Path]) -> dict[str, str]:
+def presplit(ggufs: dict[str, Path]) -> dict[str, dict]:
     """Split the default model for each of our dtypes, and each same-file GGUF with
-    --dtype auto, now, so no run pays for it; {variant: what the split said it converted}."""
+    --dtype auto, now, so no run pays for it. Per same-file variant: what our split makes
+    of each of its types, and the conversion error the split reported (said only by the
+    split that writes the shards, so kept beside the file for later runs)."""
     for dtype in ("fp32", "bf16", "int8"):
         subprocess.check_call([PY, "-m", "core.cli", "split", "--dtype", dtype],
                               env=bench_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    converted = {}
+    out = {}
     for q in SAME_FILE:
-        out = subprocess.run([PY, "-m", "core.cli", "split", "--model", str(ggufs[q]),
-                              "--dtype", "auto"], env=bench_env(), capture_output=True,
-                             text=True, check=True)
-        said = [ln.strip() for ln in (out.stdout + out.stderr).splitlines()
+        split = subprocess.run([PY, "-m", "core.cli", "split", "--model", str(ggufs[q]),
+                                "--dtype", "auto"], env=bench_env(), capture_output=True,
+                               text=True, check=True)
+        said = [ln.strip() for ln in (split.stdout + split.stderr).splitlines()
                 if ln.strip().startswith("converted ")]
-        converted[q] = "; ".join(said) or "nothing (every matrix kept byte for byte)"
-    return converted
+        note = ggufs[q].with_suffix(".split.txt")
+        if said:
+            note.write_text("\n".join(said))
+        elif note.is_file():
+            said = note.read_text().splitlines()
+        formats = subprocess.run([PY, str(HERE / "gguf_variants.py"), "--ours", str(ggufs[q])],
+                                 env=bench_env(), capture_output=True, text=True, check=True)
+        out[q] = {"formats": json.loads(formats.stdout.strip().splitlines()[-1]),
+                  "split_said": said}
+    return out
 
 
 def run_config(args: list[str], gguf: Path | None, ids: Path, n: int, threads: int,
@@ -227,7 +237,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--install", action="store_true", help="build llama-cpp-python if missing")

@@ -100,6 +100,26 @@ def tensor_types(path: Path) -> dict[str, int]:
     return dict(Counter(t.tensor_type.name for t in r.tensors if len(t.shape) > 1))
 
 
+def ours_formats(path: Path) -> dict[str, str]:
+    """{ggml type: what our --dtype auto split makes of its matrices}, from the engine's own
+    rule (core.model.gguf_convert.native_format); imports torch, so call it in a child."""
+    import gguf
+
+    from core.model.gguf_convert import CARRIED, native_format
+
+    out = {}
+    for name in tensor_types(path):
+        t = gguf.GGMLQuantizationType[name]
+        if name in ("F32", "F16", "BF16"):
+            out[name] = "kept as floats"
+            continue
+        fmt = native_format(int(t)).name
+        out[name] = ("kept byte for byte" if CARRIED.get(t) == fmt
+                     else f"regrouped into {fmt}" if t == gguf.GGMLQuantizationType.Q4_K
+                     else f"requantized to {fmt}")
+    return out
+
+
 def ensure_variants(src: Path, out_dir: Path) -> dict[str, Path]:
     """{type: path}, writing the files that are not there yet."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +138,10 @@ def ensure_variants(src: Path, out_dir: Path) -> dict[str, Path]:
 if __name__ == "__main__":
     if sys.argv[1] == "--llama-quantize":
         _llama_quantize(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "--ours":
+        import json
+
+        print(json.dumps(ours_formats(Path(sys.argv[2]))))
     else:
         for q, p in ensure_variants(Path(sys.argv[1]), Path(sys.argv[2])).items():
             print(q, p, p.stat().st_size, tensor_types(p))

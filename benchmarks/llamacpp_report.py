@@ -50,6 +50,15 @@ def _files(d: dict) -> str:
     return ", ".join(one(q, mb) for q, mb in d["gguf_mb"].items())
 
 
+def _conversion(c) -> str:
+    """What our split made of one file: its types' fates and the error it reported."""
+    if isinstance(c, str):  # JSON of an older run: the split's own words
+        return c
+    fates = ", ".join(f"{t} {fate}" for t, fate in c["formats"].items())
+    said = "; ".join(s.replace("converted ", "") for s in c.get("split_said", []))
+    return fates + (f" (the split measured: {said})" if said else "")
+
+
 def llamacpp_section(d: dict) -> list[str]:
     m = d["machine"]
     built = f"; llama-cpp-python built in {d['build_s']} s" if d.get("build_s") else ""
@@ -64,7 +73,7 @@ def llamacpp_section(d: dict) -> list[str]:
         "Q4_K_M is llama.cpp's own quantizer's output; SmolLM2's rows of 576 weights are not "
         "a multiple of 256, so llama.cpp itself falls back to Q5_0/Q8_0 for most matrices. "
         "*ours auto X* runs file X with `--dtype auto` (its own quantization)"
-        + (": " + "; ".join(f"{q}: {c}" for q, c in conv.items()) if conv else "")
+        + (": " + "; ".join(f"{q}: {_conversion(c)}" for q, c in conv.items()) if conv else "")
         + f". {d['reps']} repetitions, each configuration a fresh process, order rotated; "
         f"medians. {d['new_tokens']} greedy tokens (EOS ignored), {d['prompt_tokens']}-token "
         f"chat prompt, {d['threads']} threads everywhere, ours at 1 rank, all resident. "
