@@ -17,3 +17,8 @@ def verdict(value, limit) -> str:
     if value is None:
         return "not measured"
     return "PASS" if value <= limit else "MISS"
+
+
+def code_of(machine: dict) -> str:
+    """' (code <commit ...>)' for a section's "Started" line, '' when not recorded."""
+    return f" (code {machine['code']})" if machine.get("code") else ""

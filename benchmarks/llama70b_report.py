@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cells import code_of as _code
 from cells import fmt
 
 
@@ -24,7 +25,8 @@ def llama70b_section(d: dict) -> list[str]:
     gb80 = [x / 1024 for x in d["peak_rss_mb_per_process_80"]]
     lines = [
         f"## Llama 2-70B-shaped layers at {d['ranks']} ranks, q4 (benchmarks/bench_70b.py)", "",
-        f"Started {m['date']}, load average then {m['load_avg_at_start']}. Stacks of {lo} and "
+        f"Started {m['date']}{_code(m)}, load average then {m['load_avg_at_start']}. Stacks of "
+        f"{lo} and "
         f"{hi} layers of Llama 2-70B's shape (hidden {s['hidden']}, MLP {s['ffn']}, "
         f"{s['heads']} heads over {s['kv_heads']} KV heads; {d['layer_mb_q4']} MB a layer at "
         "Q4_1), synthetic Q4_1 GGUFs with random weights (the default model's 49k-token "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from cells import code_of as _code
 from cells import fmt
 
 NOISY = 0.5  # (max - min) / median over the repetitions above which a verdict is not given
@@ -66,7 +67,7 @@ def llamacpp_section(d: dict) -> list[str]:
     lines = [
         f"## Ours vs llama.cpp, {d['threads']} thread(s) (benchmarks/bench_llamacpp.py, "
         "`LLAMA_CPP=1 make bench`)", "",
-        f"Started {m['date']}, load average then {m['load_avg_at_start']}, at end "
+        f"Started {m['date']}{_code(m)}, load average then {m['load_avg_at_start']}, at end "
         f"{d['load_avg_at_end']}; {m['cpu']}, {m['cores']} cores{built}. "
         f"llama-cpp-python {d['llama_cpp_version']}; default model (SmolLM2-135M-Instruct) "
         f"as GGUFs re-encoded from the shipped Q4_1: {_files(d)}. "
@@ -111,7 +112,7 @@ def perplexity_section(d: dict) -> list[str]:
             if cap.get("capped") else f"all its windows of {d['context']} tokens")
     lines = [
         "## Perplexity: ours vs llama.cpp on the same files (benchmarks/bench_perplexity.py)", "",
-        f"Started {m['date']}, load average then {m['load_avg_at_start']}, at end "
+        f"Started {m['date']}{_code(m)}, load average then {m['load_avg_at_start']}, at end "
         f"{d['load_avg_at_end']}. Text: benchmarks/data/{d['text']}, {what}; the same text "
         "file and token windows for both engines. Ours: `tpi-chat perplexity --context "
         f"{d['context']} --json` on the GGUF (`--dtype auto`, 1 rank, {d['threads']} threads). "

@@ -100,6 +100,22 @@ def _keep_run_notes(extra: dict, args: argparse.Namespace, ran: set[str]) -> dic
     return extra
 
 
+def hand_run_sections(path: Path) -> str:
+    """The sections of the RESULTS.md being replaced whose title says "run by hand": no step
+    here measures them, so a re-render carries them over as they are."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    kept, keep = [], False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            keep = "run by hand" in line
+        if keep:
+            kept.append(line)
+    return "\n".join(kept).strip() + "\n" if kept else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fast smoke run; RESULTS.md untouched")
@@ -137,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = _keep_run_notes(extra, args, {name for name, _, _ in steps})
     md = render(OUT, extra)
     target = OUT / "RESULTS.quick.md" if args.quick else HERE / "RESULTS.md"
-    target.write_text(md)
+    by_hand = hand_run_sections(HERE / "RESULTS.md")
+    target.write_text(md + ("\n" + by_hand if by_hand else ""))
     log(f"wrote {target}")
     return 1 if errors else 0
 
