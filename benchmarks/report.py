@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cells import fmt, verdict
 from llama70b_report import llama70b_section
-from llamacpp_report import llamacpp_section, perplexity_section
+from llamacpp_report import llamacpp_section, perplexity_section, ratio_verdict
 from streaming_report import streaming_section
 
 ENGINE_TARGETS = (
@@ -46,10 +46,7 @@ def same_file_targets(llama: list[dict], ppl: dict | None) -> list[str]:
         for r in d.get("ratios", []):
             if r["limit"] is None or not r["ours"].startswith("ours auto"):
                 continue
-            noisy = (r.get("worst_spread") or 0) > 0.5
-            result = ("not measured" if r["ratio"] is None
-                      else f"noisy (spread {r['worst_spread']:.2f})" if noisy
-                      else verdict(r["ratio"], r["limit"]))
+            result = ratio_verdict(r, d.get("runs"))
             lines.append(f"| {r['ours']} / {r['theirs']}, same file, {d['threads']} threads: "
                          f"decode ms/token | <= {r['limit']} | {fmt(r['ratio'], 3)} | "
                          f"{fmt(r.get('paired'), 3)} | {result} |")
