@@ -47,7 +47,8 @@ def wildcard_for(peer_hosts: list[str]) -> str:
     return "::" if any(":" in h for h in peer_hosts) else "0.0.0.0"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """'localhost' or a loopback address (a host name is not resolved)."""
     if host == "localhost":
         return True
     try:
@@ -76,7 +77,7 @@ def dialable(endpoint: str, peer_host: str | None) -> str:
     host = host_of(endpoint)
     if host not in WILDCARDS:
         return endpoint
-    if peer_host is None or _is_loopback(peer_host):
+    if peer_host is None or is_loopback(peer_host):
         return with_host(endpoint, "::1" if host == "::" and peer_host == "::1"
                          else "127.0.0.1")
     return with_host(endpoint, source_address_towards(peer_host))

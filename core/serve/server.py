@@ -14,7 +14,6 @@ stop() return promptly and may be called from any thread but the server's own.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from core.comm.endpoint import is_loopback
 from core.engine.generate import GenerationResult, Generator, StepRunner
 from core.errors import TpiError
 from core.model.tokenizer import ChatTokenizer
@@ -41,15 +41,6 @@ class ServeConfig:
     api_key: str | None = None
     max_queue: int = 16  # requests waiting behind the running one; more get a 503
     max_body: int = 1_000_000  # bytes of a request body; more get a 413 unparsed
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(host: str, api_key: str | None) -> None:
