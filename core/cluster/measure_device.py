@@ -1,0 +1,200 @@
+"""Measure this device for the planner: weight-read speed per format, layer overhead,
+GEMM speed, disk read speed of the shard folder, free memory.
+
+Runs in a child process (`python -m core.cluster.measure_device FOLDER`, one JSON line
+out), so the worker daemon never imports torch or holds the test buffers, and the child
+sees exactly the cores the device's ranks get (its affinity). `measure(folder)` starts
+the child and reads its answer; it takes ~2-4 s on a small CPU and at most
+CHILD_TIMEOUT_S. The buffers are fixed sizes (READ_BYTES per format, DISK_BYTES on
+disk), whatever a master asks.
+
+The read speed is what the engine's own decode path (core/engine/linear.py) streams
+through matrices much larger than any cache; the layer overhead runs the engine's real
+attention and MLP functions on a layer too small to read anything, so it is the cost a
+layer pays whatever its share (Python, norms, rope, attention over a short context).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core.cluster.measures import FORMATS, DeviceSpeed
+from core.errors import TpiError
+
+READ_BYTES = 48 * 2**20  # per format: well past the last-level cache of a home CPU
+DISK_BYTES = 32 * 2**20
+CHILD_TIMEOUT_S = 60.0
+PROBE_FILE = ".tpi-measure.tmp"
+
+
+def measure(folder: Path, formats: tuple[str, ...] = FORMATS,
+            timeout: float = CHILD_TIMEOUT_S) -> DeviceSpeed:
+    """This device's speeds, measured in a child process (TpiError if it fails)."""
+    fmts = [f for f in formats if f in FORMATS]
+    cmd = [sys.executable, "-m", "core.cluster.measure_device", str(folder), ",".join(fmts)]
+    if getattr(sys, "frozen", False):  # the bundle re-runs itself (see rank_host)
+        cmd = [sys.executable, "measure-device", str(folder), ",".join(fmts)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep
+           + os.environ.get("PYTHONPATH", "")}
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise TpiError(f"measuring this device took more than {timeout:g} s") from None
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TpiError(f"measuring this device failed: {last[:300]}")
+    return DeviceSpeed.from_dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+# --- in the child -------------------------------------------------------------------
+
+
+def _best_s(fn, repeat: int, budget_s: float = 0.6) -> float:
+    """Fastest of `repeat` runs of fn (stops early past `budget_s`)."""
+    best = float("inf")
+    end = time.perf_counter() + budget_s
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() > end:
+            break
+    return best
+
+
+def _matrices(fmt: str, rows: int = 1024, cols: int = 2048):
+    """(blocks for engine.linear, total weight bytes): READ_BYTES of `fmt` in matrices of
+    [rows, cols], each its own memory so nothing is read from cache."""
+    import torch
+
+    from core.engine.linear import prepare_block
+    from core.shard.blocks import SCALE
+    from core.shard.qformats import FORMATS as QFORMATS
+    from core.shard.qformats import quantize
+    from core.shard.quant import quantize_int8
+
+    w = torch.randn(rows, cols) * 0.02
+    if fmt in QFORMATS:
+        one = {"wo.0." + fmt: quantize(w, QFORMATS[fmt]).data}
+    elif fmt == "int8":
+        q, s = quantize_int8(w)
+        one = {"wo": q, "wo" + SCALE: s}
+    else:
+        one = {"wo": w.t().contiguous().to(getattr(torch, fmt))}  # [in, out]
+    per = sum(t.nbytes for t in one.values())
+    n = max(2, READ_BYTES // per)
+    blocks = [prepare_block({k: v.clone() for k, v in one.items()}) for _ in range(n)]
+    return blocks, per * n
+
+
+def read_gbps(fmt: str) -> float:
+    import torch
+
+    from core.engine.linear import linear
+
+    blocks, total = _matrices(fmt)
+    x = torch.randn(1, 2048)
+
+    def run() -> None:
+        for b in blocks:
+            linear(x, b, "wo")
+
+    run()  # first touch: page faults, kernel load
+    return total / _best_s(run, 5) / 1e9
+
+
+def layer_ms(layers: int = 8) -> float:
+    """One layer's fixed cost: attention + MLP of a sliver of a layer (1 KV head, 64
+    columns) over a 64-token context, through the engine's own functions."""
+    import torch
+
+    from core.engine.kv_cache import KVCache
+    from core.engine.layers import LayerShapes, attention, mlp
+    from core.engine.linear import prepare_block
+
+    d, hd, n_q = 576, 64, 3
+    s = LayerShapes(n_q=n_q, n_kv=1, head_dim=hd, eps=1e-5)
+    att = prepare_block({"norm": torch.ones(d), "wqkv": torch.randn(d, (n_q + 2) * hd) * .02,
+                         "wo": torch.randn(n_q * hd, d) * .02})
+    ff = prepare_block({"norm": torch.ones(d), "w_gate_up": torch.randn(d, 128) * .02,
+                        "w_down": torch.randn(64, d) * .02})
+    cache = KVCache(layers, 1, hd, 128)
+    cos, sin = torch.ones(1, 1, hd), torch.zeros(1, 1, hd)
+    x = torch.randn(1, d)
+    for i in range(layers):  # a context to attend over, as a short chat has
+        for p in range(64):
+            cache.k[i][:, p] = 0.1
+            cache.v[i][:, p] = 0.1
+
+    def run() -> None:
+        h = x
+        for i in range(layers):
+            h = h + attention(h, att, s, cache, i, 64, cos, sin)
+            h = h + mlp(h, ff, s.eps)
+
+    with torch.inference_mode():
+        run()
+        return _best_s(run, 30) * 1000 / layers
+
+
+def gflops() -> float:
+    import torch
+
+    a, b = torch.randn(64, 1024), torch.randn(1024, 1024)
+    a @ b
+    return 2 * 64 * 1024 * 1024 / _best_s(lambda: a @ b, 10) / 1e9
+
+
+def disk_gbps(folder: Path) -> float:
+    """Cold reads of a fresh file in `folder` (dropped from the page cache first)."""
+    from core.engine.page_cache import evict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PROBE_FILE
+    chunk = os.urandom(2**20)
+    try:
+        with open(path, "wb") as f:
+            for _ in range(DISK_BYTES // len(chunk)):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        evict(path)
+        t0 = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while f.read(4 * 2**20):
+                pass
+        return DISK_BYTES / max(1e-6, time.perf_counter() - t0) / 1e9
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def run_child(folder: Path, formats: list[str]) -> dict:
+    import psutil
+    import torch
+
+    from core.cpu import usable_cores
+
+    cores = usable_cores()
+    torch.set_num_threads(cores)
+    speed = DeviceSpeed(
+        read_gbps={f: read_gbps(f) for f in formats if f in FORMATS},
+        layer_ms=layer_ms(), gflops=gflops(), disk_gbps=disk_gbps(folder),
+        free_bytes=int(psutil.virtual_memory().available), cores=cores,
+        measured_at=time.time())
+    return speed.to_dict()
+
+
+def main(argv: list[str]) -> int:
+    folder = Path(argv[0])
+    formats = [f for f in (argv[1] if len(argv) > 1 else ",".join(FORMATS)).split(",") if f]
+    print(json.dumps(run_child(folder, formats)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

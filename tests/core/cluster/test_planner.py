@@ -1,0 +1,131 @@
+"""The cost model and the planner, on made-up measurements (pure: no process, no socket).
+
+The model is shaped like the default SmolLM2-135M (30 layers, 3 KV heads, q4_1 layers,
+a q8_0 head); devices read weights at a few GB/s and links have a given round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.cluster.cost_model import Member, allreduce_ms, predict
+from core.cluster.measures import DeviceSpeed, LinkSpeed
+from core.cluster.model_bytes import ModelBytes
+from core.cluster.planner import choose
+from core.comm.linkemu import LinkEmulation
+from core.errors import TpiError
+from core.model.config import ModelConfig
+from core.shard.plan import make_plan
+
+GB = 2**30
+CFG = ModelConfig(arch="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                  num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5,
+                  rope_theta=1e4, max_position_embeddings=8192, tie_word_embeddings=True,
+                  qkv_bias=False, qk_norm=False)
+MODEL = ModelBytes(CFG, attn={"q4_1": 16_000_000}, mlp={"q4_1": 50_000_000},
+                   head={"q8_0": 30_000_000}, block_bytes=1_700_000)
+
+
+def speed(gbps: float = 2.0, layer_ms: float = 0.1, disk: float = 1.0) -> DeviceSpeed:
+    return DeviceSpeed(read_gbps={"q4_1": gbps, "q8_0": gbps * 1.2}, layer_ms=layer_ms,
+                       gflops=50.0, disk_gbps=disk, free_bytes=8 * GB, cores=1)
+
+
+def member(name: str, gbps: float = 2.0, rtt: float | None = 0.3, budget: int = 4 * GB,
+           **kw) -> Member:
+    link = None if rtt is None else LinkSpeed(rtt_ms=(rtt,) * 5, mbps=900.0)
+    return Member(name, speed(gbps, **kw), link, budget)
+
+
+ME = member("me", rtt=None)
+
+
+def test_one_rank_is_weight_reads_plus_layer_costs_plus_head():
+    p = predict(MODEL, make_plan(CFG, [1.0]), [ME])
+    reads = 66_000_000 / 2e6 + 30_000_000 / 2.4e6  # ms
+    assert p.ms_per_token == pytest.approx(reads + 30 * 0.1)
+    assert p.link_ms == 0 and p.fits and p.windows == (None,)
+
+
+def test_emulated_latency_costs_two_allreduces_a_layer_of_n_sends_each():
+    two = [ME, member("b", rtt=0.0)]
+    plan = make_plan(CFG, [1.0, 1.0])
+    base = predict(MODEL, plan, two).ms_per_token
+    slow = predict(MODEL, plan, two, LinkEmulation(delay_ms=5.0)).ms_per_token
+    # 60 allreduces x 2 sends (worker's partial, rank 0's sum) + the step broadcast
+    assert slow - base == pytest.approx(60 * 2 * 5 + 5, rel=0.01)
+    three = [ME, member("b", rtt=0.0), member("c", rtt=0.0)]
+    assert allreduce_ms(three, LinkEmulation(delay_ms=5.0), 2304) == pytest.approx(15, rel=0.01)
+
+
+def test_a_window_smaller_than_the_share_adds_disk_reads():
+    tight = Member("me", speed(disk=0.05), None, budget=420 * 2**20)  # ~36 MB for layers
+    p = predict(MODEL, make_plan(CFG, [1.0]), [tight], window="auto")
+    assert p.windows[0] is not None and p.windows[0] < 60
+    assert p.stream_ms > 100 and not p.fits
+    roomy = predict(MODEL, make_plan(CFG, [1.0]), [ME], window="auto")
+    assert roomy.windows == (None,) and p.ms_per_token > roomy.ms_per_token + 100
+
+
+def test_a_device_that_only_adds_latency_is_left_out_and_told_why():
+    c = choose(MODEL, ME, [member("mini-pc", rtt=0.3)], emu=LinkEmulation(delay_ms=2.0))
+    assert c.names == ["me"]
+    why = c.left_out["mini-pc"]
+    assert "link latency" in why and "not needed: the model fits here" in why
+    extra = float(why.split("~")[1].split(" ")[0])
+    assert 200 < extra < 400  # 60 allreduces x 2 sends x 2 ms, minus the compute it saves
+
+
+def test_a_fast_link_and_a_fast_device_take_part_with_a_bigger_share():
+    c = choose(MODEL, ME, [member("desktop", gbps=6.0, rtt=0.05)])
+    assert c.names == ["me", "desktop"]
+    assert c.plan.ranks[1].num_cols > c.plan.ranks[0].num_cols
+    alone = predict(MODEL, make_plan(CFG, [1.0]), [ME]).ms_per_token
+    assert c.prediction.ms_per_token < alone
+
+
+def test_forcing_a_device_in_keeps_it_even_when_slower():
+    slow = member("tablet", rtt=0.3)
+    c = choose(MODEL, ME, [slow], forced={"tablet"}, emu=LinkEmulation(delay_ms=5.0))
+    assert c.names == ["me", "tablet"] and c.left_out == {}
+    alone = choose(MODEL, ME, [slow], emu=LinkEmulation(delay_ms=5.0))
+    assert c.prediction.ms_per_token > alone.prediction.ms_per_token
+    with pytest.raises(TpiError, match="phone"):
+        choose(MODEL, ME, [slow], forced={"phone"})
+
+
+def test_a_model_that_does_not_fit_here_takes_the_device_despite_latency():
+    small = Member("me", speed(), None, budget=420 * 2**20)
+    c = choose(MODEL, small, [member("nas", rtt=2.0, budget=4 * GB)],
+               emu=LinkEmulation(delay_ms=2.0))
+    assert c.names == ["me", "nas"] and c.prediction.fits
+    assert c.plan.ranks[1].num_cols > c.plan.ranks[0].num_cols  # the memory is there
+
+
+def test_the_choice_is_the_best_subset_and_adding_devices_never_slows_the_prediction():
+    devices = [member("a", gbps=3.0, rtt=0.2), member("b", gbps=1.0, rtt=1.5),
+               member("c", gbps=2.5, rtt=0.1)]
+    emu = LinkEmulation(delay_ms=0.5)
+    before = float("inf")
+    for k in range(len(devices) + 1):
+        c = choose(MODEL, ME, devices[:k], emu=emu)
+        assert c.prediction.ms_per_token <= before + 1e-9
+        before = c.prediction.ms_per_token
+    from itertools import combinations
+
+    from core.cluster.planner import best_for
+    every = [best_for(MODEL, [ME, *s], emu, None)[2].ms_per_token
+             for k in range(4) for s in combinations(devices, k)]
+    assert before == pytest.approx(min(every))
+
+
+def test_a_hostile_measurement_is_clipped_not_trusted():
+    d = DeviceSpeed.from_dict({"read_gbps": {"q4_1": 0, "bogus": 5, "q8_0": float("nan")},
+                               "layer_ms": -3, "gflops": "fast", "disk_gbps": 1e99,
+                               "free_bytes": -1, "cores": 10**9})
+    assert set(d.read_gbps) == {"q4_1", "q8_0"}
+    assert d.read_gbps["q4_1"] > 0 and d.read_gbps["q8_0"] == 1.0
+    assert d.layer_ms == 0 and d.gflops == 10.0 and d.disk_gbps <= 1000
+    assert d.free_bytes == 0 and d.cores == 4096
+    assert DeviceSpeed.from_dict("not a dict").read_gbps == {}
+    m = Member("x", d, LinkSpeed((0.1,)), GB)
+    assert predict(MODEL, make_plan(CFG, [1.0, 1.0]), [ME, m]).ms_per_token > 0
