@@ -30,12 +30,14 @@ from app.devices.roster import DeviceRoster
 from app.devices.watch import DeviceWatch
 from app.engine.host import EngineHost
 from app.engine.worker import ReplyStats
+from app.library.dialog import LibraryDialog
 from app.logs import log_dir
 from app.settings.panel import SettingsPanel
 from app.settings.window_setting import window_option
 from app.status_bar import StatusBar
 from app.store.db import Store, data_dir
 from app.store.settings_keys import (
+    DECODE_SPEED,
     GEOMETRY,
     MAX_LOCAL_RANKS,
     MODEL,
@@ -47,6 +49,9 @@ from app.store.settings_keys import (
 from app.theme import app_icon
 from core.cluster.open_model import DEFAULT_MODEL_NAME
 from core.engine.options import RunOptions
+from core.library.fit import Resources
+from core.library.models_dir import models_dir
+from core.library.speed import bytes_per_second
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ class MainWindow(QMainWindow):
         #: addresses mDNS discovery binds to (None = every interface; tests: loopback)
         self.discovery_interfaces: list[str] | None = None
         self.add_device_dialog: AddDeviceDialog | None = None
+        self.library: LibraryDialog | None = None
+        self.world_size = 0  # ranks of the running model (0: none)
         self.roster = DeviceRoster(store, data_dir(), self)
         self._closed = False
         self._reload_pending = False  # devices changed while a reply was streaming
@@ -184,6 +191,8 @@ class MainWindow(QMainWindow):
         self._action(c, "Search chats", self.conversations.focus_search, "Ctrl+K")
 
         m = mb.addMenu("&Model")
+        self._action(m, "Get models\u2026", self.open_library, "Ctrl+Shift+M",
+                     tip="Download a chat model that fits your devices")
         self._action(m, "Open model folder\u2026", self.open_model_folder)
         self._action(m, "Open GGUF file\u2026", self.open_gguf)
         self._action(m, f"Use the default model ({DEFAULT_MODEL_NAME})",
@@ -331,6 +340,31 @@ class MainWindow(QMainWindow):
         if f:
             self.load_model(f)
 
+    def open_library(self) -> LibraryDialog:
+        """Model -> Get models...: the catalog with fit verdicts (one dialog, kept while the
+        app runs so a download goes on when it is hidden)."""
+        if self.library is None:
+            self.library = LibraryDialog(self.library_resources, models_dir, self)
+            self.library.open_requested.connect(self.load_model)
+            self.library.open_file_requested.connect(self.open_gguf)
+            self.library.status.connect(self.status.note)
+        self.library.show()
+        self.library.raise_()
+        self.library.activateWindow()
+        return self.library
+
+    def library_resources(self) -> Resources:
+        """What a catalog model would run on: free memory here, the paired devices'
+        budgets, the memory window setting and the speeds measured so far."""
+        import psutil
+
+        speed = DECODE_SPEED.get(self.store)
+        return Resources(
+            local_budget=int(psutil.virtual_memory().available),
+            device_budgets=tuple(s.memory_budget for s in self.roster.worker_specs()),
+            window=WINDOW.get(self.store), local_ranks=RANKS.get(self.store),
+            local_bytes_per_s=speed.get("local"), cluster_bytes_per_s=speed.get("cluster"))
+
     def set_local_ranks(self, n: int) -> None:
         """Run `n` ranks on this computer (rank 0 + n-1 worker processes); reloads."""
         n = max(1, min(MAX_LOCAL_RANKS, n))
@@ -406,11 +440,13 @@ class MainWindow(QMainWindow):
         self.engine.set_remote_devices(self.roster.worker_specs())
 
     def _model_ready(self, name: str, world_size: int) -> None:
+        self.world_size = world_size
         self.status.set_loading(False, "Ready")
         self.status.set_model(name, world_size)
         self.controller.model_ready(True)
 
     def _world_size_changed(self, n: int) -> None:
+        self.world_size = n
         self.status.set_world_size(n)
         self.status.note(f"Running on {n} rank" + ("s" if n != 1 else "") + " now.")
 
@@ -426,6 +462,17 @@ class MainWindow(QMainWindow):
 
     def _reply_finished(self, stats: ReplyStats) -> None:
         self.status.set_reply_stats(stats.ttft_ms, stats.tokens_per_s)
+        self._note_speed(stats)
+
+    def _note_speed(self, stats: ReplyStats) -> None:
+        """Keep the decode speed (weight bytes/s) for the library's ms/token estimates."""
+        if stats.new_tokens < 8:  # too short to say much beyond the first token
+            return
+        rate = bytes_per_second(self.model_path, stats.tokens_per_s)
+        if rate is None:
+            return
+        where = "cluster" if self.world_size > RANKS.get(self.store) else "local"
+        DECODE_SPEED.set(self.store, {**DECODE_SPEED.get(self.store), where: rate})
 
     def _busy_changed(self, busy: bool) -> None:
         self.status.note("Generating\u2026 (Esc to stop)" if busy else "Ready")
@@ -482,6 +529,8 @@ class MainWindow(QMainWindow):
             self.add_device_dialog = None
         if self.watch is not None:
             self.watch.close()
+        if self.library is not None:
+            self.library.job.cancel()  # what arrived stays; the next download resumes
         self.settings.flush()
         s = self.controller.stream
         if s is not None:

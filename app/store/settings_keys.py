@@ -129,6 +129,39 @@ def parse_flag(value: Any) -> bool:
     return value
 
 
+def parse_speed(value: Any) -> dict[str, float]:
+    """Measured decode speeds (weight bytes/s): "local" (this computer alone) and
+    "cluster" (with paired devices); other keys and non-positive numbers are dropped."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a dict, not {type(value).__name__}")
+    return {k: float(v) for k, v in value.items() if k in ("local", "cluster")
+            and isinstance(_no_bool(v), (int, float)) and v > 0}
+
+
+API_SERVER_DEFAULT: dict[str, Any] = {"enabled": False, "port": 8080, "api_key": "",
+                                      "lan": False}
+MAX_API_KEY = 200
+
+
+def parse_api_server(value: Any) -> dict[str, Any]:
+    """The app's API server: on/off, port, key (may be empty) and whether it listens on
+    the LAN; a missing or bad field takes its default."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a dict, not {type(value).__name__}")
+    out = dict(API_SERVER_DEFAULT)
+    if isinstance(value.get("enabled"), bool):
+        out["enabled"] = value["enabled"]
+    if isinstance(value.get("lan"), bool):
+        out["lan"] = value["lan"]
+    port = value.get("port")
+    if isinstance(_no_bool(port), int) and 1 <= port <= 65535:
+        out["port"] = port
+    key = value.get("api_key")
+    if isinstance(key, str) and len(key) <= MAX_API_KEY and key.isprintable():
+        out["api_key"] = key
+    return out
+
+
 # the settings --------------------------------------------------------------------------
 MODEL: Setting[str | None] = Setting(
     "model", None, parse_model, "The last model loaded (None: the default model).")
@@ -143,4 +176,11 @@ GEOMETRY: Setting[str | None] = Setting(
 PANEL_VISIBLE: Setting[bool] = Setting(
     "panel_visible", True, parse_flag, "Whether the side panel (View -> Show) is shown.")
 
-ALL: tuple[Setting[Any], ...] = (MODEL, SAMPLING, WINDOW, RANKS, GEOMETRY, PANEL_VISIBLE)
+DECODE_SPEED: Setting[dict[str, float]] = Setting(
+    "decode_speed", {}, parse_speed, "Measured decode speeds, for the model library.")
+API_SERVER: Setting[dict[str, Any]] = Setting(
+    "api_server", API_SERVER_DEFAULT, parse_api_server,
+    "Settings -> Local API server: on/off, port, API key, LAN.")
+
+ALL: tuple[Setting[Any], ...] = (MODEL, SAMPLING, WINDOW, RANKS, GEOMETRY, PANEL_VISIBLE,
+                                 DECODE_SPEED, API_SERVER)

@@ -11,6 +11,7 @@ import pytest
 from app.store.db import Store
 from app.store.settings_keys import (
     ALL,
+    API_SERVER_DEFAULT,
     GEOMETRY,
     MODEL,
     PANEL_VISIBLE,
@@ -35,6 +36,8 @@ TODAYS_ROWS = {
     "ranks": "2",
     "geometry": '"01d9d0cb00030000"',
     "panel_visible": "false",
+    "decode_speed": '{"local": 2.5e9}',
+    "api_server": '{"enabled": true, "port": 8123, "api_key": "k", "lan": false}',
 }
 
 
@@ -72,7 +75,8 @@ def test_values_saved_by_todays_app_are_read_back(store):
 
 
 def test_nothing_saved_gives_the_defaults(store):
-    assert [s.get(store) for s in ALL] == [None, {}, "auto", 1, None, True]
+    assert [s.get(store) for s in ALL] == [None, {}, "auto", 1, None, True, {},
+                                           API_SERVER_DEFAULT]
 
 
 @pytest.mark.parametrize("setting, value", [

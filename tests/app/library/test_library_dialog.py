@@ -1,0 +1,98 @@
+"""Model -> Get models...: the catalog with fit verdicts; a download from a local fake hub
+with a moving progress bar, cancel and resume, then the model opens and chats."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.library.dialog import COLUMNS, LibraryDialog
+from core.library.catalog import load_catalog
+from core.library.download import PARTIAL
+from core.library.fit import Resources
+from core.model.default_model import default_gguf_path
+from tests.app.conftest import close_window, open_window, send
+from tests.app.fake_engine import FakeLoader
+from tests.fixtures.fake_hub import FakeHub
+
+GB = 10**9
+DEFAULT_ID = "smollm2-135m-instruct-q4_1"
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The default model's GGUF served as the catalog's SmolLM2 entry."""
+    from huggingface_hub import constants
+
+    entry = next(e for e in load_catalog() if e.id == DEFAULT_ID)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite turns it on
+    with FakeHub({entry.repo: {entry.files[0].name: default_gguf_path()}}) as h:
+        monkeypatch.setenv("HF_ENDPOINT", h.url)
+        yield h
+
+
+def _column(dialog: LibraryDialog, name: str) -> list[str]:
+    col = COLUMNS.index(name)
+    return [dialog.table.item(r, col).text() for r in range(dialog.table.rowCount())]
+
+
+def test_the_catalog_is_listed_with_fit_verdicts(qtbot, tmp_path):
+    res = Resources(local_budget=4 * GB, device_budgets=(8 * GB,), window="all",
+                    local_bytes_per_s=1 * GB)
+    d = LibraryDialog(lambda: res, lambda: tmp_path)
+    qtbot.addWidget(d)
+    names = _column(d, "Model")
+    assert names == [e.name for e in load_catalog()]
+    fits = dict(zip(names, _column(d, "Runs on"), strict=True))
+    assert fits["SmolLM2 135M Instruct"] == "\u2713 Fits this computer"
+    assert fits["Qwen2.5 7B Instruct"] == "\u2713 Fits with your devices"
+    assert fits["Llama 3.3 70B Instruct"] == "\u2717 Too big"
+    speeds = dict(zip(names, _column(d, "Speed"), strict=True))
+    assert speeds["SmolLM2 135M Instruct"] == "~98 ms/token"  # 98 MB at 1 GB/s
+    # with the memory window, the 70B model streams instead
+    res = Resources(local_budget=4 * GB, device_budgets=(8 * GB,), window="auto")
+    d.refresh()
+    fits = dict(zip(names, _column(d, "Runs on"), strict=True))
+    assert fits["Llama 3.3 70B Instruct"].endswith("(memory window)")
+
+
+def test_download_from_the_hub_then_the_model_opens_and_chats(qtbot, hub):
+    hub.state.rate = 60e6  # ~1.6 s for the 98 MB file: the bar has time to move
+    w = open_window(qtbot, FakeLoader())
+    d = w.open_library()
+    d.select(DEFAULT_ID)
+    assert d.primary.text() == "Download"
+    values: list[int] = []
+    d.progress.valueChanged.connect(values.append)
+    with qtbot.waitSignal(d.open_requested, timeout=60000) as opened:
+        qtbot.mouseClick(d.primary, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "MB/s" in d.progress_label.text(), timeout=20000)
+    path = opened.args[0]
+    assert path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert open(path, "rb").read() == default_gguf_path().read_bytes()
+    assert len(set(values)) >= 5 and values == sorted(values)  # it moved, forwards
+    qtbot.waitUntil(lambda: w.controller.ready, timeout=20000)
+    assert w.model_path == path
+    assert d.primary.text() == "Open"  # downloaded: the button opens it
+    send(qtbot, w, "hello there")
+    assert w.chat_view.messages[-1].text() == "You said: hello there"
+    close_window(w)
+
+
+def test_cancel_keeps_what_arrived_and_download_resumes(qtbot, hub, tmp_path):
+    hub.state.rate = 20e6
+    d = LibraryDialog(lambda: Resources(local_budget=4 * GB), lambda: tmp_path)
+    qtbot.addWidget(d)
+    d.select(DEFAULT_ID)
+    qtbot.mouseClick(d.primary, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: d.progress.value() > 100, timeout=20000)
+    with qtbot.waitSignal(d.job.cancelled, timeout=10000):
+        qtbot.mouseClick(d.cancel_button, Qt.MouseButton.LeftButton)
+    assert "resumes" in d.progress_label.text()
+    part = next((tmp_path / DEFAULT_ID / PARTIAL).glob("*.part"))
+    kept = part.stat().st_size
+    assert kept > 0
+    hub.state.rate = None
+    with qtbot.waitSignal(d.open_requested, timeout=60000):
+        qtbot.mouseClick(d.primary, Qt.MouseButton.LeftButton)
+    assert hub.gets()[-1][2] == f"bytes={kept}-"
