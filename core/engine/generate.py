@@ -9,18 +9,27 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from core.engine.sampler import Sampler, SamplingParams
 from core.errors import TpiError
 
+if TYPE_CHECKING:
+    from core.engine.speculative import Speculator
+
 
 class StepRunner(Protocol):
     max_seq: int
 
     def step(self, ids: list[int], pos: int) -> torch.Tensor: ...
+
+
+class VerifyingRunner(StepRunner, Protocol):
+    """A runner speculative decoding can use: logits of every position on request."""
+
+    def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor: ...
 
 
 @dataclass
@@ -35,14 +44,29 @@ class GenerationResult:
     decode_ms_per_token: float
     tokens_per_s: float
     step_ms: list[float] = field(default_factory=list)
+    # speculative decoding: per step, draft tokens proposed and how many the target kept
+    draft_k: list[int] = field(default_factory=list)
+    accepted_per_step: list[int] = field(default_factory=list)
+
+    @property
+    def acceptance(self) -> float | None:
+        """Share of drafted tokens kept (None: nothing was drafted)."""
+        k = sum(self.draft_k)
+        return sum(self.accepted_per_step) / k if k else None
 
 
 class Generator:
-    """Generates replies on a StepRunner, remembering which ids its KV cache holds."""
+    """Generates replies on a StepRunner, remembering which ids its KV cache holds.
 
-    def __init__(self, runner: StepRunner, eos_ids: set[int]):
+    With a `speculator` (core/engine/speculative.py) decode steps may check several
+    drafted tokens at once; the reply is the same (greedy) or drawn from the same
+    distribution (sampling) as without one."""
+
+    def __init__(self, runner: StepRunner, eos_ids: set[int],
+                 speculator: Speculator | None = None):
         self.runner = runner
         self.eos_ids = set(eos_ids)
+        self.speculator = speculator
         self.cached: list[int] = []  # ids whose KV is valid on every rank, in order
 
     def forget(self) -> None:
@@ -65,32 +89,37 @@ class Generator:
                            f"{self.runner.max_seq} tokens; shorten it or start a new chat")
         max_new = min(params.max_new_tokens, room)
         sampler = Sampler(params)
-        seen = torch.tensor(prompt_ids, dtype=torch.int64)
+        spec = self.speculator
+        if spec is not None:
+            spec.begin(params)
         t0 = time.perf_counter()
-        reuse = self._common_prefix(prompt_ids)
+        reuse = common_prefix(self.cached, prompt_ids)
         logits = self._feed(prompt_ids[reuse:], reuse)
         out: list[int] = []
         step_ms: list[float] = []
+        pending = [sampler(logits, torch.tensor(prompt_ids, dtype=torch.int64))]
         t_first = t_last = time.perf_counter()
-        reason = "length"
+        reason = ""
         while True:
-            tok = sampler(logits, seen)
-            out.append(tok)
-            if len(out) == 1:
-                t_first = time.perf_counter()
-            if on_token:
-                on_token(tok)
-            if tok in self.eos_ids:
-                reason = "eos"
-                break
-            if len(out) >= max_new:
+            for tok in pending:  # one token, or what a speculative step kept
+                out.append(tok)
+                if len(out) == 1:
+                    t_first = time.perf_counter()
+                if on_token:
+                    on_token(tok)
+                if tok in self.eos_ids:
+                    reason = "eos"
+                elif len(out) >= max_new:
+                    reason = "length"
+                if reason:
+                    break
+            if reason:
                 break
             if should_stop and should_stop():
                 reason = "stopped"
                 break
-            seen = torch.cat([seen, torch.tensor([tok])])
             ts = time.perf_counter()
-            logits = self._feed([tok], len(self.cached))
+            pending = self._decode_step(prompt_ids + out, sampler, max_new - len(out))
             step_ms.append((time.perf_counter() - ts) * 1000)
         t_last = time.perf_counter()
         n_dec = len(out) - 1
@@ -104,20 +133,47 @@ class Generator:
             decode_ms_per_token=decode_ms,
             tokens_per_s=1000 / decode_ms if decode_ms else 0.0,
             step_ms=step_ms,
+            draft_k=list(spec.k_per_step) if spec else [],
+            accepted_per_step=list(spec.accepted_per_step) if spec else [],
         )
 
-    def _common_prefix(self, ids: list[int]) -> int:
-        n = 0
-        for a, b in zip(self.cached, ids, strict=False):
-            if a != b:
-                break
-            n += 1
-        return min(n, len(ids) - 1)  # at least one token must run, to get logits
+    def _decode_step(self, seq: list[int], sampler: Sampler, budget: int) -> list[int]:
+        """The next token(s) after seq, whose last id the cluster has not run yet; at most
+        `budget` of them are wanted."""
+        spec = self.speculator
+        pos = len(seq) - 1
+        k = 0
+        if spec is not None:
+            room = min(self.runner.max_seq - len(seq), spec.limit(len(seq)), budget - 1)
+            k = spec.control.choose(room)
+        if k > 0:
+            out = spec.step(seq, k, sampler, self._feed, pos)
+            del self.cached[pos + len(out):]  # drafts past the kept ones: overwritten later
+            return out
+        ts = time.perf_counter()
+        logits = self._feed(seq[-1:], pos)
+        if spec is not None:
+            spec.control.note_plain((time.perf_counter() - ts) * 1000)
+        return [sampler(logits, torch.tensor(seq, dtype=torch.int64))]
 
-    def _feed(self, ids: list[int], pos: int) -> torch.Tensor:
+    def _feed(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
         # Positions >= pos are about to be overwritten; if the step fails, the cache is
         # still valid up to pos.
         del self.cached[pos:]
-        logits = self.runner.step(ids, pos)
+        if all_logits:
+            logits = self.runner.step(ids, pos, all_logits=True)
+        else:
+            logits = self.runner.step(ids, pos)
         self.cached.extend(ids)
         return logits
+
+
+def common_prefix(cached: list[int], ids: list[int]) -> int:
+    """How many leading ids the cache already holds (at least one id is left to run, so
+    the step has logits to give)."""
+    n = 0
+    for a, b in zip(cached, ids, strict=False):
+        if a != b:
+            break
+        n += 1
+    return min(n, len(ids) - 1)

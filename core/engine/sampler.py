@@ -45,20 +45,41 @@ class Sampler:
         else:
             self.gen.seed()
 
+    @property
+    def greedy(self) -> bool:
+        return self.p.temperature == 0
+
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor) -> int:
         """logits [V] of the last position; seen [n] int64 ids of prompt + reply so far."""
+        if self.greedy:
+            return self.argmax(logits, seen)
+        return self.draw(self.probs(logits, seen))
+
+    def argmax(self, logits: torch.Tensor, seen: torch.Tensor) -> int:
+        """The greedy pick: the best token after the repetition penalty."""
+        return int(torch.argmax(self.penalised(logits, seen)))
+
+    def penalised(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         if self.p.repetition_penalty != 1.0 and seen.numel():
             logits = _penalise(logits, seen, self.p.repetition_penalty)
-        if self.p.temperature == 0:
-            return int(torch.argmax(logits))
-        logits = logits / self.p.temperature
+        return logits
+
+    def probs(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """The distribution a token is drawn from (temperature > 0): penalty, temperature,
+        top-k, top-p. Speculative decoding compares the target's and the draft's through
+        this one function, so every setting shapes both alike."""
+        logits = self.penalised(logits, seen) / self.p.temperature
         if self.p.top_k:
             kth = torch.topk(logits, min(self.p.top_k, logits.numel())).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         if self.p.top_p < 1.0:
             probs = _nucleus(probs, self.p.top_p)
+        return probs
+
+    def draw(self, probs: torch.Tensor) -> int:
+        """One token from `probs` (need not sum to 1), with this sampler's generator."""
         return int(torch.multinomial(probs, 1, generator=self.gen))
 
 
