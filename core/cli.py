@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a service, say)")
     w.add_argument("--data-dir", default=None, help="identity, trusted masters and shards")
     w.add_argument("--memory-budget", default=None, help="memory offered to masters, e.g. 3GB")
+    w.add_argument("--shard-quota", default=None,
+                   help="disk each paired master's shards may take, e.g. 40GB (default: "
+                        "half of the disk; its least recently used shards make room)")
     w.add_argument("--masters", action="store_true", help="list the paired masters and exit")
     w.add_argument("--unpair", metavar="NAME|FINGERPRINT|all", default=None,
                    help="forget a paired master (it is refused from its next connect) and exit")

@@ -4,8 +4,9 @@ It keeps its identity and trusted masters in --data-dir, answers info (and pairi
 while the user has opened it) on its plaintext pairing port (--port), advertises itself
 over mDNS on --host only, and serves paired masters on a CURVE control port (ZAP
 allow-list = trusted masters, checked at each connect, so unpairing is live): ping,
-info, shard shipping into DIR/shards, run_rank / stop_rank, unpair. See
-core/cluster/worker_protocol.py. SIGINT/SIGTERM stop the ranks and unregister mDNS.
+info, shard shipping into DIR/shards (a folder per master, within a disk quota),
+run_rank / stop_rank, unpair. See core/cluster/worker_protocol.py. SIGINT/SIGTERM stop
+the ranks and unregister mDNS.
 
 Pairing is closed until the user opens it on the device: `--pair [MINUTES]` at start,
 P in the console, or `tpi-chat worker --pair` while this worker runs (as a service, say:
@@ -41,7 +42,7 @@ from core.cluster.pairing_window import (
 )
 from core.cluster.peer_info import PeerInfo, local_peer_info
 from core.cluster.rank_runner import RankRunner
-from core.cluster.shard_cache import ShardCache
+from core.cluster.shard_store import ShardStore
 from core.cluster.ship_messages import REQUEST_OPS
 from core.cluster.ship_receiver import serve_shipping
 from core.cluster.trust import TrustStore
@@ -91,15 +92,16 @@ class WorkerDaemon:
     """Everything `tpi-chat worker` runs; `serve(stop)` blocks until stop is set."""
 
     def __init__(self, data_dir: Path, name: str | None = None, host: str | None = None,
-                 port: int = 0, memory_budget: int | None = None):
+                 port: int = 0, memory_budget: int | None = None,
+                 shard_quota: int | None = None):
         self.data_dir = Path(data_dir)
         self.identity = load_or_create(self.data_dir, name=name or socket.gethostname())
         self.trust = TrustStore.open("master", self.data_dir)
         self.bind = host or "0.0.0.0"
         self.address = host or _lan_address()
         self.budget = memory_budget
-        self.cache = ShardCache(self.data_dir / "shards")
         self.ranks = RankRunner(self.identity, self.address, self.data_dir / "logs")
+        self.shards = ShardStore(self.data_dir / "shards", shard_quota, busy=self.ranks.uses)
         self.refused = 0  # bad control messages seen (strangers never get this far)
         self._last_note = -LOG_EVERY_S
         last = saved_ports(self.data_dir)
@@ -234,16 +236,18 @@ class WorkerDaemon:
             return "pong", {"t": t if isinstance(t, int | float) else 0,
                             "ranks": self.ranks.status(key),
                             "why": self.ranks.last_words(key)}
-        if msg.op in REQUEST_OPS:
-            return serve_shipping(self.cache, msg)
+        if msg.op in REQUEST_OPS:  # a master's split ids name its own folder only
+            return serve_shipping(self.shards.for_master(key), msg)
         if msg.op == "info":
             return "info", {"txt": self.describe().to_txt()}
         if msg.op == "run_rank":
             req = RunRank.from_meta(msg.meta)
-            if not self.cache.is_complete(req.split_id):
+            cache = self.shards.for_master(key)
+            if not cache.is_complete(req.split_id):
                 raise ProtocolError(f"shard {req.split_id} is not on this worker; ship it first")
             check_reachable(req.control)
-            self.ranks.start(key, req.rank, req.control, self.cache.rank_dir(req.split_id))
+            cache.touch(req.split_id)
+            self.ranks.start(key, req.rank, req.control, cache.rank_dir(req.split_id))
             _say(f"running rank {req.rank} of {req.split_id}")
             return "rank_started", {"rank": req.rank}
         if msg.op == "stop_rank":
@@ -253,6 +257,7 @@ class WorkerDaemon:
         if msg.op == "unpair":
             self.ranks.stop(key)
             removed = self.trust.remove(key)
+            self.shards.forget(key)
             for p in removed:
                 _say(f"unpaired '{p.name}'")
             return "unpaired", {}
@@ -282,7 +287,7 @@ class WorkerDaemon:
         self.gate.close()
         self.pairing.close()
         self.ctl.close()
-        self.cache.close()
+        self.shards.close()
 
 
 def manage_masters(data_dir: Path, unpair: str | None) -> int:
@@ -322,7 +327,11 @@ def main(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     if args.masters or args.unpair:
         return manage_masters(data_dir, args.unpair)
-    budget = parse_size(args.memory_budget) if args.memory_budget else None
+    try:
+        budget = parse_size(args.memory_budget) if args.memory_budget else None
+        quota = parse_size(args.shard_quota) if getattr(args, "shard_quota", None) else None
+    except ValueError as e:
+        raise TpiError(str(e)) from None
     minutes = pair_minutes(args)
     lock = DaemonLock(data_dir)
     if not lock.acquire():
@@ -332,7 +341,7 @@ def main(args: argparse.Namespace) -> int:
                            "--pair` opens pairing on the running one)")
         return open_on_running(data_dir, minutes)
     try:
-        return _run(args, data_dir, budget, minutes)
+        return _run(args, data_dir, budget, minutes, quota)
     finally:
         lock.release()
 
@@ -362,9 +371,9 @@ def open_on_running(data_dir: Path, minutes: float) -> int:
 
 
 def _run(args: argparse.Namespace, data_dir: Path, budget: int | None,
-         minutes: float | None) -> int:
+         minutes: float | None, quota: int | None = None) -> int:
     try:
-        daemon = WorkerDaemon(data_dir, args.name, args.host, args.port, budget)
+        daemon = WorkerDaemon(data_dir, args.name, args.host, args.port, budget, quota)
     except (OSError, ValueError) as e:
         raise TpiError(f"cannot start the worker: {e}") from e
     stop = threading.Event()

@@ -51,6 +51,7 @@ class RankRunner:
         self.logs = logs
         self.procs: dict[tuple[str, int], subprocess.Popen] = {}
         self.exits: dict[tuple[str, int], int] = {}
+        self.dirs: dict[tuple[str, int], Path] = {}  # what each running rank reads
 
     def start(self, master_key: str, rank: int, control: str, rank_dir: Path) -> None:
         self.reap()
@@ -59,6 +60,7 @@ class RankRunner:
             raise RuntimeError(f"this worker already runs {MAX_RUNNING} ranks")
         self.logs.mkdir(parents=True, exist_ok=True)
         secrets = RankSecrets(CurveClientConfig(self.identity, master_key), rank_dir, self.host)
+        self.dirs[(master_key, rank)] = Path(rank_dir)
         self.procs[(master_key, rank)] = spawn_rank(
             control, rank, self.logs / f"rank{rank}.log", secrets,
             _die_with_parent if sys.platform == "linux" else None)
@@ -75,6 +77,11 @@ class RankRunner:
         master quotes it on the device's card."""
         return {str(r): log_tail(self.logs / f"rank{r}.log")
                 for (k, r), c in self.exits.items() if k == master_key and c != 0}
+
+    def uses(self, rank_dir: Path) -> bool:
+        """Does a running rank read `rank_dir`? (its shard must not be deleted)"""
+        self.reap()
+        return any(d == Path(rank_dir) and k in self.procs for k, d in self.dirs.items())
 
     def reap(self) -> None:
         for key, p in list(self.procs.items()):

@@ -7,6 +7,12 @@ Layout under the cache root, one folder per shipped rank:
     <root>/<split_id>/.verified.json        (size, mtime_ns, sha256) per verified file
     <root>/<split_id>/manifest.json         written last: its presence marks the dir usable
 
+The worker gives each paired master a cache of its own (core/cluster/shard_store.py), so
+one master's split ids never name another's files. Disk use is bounded by a DiskBudget
+shared by all of them (disk_budget.py): a `begin` claims what the ship still needs, and
+a master whose quota is full has its least recently used committed shards removed first
+(never one a running rank reads, `busy`). At most 8 temp files are open at a time.
+
 Every name from the wire is one plain path component (`check_name`) and its resolved path
 must stay inside the root, so a hostile name is refused before anything touches the disk.
 The sidecar lets a restarted worker skip re-hashing gigabytes: a file whose size and
@@ -23,10 +29,13 @@ import hashlib
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.cluster.disk_budget import Claim, DiskBudget, NoSpace, folder_bytes
 from core.cluster.ship_messages import MAX_CHUNK, check_name, check_sha256
 from core.errors import ProtocolError, ShardError
 from core.shard.blocks import MANIFEST
@@ -34,8 +43,10 @@ from core.shard.manifest import BlockInfo, Manifest, sha256_file, write_manifest
 
 SIDECAR = ".verified.json"
 PART = ".part"
-DEFAULT_RESERVE = 64 << 20  # keep this much disk free after a ship, for everything else
 _MAX_SESSIONS = 8  # concurrent ships in progress (one per split id); oldest is dropped
+_MAX_SHARDS = 64  # shard folders one master may keep (the least recently used go first)
+_MAX_OPEN = 8  # temp files held open (a master may write to 4096 files of 8 ships)
+STALE_S = 24 * 3600  # an unfinished ship untouched this long is deleted
 _MAX_FILES = 4096
 _READ = 1 << 20
 
@@ -48,8 +59,7 @@ class HashMismatch(ShardError):
         self.file = file
 
 
-class NoSpace(ShardError):
-    """The worker's disk cannot hold the shard."""
+__all__ = ["NoSpace", "HashMismatch", "ShardCache", "FileHave"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ class _Session:
     dir: Path
     manifest: Manifest
     blocks: dict[str, BlockInfo]  # by file name
+    claim: Claim
     complete: set[str] = field(default_factory=set)
     parts: dict[str, _Part] = field(default_factory=dict)
 
@@ -92,13 +103,16 @@ class ShardCache:
     """Receives rank dirs into `root`; see the module docstring for the layout."""
 
     def __init__(self, root: Path, *, max_chunk: int = MAX_CHUNK,
-                 reserve_bytes: int = DEFAULT_RESERVE):
+                 budget: DiskBudget | None = None,
+                 busy: Callable[[Path], bool] = lambda d: False):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._real_root = self.root.resolve()
         self.max_chunk = min(int(max_chunk), MAX_CHUNK)
-        self.reserve_bytes = int(reserve_bytes)
+        self.budget = budget or DiskBudget(self.root)
+        self.busy = busy
         self._sessions: dict[str, _Session] = {}
+        remove_stale(self.root)
 
     # ---- paths -------------------------------------------------------------------------
 
@@ -124,7 +138,7 @@ class ShardCache:
         m, blocks = self._check_manifest(d, split_id, manifest)
         old = self._sessions.pop(split_id, None)
         if old is not None:  # the master restarted its ship: forget the stale writers
-            old.close()
+            self._drop(old)
         d.mkdir(exist_ok=True)
         side = _load_sidecar(d)
         have: dict[str, FileHave] = {}
@@ -146,18 +160,12 @@ class ShardCache:
             # Files are about to change: the dir must not look complete meanwhile.
             (d / MANIFEST).unlink(missing_ok=True)
         _save_sidecar(d, {f: e for f, e in side.items() if f in blocks})
-        free = shutil.disk_usage(self.root).free
-        if need + self.reserve_bytes > free:
-            raise NoSpace(
-                f"Not enough disk space for shard {split_id}: it needs {need / 1e6:.1f} MB "
-                f"more (keeping {self.reserve_bytes / 1e6:.0f} MB spare) but only "
-                f"{free / 1e6:.1f} MB are free in {self.root}. Free some space or choose "
-                "another cache folder."
-            )
-        s = _Session(d, m, blocks, {f for f, h in have.items() if h.complete})
+        self._make_room(need, keep=d)
+        claim = self.budget.claim(self.root, split_id, need)
+        s = _Session(d, m, blocks, claim, {f for f, h in have.items() if h.complete})
         self._sessions[split_id] = s
         while len(self._sessions) > _MAX_SESSIONS:
-            self._sessions.pop(next(iter(self._sessions))).close()
+            self._drop(self._sessions.pop(next(iter(self._sessions))))
         return have
 
     def chunk(self, split_id: str, file: str, offset: int, data: memoryview | bytes) -> int:
@@ -173,6 +181,7 @@ class ShardCache:
             raise ProtocolError(f"A chunk at {offset} of {n} bytes would make {file} larger "
                                 f"than the {b.bytes} bytes its manifest declares.")
         p = s.parts.get(file) or self._open_part(s, file)
+        s.parts[file] = s.parts.pop(file)  # most recently used last
         if offset != p.size:
             raise ProtocolError(
                 f"Chunk of {file} at offset {offset} but the worker holds {p.size} bytes: "
@@ -189,6 +198,7 @@ class ShardCache:
             raise
         p.hasher.update(data)
         p.size += n
+        s.claim.written += n
         return p.size
 
     def end_file(self, split_id: str, file: str, sha256: str) -> None:
@@ -238,14 +248,41 @@ class ShardCache:
         _fsync_dir(s.dir)
         for stray in s.dir.glob("*" + PART):  # leftovers of files no longer in the manifest
             stray.unlink(missing_ok=True)
-        self._sessions.pop(split_id).close()
+        self._drop(self._sessions.pop(split_id))
         return s.dir
 
     def close(self) -> None:
         """Close every temp file (they stay on disk, ready to resume)."""
         for s in self._sessions.values():
-            s.close()
+            self._drop(s)
         self._sessions.clear()
+
+    def _drop(self, s: _Session) -> None:
+        s.close()
+        self.budget.release(s.claim)
+
+    def _make_room(self, need: int, keep: Path) -> None:
+        """Over quota or over _MAX_SHARDS folders: delete this master's least recently
+        used shards (not `keep`, not one in a ship, not one a rank runs from) until
+        `need` more bytes fit."""
+        excess = self.budget.over_quota(self.root, need)
+        dirs = [d for d in self.root.iterdir() if d.is_dir()]
+        extra = len(dirs) - _MAX_SHARDS
+        if excess <= 0 and extra <= 0:
+            return
+        open_dirs = {s.dir for s in self._sessions.values()}
+        for d in sorted((d for d in dirs if d != keep and d not in open_dirs
+                         and not self.busy(d)), key=_last_used):
+            if excess <= 0 and extra <= 0:
+                break
+            excess -= folder_bytes(d)
+            extra -= 1
+            shutil.rmtree(d, ignore_errors=True)
+
+    def touch(self, split_id: str) -> None:
+        """Mark a committed shard as used now (least recently used ones go first)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.rank_dir(split_id) / MANIFEST)
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -274,11 +311,40 @@ class ShardCache:
         return m, blocks
 
     def _open_part(self, s: _Session, file: str) -> _Part:
+        open_parts = [(x, f) for x in self._sessions.values() for f in x.parts]
+        for x, f in open_parts[:max(0, len(open_parts) - _MAX_OPEN + 1)]:
+            x.parts.pop(f).fh.close()  # reopened (and its prefix re-hashed) if needed
         fh = open(s.dir / (file + PART), "ab", buffering=0)
         size = fh.seek(0, os.SEEK_END)
         p = _Part(fh, size, hashlib.sha256() if size == 0 else None)
         s.parts[file] = p
         return p
+
+
+def _last_used(d: Path) -> float:
+    with contextlib.suppress(OSError):
+        return (d / MANIFEST).stat().st_mtime
+    return d.stat().st_mtime
+
+
+def remove_stale(root: Path, now: float | None = None) -> list[Path]:
+    """Delete unfinished ships (no manifest.json) untouched for STALE_S, and temp files
+    left in finished ones (a crash between rename and cleanup); returns what went."""
+    now = time.time() if now is None else now
+    gone: list[Path] = []
+    for d in root.iterdir() if root.is_dir() else ():
+        if not d.is_dir() or d.is_symlink():
+            continue
+        if (d / MANIFEST).is_file():
+            for p in d.glob("*" + PART):
+                p.unlink(missing_ok=True)
+                gone.append(p)
+            continue
+        newest = max((p.stat().st_mtime for p in d.iterdir()), default=d.stat().st_mtime)
+        if now - newest > STALE_S:
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d)
+    return gone
 
 
 def _entry(path: Path, sha256: str) -> dict[str, Any]:

@@ -123,15 +123,18 @@ def service_data_dir(data_dir: str | None, account: Account) -> Path:
 def service_from_args(args: argparse.Namespace, account: Account) -> WorkerService:
     """The service for `tpi-chat worker` with these options. --port is passed only when
     given: without it the worker reuses the ports it saved in its data dir."""
-    if args.memory_budget:
-        try:  # refuse a bad budget now, not in a log after the next reboot
-            parse_size(args.memory_budget)
+    quota = getattr(args, "shard_quota", None)
+    for size in (args.memory_budget, quota):
+        try:  # refuse a bad size now, not in a log after the next reboot
+            if size:
+                parse_size(size)
         except ValueError as e:
             raise TpiError(str(e)) from None
     data_dir = service_data_dir(args.data_dir, account)
     argv = [*app_command(), "worker", "--data-dir", str(data_dir)]
     for flag, value in (("--name", args.name), ("--host", args.host),
-                        ("--port", args.port or None), ("--memory-budget", args.memory_budget)):
+                        ("--port", args.port or None), ("--memory-budget", args.memory_budget),
+                        ("--shard-quota", quota)):
         if value is not None:
             argv += [flag, str(value)]
     return WorkerService(tuple(argv), data_dir, source_root())

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 
+import core.cluster.disk_budget as disk_budget
 import core.cluster.shard_cache as shard_cache
 from core.cluster.shard_cache import PART, HashMismatch, NoSpace, ShardCache
 from core.cluster.ship_messages import REPLY_OPS, REQUEST_OPS, check_name
@@ -383,7 +384,7 @@ def test_commit_needs_every_file_and_writes_the_manifest_last(split, tmp_path):
 
 def test_a_full_disk_is_refused_up_front_with_a_clear_error(split, tmp_path, monkeypatch):
     cache = ShardCache(tmp_path / "c")
-    monkeypatch.setattr(shard_cache.shutil, "disk_usage",
+    monkeypatch.setattr(disk_budget.shutil, "disk_usage",
                         lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(NoSpace, match="Not enough disk space"):
         _begin(cache, split[1])
