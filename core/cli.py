@@ -68,6 +68,17 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="system prompt")
 
 
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speculate", default="auto", metavar="auto|off|K",
+                   help="speculative decoding: a draft model on this computer proposes tokens "
+                        "and the cluster checks several in one step. auto (default): on when "
+                        "it pays (slow links), k adapting; off; or K draft tokens a step")
+    p.add_argument("--draft", default="self", metavar="self|MODEL",
+                   help="the draft model: self (default: this model quantized, on this "
+                        "computer only) or a smaller model with the same tokenizer (folder "
+                        "or .gguf)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tpi-chat", description=__doc__.splitlines()[0])
     parser.add_argument("--self-test", action="store_true",
@@ -77,9 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate one reply to --prompt")
     _model_args(g)
     _sampling_args(g)
+    _spec_args(g)
     g.add_argument("--prompt", required=True)
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
-    g.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    g.add_argument("--json", action="store_true",
+                   help="end with one JSON line of results (with speculative decoding: "
+                        "accepted_per_step, draft_k, acceptance)")
 
     pp = sub.add_parser("perplexity", help="perplexity of the model on a text file",
                         description="Perplexity as llama.cpp's llama-perplexity measures it: "
@@ -93,12 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="interactive chat in the terminal")
     _model_args(c)
     _sampling_args(c)
+    _spec_args(c)
 
     sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP API over the model",
                         description="Serve the model to other programs over OpenAI's API "
                         "(/v1/chat/completions, /v1/completions, /v1/models), one reply at "
                         "a time, the others waiting in line.")
     _model_args(sv)
+    _spec_args(sv)
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1: this computer only; any "
                          "other needs --api-key)")

@@ -16,12 +16,16 @@ from core.cluster.session import Session
 from core.cluster.ship_term import ShipTermLine
 from core.cluster.transfer_rate import Clock
 from core.engine.chat import ChatSession
+from core.engine.generate import GenerationResult
 from core.engine.options import RunOptions, parse_window
 from core.engine.sampler import SamplingParams
+from core.engine.spec_control import Speculate, parse_speculate
+from core.engine.speculative import Speculator
 from core.errors import PeerError, TpiError
 from core.model.model_dir import resolve_model
 from core.model.tokenizer import ChatTokenizer
 from core.progress import DeviceStage, Progress, TermProgress
+from core.ranks.draft import start_speculator
 from core.ranks.local_cluster import LocalCluster
 from core.shard.layout import AUTO, parse_dtype
 from core.shard.plan import parse_shares
@@ -55,17 +59,42 @@ def _sampling(args: Namespace) -> SamplingParams:
         raise TpiError(str(e)) from None
 
 
-def _start(args: Namespace) -> tuple[LocalCluster | Session, ChatTokenizer]:
+def _speculate(args: Namespace) -> Speculate:
+    return parse_speculate(getattr(args, "speculate", "off"), getattr(args, "draft", "self"))
+
+
+def _start(args: Namespace) -> tuple[LocalCluster | Session, ChatTokenizer, Speculator | None]:
     """This computer, plus the paired devices --devices names (left out when they do
-    not answer or cannot start: the run goes on without them)."""
+    not answer or cannot start: the run goes on without them), and the draft model."""
     model_dir, tokenizer = open_for(args)
-    return start_for(args, model_dir), tokenizer
+    cluster = start_for(args, model_dir)
+    try:
+        return cluster, tokenizer, speculator_for(args, model_dir, tokenizer, cluster)
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def speculator_for(args: Namespace, model_dir: Path, tokenizer: ChatTokenizer,
+                   cluster: LocalCluster | Session) -> Speculator | None:
+    """The draft model --speculate/--draft ask for. With `auto` a draft that cannot load
+    is not fatal: the replies come without it (and a note says why)."""
+    setting = _speculate(args)
+    try:
+        return start_speculator(model_dir, tokenizer, setting, _options(args),
+                                cluster.world_size, _stage_progress())
+    except TpiError as e:
+        if setting.k is not None:
+            raise
+        print(f"tpi-chat: speculative decoding off: {e}", file=sys.stderr)
+        return None
 
 
 def open_for(args: Namespace) -> tuple[Path, ChatTokenizer]:
     """--model opened (GGUF import, tokenizer), the options and --devices checked first;
     a command that vets the model before any rank starts calls this, then start_for."""
     _options(args)
+    _speculate(args)
     Roster(data_dir_of(args)).worker_specs(args.devices)
     return open_model(args.model, _stage_progress())
 
@@ -113,9 +142,10 @@ def _stage_progress(stream: TextIO | None = None, clock: Clock = time.monotonic)
 
 def cmd_generate(args: Namespace) -> int:
     params = _sampling(args)
-    cluster, tok = _start(args)
+    cluster, tok, spec = _start(args)
     try:
         session = ChatSession(tok, cluster, system=args.system)
+        session.generator.speculator = spec
 
         def show(piece: str) -> None:
             sys.stdout.write(piece)
@@ -137,10 +167,26 @@ def cmd_generate(args: Namespace) -> int:
                 "ranks": cluster.world_size,
                 "window": cluster.window_label,
                 "peak_rss_mb": [round(s.peak_rss_mb, 1) for s in cluster.refresh_stats()],
+                **_spec_json(result),
             }))
         return 0
     finally:
+        _close(cluster, spec)
+
+
+def _spec_json(result: GenerationResult) -> dict:
+    """What speculative decoding did in a reply: k and tokens kept per step."""
+    acc = result.acceptance
+    return {"draft_k": result.draft_k, "accepted_per_step": result.accepted_per_step,
+            "acceptance": None if acc is None else round(acc, 4)}
+
+
+def _close(cluster: LocalCluster | Session, spec: Speculator | None) -> None:
+    try:
         cluster.close()
+    finally:
+        if spec is not None:
+            spec.close()
 
 
 QUIT_COMMANDS = ("/quit", "/exit", "/q")
@@ -148,8 +194,9 @@ QUIT_COMMANDS = ("/quit", "/exit", "/q")
 
 def cmd_chat(args: Namespace) -> int:
     params = _sampling(args)
-    cluster, tok = _start(args)
+    cluster, tok, spec = _start(args)
     session = ChatSession(tok, cluster, system=args.system)
+    session.generator.speculator = spec
     print(f"TPI Chat on {cluster.world_size} rank(s). Empty line, /quit or Ctrl-D quits.",
           flush=True)
     try:
@@ -168,12 +215,13 @@ def cmd_chat(args: Namespace) -> int:
                 print(f"\n[{e}]", flush=True)
                 continue
             r = reply.result
+            kept = "" if r.acceptance is None else f", {r.acceptance:.0%} of drafts kept"
             print(f"\n[{r.tokens_per_s:.1f} tokens/s, first token after {r.ttft_ms:.0f} ms"
-                  f", {cluster.world_size} rank{'s' if cluster.world_size != 1 else ''}]",
-                  flush=True)
+                  f", {cluster.world_size} rank{'s' if cluster.world_size != 1 else ''}"
+                  f"{kept}]", flush=True)
         return 0
     finally:
-        cluster.close()
+        _close(cluster, spec)
 
 
 def cmd_split(args: Namespace) -> int:

@@ -124,8 +124,10 @@ class _RecordingRunner:
     def max_seq(self) -> int:
         return self._runner.max_seq
 
-    def step(self, ids: list[int], pos: int):
+    def step(self, ids: list[int], pos: int, all_logits: bool = False):
         self._record()
+        if all_logits:  # a speculative step checking drafted tokens
+            return self._runner.step(ids, pos, all_logits=True)
         return self._runner.step(ids, pos)
 
 

@@ -8,9 +8,9 @@ import sys
 import threading
 from argparse import Namespace
 
-from core.cli_commands import open_for, start_for
+from core.cli_commands import open_for, speculator_for, start_for
 from core.cluster.open_model import model_display_name
-from core.engine.generate import GenerationResult
+from core.engine.generate import GenerationResult, Generator
 from core.errors import TpiError
 from core.serve.server import ApiServer, ServeConfig, check_exposure, listen_socket
 
@@ -25,18 +25,24 @@ def cmd_serve(args: Namespace) -> int:
                          max_queue=args.max_queue)
     check_exposure(config.host, key)
     sock = listen_socket(config.host, config.port)  # a taken port fails before the load
+    cluster = spec = None
     try:
         model_dir, tokenizer = open_for(args)
         cluster = start_for(args, model_dir)
+        spec = speculator_for(args, model_dir, tokenizer, cluster)
     except BaseException:
         sock.close()
+        if cluster is not None:
+            cluster.close()
         raise
     server = None
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         name = model_display_name(args.model)
-        server = ApiServer(tokenizer, cluster, name, config, on_reply=_log_reply).start(sock)
+        generator = Generator(cluster, tokenizer.eos_ids, speculator=spec)
+        server = ApiServer(tokenizer, None, name, config, generator=generator,
+                           on_reply=_log_reply).start(sock)
         ranks = cluster.world_size
         print(f"TPI Chat serving '{name}' on {ranks} rank{'s' if ranks != 1 else ''} at "
               f"{server.url}/v1{' (API key required)' if key else ''}. Ctrl-C stops.",
@@ -52,10 +58,13 @@ def cmd_serve(args: Namespace) -> int:
         if server is not None:
             server.stop()
         cluster.close()
+        if spec is not None:
+            spec.close()
 
 
 def _log_reply(r: GenerationResult, gone: bool) -> None:
     what = "client went away" if gone else r.stop_reason
+    kept = "" if r.acceptance is None else f", {r.acceptance:.0%} of drafts kept"
     print(f"tpi-chat: {r.prompt_tokens} prompt tokens ({r.reused_tokens} cached), "
           f"{len(r.token_ids)} generated ({what}), first token {r.ttft_ms:.0f} ms, "
-          f"{r.tokens_per_s:.1f} tokens/s", file=sys.stderr, flush=True)
+          f"{r.tokens_per_s:.1f} tokens/s{kept}", file=sys.stderr, flush=True)

@@ -36,15 +36,28 @@ class AdjustedRunner:
         """A token was generated (called before the next step)."""
         self.counts[token] += 1
 
-    def step(self, ids: list[int], pos: int) -> torch.Tensor:
-        logits = self.runner.step(ids, pos).float().clone()
+    def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
+        """The runner's logits, adjusted. With `all_logits` (a speculative step checking
+        drafted tokens: ids = [last token, drafts...]) row i also counts the drafts before
+        it, as if they had been generated: each row is what a plain step there would see."""
+        if not all_logits:
+            return self._adjust(self.runner.step(ids, pos).float().clone(), self.counts)
+        rows = self.runner.step(ids, pos, all_logits=True).float().clone()
+        counts = Counter(self.counts)
+        for i in range(rows.shape[0]):
+            if i:
+                counts[ids[i]] += 1
+            rows[i] = self._adjust(rows[i], counts)
+        return rows
+
+    def _adjust(self, logits: torch.Tensor, counts: Counter[int]) -> torch.Tensor:
         vocab = logits.shape[-1]
         if self.bias:
             toks = [t for t in self.bias if t < vocab]
             logits[toks] += torch.tensor([self.bias[t] for t in toks])
-        if self.counts:
-            toks = list(self.counts)
-            n = torch.tensor([self.counts[t] for t in toks], dtype=logits.dtype)
+        if counts:
+            toks = list(counts)
+            n = torch.tensor([counts[t] for t in toks], dtype=logits.dtype)
             logits[toks] -= self.presence + self.frequency * n
         return logits
 
@@ -56,7 +69,9 @@ def needs_adjusting(sampling: Sampling) -> bool:
 @contextmanager
 def adjusted(generator: Generator, sampling: Sampling) -> Iterator[AdjustedRunner | None]:
     """The generator steps through an AdjustedRunner for one reply (None when there is
-    nothing to adjust); its KV bookkeeping is untouched, since the model is the same."""
+    nothing to adjust); its KV bookkeeping is untouched, since the model is the same.
+    A speculative draft is not adjusted: the accept/reject rule keeps the adjusted target
+    distribution whatever the draft proposes; only fewer drafts may be kept."""
     if not needs_adjusting(sampling):
         yield None
         return

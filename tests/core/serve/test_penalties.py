@@ -37,3 +37,20 @@ def test_nothing_to_adjust_leaves_the_runner_alone():
     gen = Generator(Flat(), eos_ids={7})
     with adjusted(gen, Sampling()) as runner:
         assert runner is None and isinstance(gen.runner, Flat)
+
+
+class Rows(Flat):
+    def step(self, ids, pos, all_logits=False):
+        return torch.zeros(len(ids), 8) if all_logits else torch.zeros(8)
+
+
+def test_a_speculative_check_counts_the_drafts_before_each_row():
+    """Row i of a check of [last, d1, d2] is adjusted as a plain step after d1..di."""
+    gen = Generator(Rows(), eos_ids={7})
+    with adjusted(gen, Sampling(presence_penalty=1.0, frequency_penalty=0.5)) as runner:
+        runner.note(4)  # the last token, already generated
+        rows = runner.step([4, 5, 5], 10, all_logits=True)
+        plain = runner.step([4], 10)
+    assert torch.equal(rows[0], plain)
+    assert rows[1][5] == -1.5 and rows[2][5] == -2.0 and rows[2][4] == -1.5
+    assert runner.counts == {4: 1}  # the drafts are not counted as generated
