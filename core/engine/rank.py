@@ -18,7 +18,8 @@ from core.engine.page_cache import evict
 from core.engine.rope import rope_tables
 from core.engine.scheduler import MemoryScheduler
 from core.shard.blocks import attn_block, block_order, mlp_block
-from core.shard.manifest import Manifest, read_block, verify_rank
+from core.shard.manifest import Manifest, verify_rank
+from core.shard.verified_read import VerifiedReader
 
 DEFAULT_CONTEXT = 4096
 
@@ -51,9 +52,12 @@ class RankRuntime:
         self.cache = KVCache(cfg.num_layers, share.num_kv_heads, cfg.head_dim, self.max_seq)
         self.cos, self.sin = rope_tables(cfg, self.max_seq)  # [S, hd] each
         self.threads = torch.get_num_threads()  # as the caller set it for this rank
+        # Every block is checked against the manifest's sha256 before use (hashed at its
+        # first read, re-hashed when its file changes): shards come from other devices.
+        self.reader = VerifiedReader(self.rank_dir, self.manifest)
         self.scheduler = MemoryScheduler(
             block_order(cfg.num_layers),
-            lambda name: prepare_block(read_block(self.rank_dir, self.manifest, name)),
+            lambda name: prepare_block(self.reader.read(name)),
             window,
             on_release=self._evict if evict_streamed else None,
             prefetch=prefetch,
