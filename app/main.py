@@ -6,11 +6,12 @@ import logging
 import sys
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtWidgets import QApplication
 
 from app.engine.host import EngineHost
 from app.logs import setup_logging
 from app.main_window import MainWindow
+from app.plain_text import warn
 from app.store.db import Store, StoreError
 from app.theme import app_icon, theme
 
@@ -38,7 +39,7 @@ def main() -> int:
         store = Store()
     except StoreError as e:  # e.g. chats written by a newer TPI Chat: say so, touch nothing
         log.error("cannot open the chat database: %s", e)
-        QMessageBox.critical(None, "TPI Chat", str(e))
+        warn(None, "TPI Chat", str(e), critical=True)
         return 1
     engine = EngineHost()
     window = MainWindow(store, engine)

@@ -32,6 +32,7 @@ from app.engine.host import EngineHost
 from app.engine.worker import ReplyStats
 from app.library.dialog import LibraryDialog
 from app.logs import log_dir
+from app.plain_text import ask, warn
 from app.settings.panel import SettingsPanel
 from app.settings.window_setting import window_option
 from app.status_bar import StatusBar
@@ -276,8 +277,7 @@ class MainWindow(QMainWindow):
             return
         if self.confirm_delete:
             question = f"Delete \u201c{conv.title}\u201d? This cannot be undone."
-            answer = QMessageBox.question(self, "Delete chat", question)
-            if answer != QMessageBox.StandardButton.Yes:
+            if not ask(self, "Delete chat", question):
                 return
         s = self.controller.stream
         if s is not None and s.conv_id == conv_id:
@@ -405,8 +405,7 @@ class MainWindow(QMainWindow):
         if self.confirm_delete:
             question = (f"Remove \u201c{dev.name}\u201d? It is unpaired: to use it again, "
                         "pair it with a new code.")
-            answer = QMessageBox.question(self, "Remove device", question)
-            if answer != QMessageBox.StandardButton.Yes:
+            if not ask(self, "Remove device", question):  # the name is the device's
                 return
         self.roster.remove(public_key)
         self.status.note(f"Removed \u201c{dev.name}\u201d.")
@@ -458,7 +457,7 @@ class MainWindow(QMainWindow):
         self.status.set_no_model()
         self.status.note("Model not loaded")
         self.controller.model_failed(message)
-        QMessageBox.warning(self, "Could not load the model", message)
+        warn(self, "Could not load the model", message)  # may quote a device's words
 
     def _reply_finished(self, stats: ReplyStats) -> None:
         self.status.set_reply_stats(stats.ttft_ms, stats.tokens_per_s)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QStatusBar, QWidget
 
+from app.plain_text import plain, tip
+
 
 class StatusBar(QStatusBar):
     """Permanent labels on the right; a progress bar with Cancel while a model loads."""
@@ -29,6 +31,7 @@ class StatusBar(QStatusBar):
         self.speed = QLabel(self)
         for w in (self.speed, self.cluster, self.model):
             self.addPermanentWidget(w)
+        plain(self.stage, self.model, self.cluster, self.speed)  # stages name devices
         self.set_loading(False)
 
     def set_loading(self, loading: bool, text: str = "") -> None:
@@ -50,7 +53,7 @@ class StatusBar(QStatusBar):
 
     def set_model(self, name: str, world_size: int) -> None:
         self.model.setText(name)
-        self.model.setToolTip(f"Model: {name}")
+        self.model.setToolTip(tip(f"Model: {name}"))
         self.cluster.setText(f"{world_size} rank" + ("s" if world_size != 1 else ""))
         self.cluster.setToolTip("Tensor-parallel ranks (this device + workers)")
 

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.plain_text import tip
 from app.store.db import Conversation
 from app.theme import app_icon, theme
 
@@ -121,7 +122,7 @@ class ConversationList(QWidget):
             for c in conversations:
                 item = QStandardItem(c.title)
                 item.setData(c.id, ID_ROLE)
-                item.setToolTip(c.title)
+                item.setToolTip(tip(c.title))
                 self.model.appendRow(item)
         finally:
             self._loading = False

@@ -1,12 +1,21 @@
-"""Read-only Markdown text that grows to fit its content (no scroll bars of its own)."""
+"""Read-only Markdown text that grows to fit its content (no scroll bars of its own).
+
+It shows a model's words: raw HTML in them is shown as text, images are not loaded (a
+reply cannot make the app read a local file), and a click on a link asks first
+(link_prompt.py) instead of opening the browser."""
 
 from __future__ import annotations
 
 import math
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QTextBlockFormat, QTextCursor
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QTextBlockFormat, QTextCursor, QTextDocument
 from PySide6.QtWidgets import QFrame, QSizePolicy, QTextBrowser, QWidget
+
+from app.chat import link_prompt
+
+_FEATURES = (QTextDocument.MarkdownFeature.MarkdownDialectGitHub
+             | QTextDocument.MarkdownFeature.MarkdownNoHTML)
 
 
 class MarkdownView(QTextBrowser):
@@ -17,7 +26,9 @@ class MarkdownView(QTextBrowser):
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setOpenExternalLinks(True)
+        self.setOpenExternalLinks(False)
+        self.setOpenLinks(False)
+        self.anchorClicked.connect(lambda url: link_prompt.follow(self, url))
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.viewport().setAutoFillBackground(False)
         self.setStyleSheet("QTextBrowser { background: transparent; font-size: 14px; }")
@@ -33,7 +44,7 @@ class MarkdownView(QTextBrowser):
         if markdown == self._markdown and markdown:
             return
         self._markdown = markdown
-        self.setMarkdown(markdown)
+        self.document().setMarkdown(markdown, _FEATURES)
         self._space_blocks()
         self._fit()
 
@@ -52,6 +63,9 @@ class MarkdownView(QTextBrowser):
             cursor.setPosition(block.position())
             cursor.setBlockFormat(fmt)
             block = nxt
+
+    def loadResource(self, kind: int, url: QUrl):  # noqa: N802 (Qt API)
+        return None  # no images (or anything else) fetched for a reply
 
     def wheelEvent(self, event) -> None:  # noqa: N802 (Qt API)
         event.ignore()  # let the chat's scroll area scroll

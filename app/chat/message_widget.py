@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 from app.chat.code_block import CodeBlock
 from app.chat.markdown_blocks import split_blocks
 from app.chat.markdown_view import MarkdownView
+from app.plain_text import plain
 from app.theme import app_icon, theme
 
 CURSOR = " \u258d"  # the block cursor shown at the end of a streaming reply
@@ -111,6 +112,7 @@ class MessageWidget(QWidget):
         self.error_label = QLabel(self)
         self.error_label.setObjectName("ErrorNote")
         self.error_label.setWordWrap(True)
+        plain(self.typing, self.error_label)  # errors may quote a worker's words
         self.error_label.hide()
         col.addWidget(self.error_label)
         actions = QHBoxLayout()

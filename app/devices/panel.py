@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 
 from app.devices.roster import EnrolledDevice
 from app.devices.transfer_ticker import TransferTicker
+from app.plain_text import plain, tip
 from app.theme import theme
 from core.cluster.device_status import DeviceStatus
 from core.cluster.transfer_rate import Clock, TransferEstimate, shipping_line
@@ -172,6 +173,7 @@ class DeviceCard(QFrame):
         self.rtt_label.setStyleSheet("font-size: 12px;")
         self.rtt_label.setWordWrap(True)
         lay.addWidget(self.rtt_label)
+        plain(self.role, self.memory_label, self.rtt_label)  # states a device reports
         self.spark = Sparkline(self)
         lay.addWidget(self.spark)
         self.retry_button = QPushButton("Retry", self)
@@ -236,7 +238,7 @@ class DeviceCard(QFrame):
         colors = {"ready": "ok", "busy": "accent", "loading": "warn", "offline": "danger",
                   "failed": "danger", "paired": "muted", "starting": "warn"}
         self.dot.setStyleSheet(f"color: {theme().hex(colors.get(s.state, 'muted'))};")
-        self.dot.setToolTip(s.state)
+        self.dot.setToolTip(tip(s.state))
         self.role.setText(f"{s.role} \u00b7 {s.state}")
         self.share.setText(s.share)
         self.share.setVisible(bool(s.share))
@@ -403,7 +405,7 @@ class DevicesPanel(QWidget):
         for s, key in rows:
             if s is master:
                 self.cards[s.name] = self.this_computer
-                self.this_computer.setToolTip(s.name)
+                self.this_computer.setToolTip(tip(s.name))
                 self.this_computer.update_status(s, sample)
                 continue
             card = self.cards.get(s.name)

@@ -108,7 +108,7 @@ class BrokenLoader(FakeLoader):
 
 def test_a_failing_load_is_logged_with_its_traceback(qtbot, app_log, monkeypatch):
     shown: list[str] = []
-    monkeypatch.setattr("app.main_window.QMessageBox.warning",
+    monkeypatch.setattr("app.main_window.warn",
                         lambda _parent, _title, text, *a: shown.append(text))
     w = open_window(qtbot, BrokenLoader(), wait_ready=False)
     qtbot.waitUntil(lambda: bool(shown), timeout=10000)

@@ -41,7 +41,7 @@ def tiny_model(tmp_path_factory):
 def no_modal_warnings(monkeypatch) -> list[str]:
     """A load failure's message box would block the test forever: record it instead."""
     shown: list[str] = []
-    monkeypatch.setattr("app.main_window.QMessageBox.warning",
+    monkeypatch.setattr("app.main_window.warn",
                         lambda _parent, _title, text, *a: shown.append(text))
     return shown
 
