@@ -8,6 +8,7 @@ from pathlib import Path
 from cells import fmt, verdict
 from llama70b_report import llama70b_section
 from llamacpp_report import llamacpp_section, perplexity_section, ratio_verdict
+from speculative_report import speculative_section
 from streaming_report import streaming_section
 
 ENGINE_TARGETS = (
@@ -190,6 +191,7 @@ def render(out_dir: Path, extra: dict) -> str:
     llama = [d for d in (_load(p) for p in sorted(out_dir.glob("llamacpp*.json"))) if d]
     ppl = _load(out_dir / "perplexity.json")
     l70 = _load(out_dir / "llama70b.json")
+    spec = _load(out_dir / "speculative.json")
     mach = next((d["machine"] for d in (engine, memory, l70, ppl, *llama)
                  if d and d.get("machine")), None)
     lines = ["# Benchmark results", "",
@@ -208,6 +210,8 @@ def render(out_dir: Path, extra: dict) -> str:
         lines += memory_section(memory)
     if streaming:
         lines += streaming_section(streaming)
+    if spec:
+        lines += speculative_section(spec)
     if col:
         lines += collectives_section(col)
     if l70:

@@ -5,6 +5,7 @@
   3. benchmarks/bench_memory.py       window 2 vs all on a random 64-layer Llama
      benchmarks/bench_streaming.py    window 2 vs all decode speed: warm, cold, link latency
      benchmarks/bench_70b.py          Llama 2-70B-shaped layers at 8 ranks, q4
+     benchmarks/bench_speculative.py  speculative vs plain decoding at 0, 2, 5 ms per send
   4. benchmarks/bench_llamacpp.py     only with LLAMA_CPP=1: ours vs llama.cpp vs transformers
      benchmarks/bench_perplexity.py   only with LLAMA_CPP=1: perplexity on the same GGUFs
 
@@ -56,6 +57,9 @@ def plan(quick: bool, llama: bool | None = None) -> list[tuple[str, list[str], s
         steps.append(("memory", [str(HERE / "bench_memory.py")], "memory.json"))
         steps.append(("streaming", [str(HERE / "bench_streaming.py")], "streaming.json"))
         steps.append(("70b", [str(HERE / "bench_70b.py")], "llama70b.json"))
+    steps.append(("speculative", [str(HERE / "bench_speculative.py"),
+                                  *(["--reps", "1", "--tokens", "24"] if quick else [])],
+                  "speculative.json"))
     if llama:  # builds llama-cpp-python if missing (minutes)
         steps.append(("llama.cpp", [str(HERE / "bench_llamacpp.py"),
                                     *(["--reps", "1"] if quick else [])], "llamacpp.json"))
@@ -123,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="rewrite RESULTS.md from the JSON already in benchmarks/out")
     ap.add_argument("--only", default=None, metavar="STEP,...",
                     help="run these steps only (collectives, engine, memory, streaming, 70b, "
-                         "llama.cpp, perplexity) and re-render RESULTS.md with the others' "
-                         "last JSON")
+                         "speculative, llama.cpp, perplexity) and re-render RESULTS.md with "
+                         "the others' last JSON")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

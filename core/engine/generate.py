@@ -90,9 +90,11 @@ class Generator:
         max_new = min(params.max_new_tokens, room)
         sampler = Sampler(params)
         spec = self.speculator
+        t0 = time.perf_counter()
         if spec is not None:
             spec.begin(params)
-        t0 = time.perf_counter()
+            if spec.control.may_speculate():
+                spec.warm(prompt_ids)  # the draft's prefill beside the cluster's
         reuse = common_prefix(self.cached, prompt_ids)
         logits = self._feed(prompt_ids[reuse:], reuse)
         out: list[int] = []
@@ -151,8 +153,9 @@ class Generator:
             del self.cached[pos + len(out):]  # drafts past the kept ones: overwritten later
             return out
         ts = time.perf_counter()
+        busy = spec is not None and spec.warming  # the draft's prefill shares the cores
         logits = self._feed(seq[-1:], pos)
-        if spec is not None:
+        if spec is not None and not busy and not spec.warming:
             spec.control.note_plain((time.perf_counter() - ts) * 1000)
         return [sampler(logits, torch.tensor(seq, dtype=torch.int64))]
 

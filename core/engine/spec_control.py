@@ -141,9 +141,9 @@ class KControl:
             return 0
         # Not paying now: try again later only if a better acceptance rate could make it
         # pay (on a fast link the draft alone costs about what a plain step does: never).
-        kk = self.best_k(limit, 0.98)
-        if self.step_ms(kk, 0.98) * MARGIN > self.step_ms(0):
+        if not self.may_speculate():
             return 0
+        kk = self.best_k(limit, 0.98)
         self._plain_left = BACKOFF[min(self._backoff, len(BACKOFF) - 1)]
         self._backoff += 1
         return kk
@@ -152,11 +152,22 @@ class KControl:
         self.plain_steps += 1
         self.target.add(1, ms)
 
-    def note_spec(self, k: int, kept: int, verify_ms: float, draft_ms_per_step: float
-                  ) -> None:
-        """One speculative step: k drafted, `kept` of them accepted."""
+    def may_speculate(self) -> bool:
+        """Whether a reply could use the draft at all (else it need not even prefill)."""
+        if self.fixed is not None:
+            return self.fixed > 0
+        if self.draft_ms is None or not self.target.known:
+            return True
+        kk = self.best_k(K_MAX, 0.98)
+        return self.step_ms(kk, 0.98) * MARGIN <= self.step_ms(0)
+
+    def note_spec(self, k: int, kept: int, verify_ms: float,
+                  draft_ms_per_step: float | None) -> None:
+        """One speculative step: k drafted, `kept` of them accepted; draft time per draft
+        step when it was a plain one (None: a catch-up made it unrepresentative)."""
         self.target.add(k + 1, verify_ms)
-        self.draft_ms = (draft_ms_per_step if self.draft_ms is None
-                         else 0.8 * self.draft_ms + 0.2 * draft_ms_per_step)
+        if draft_ms_per_step is not None:
+            self.draft_ms = (draft_ms_per_step if self.draft_ms is None
+                             else 0.8 * self.draft_ms + 0.2 * draft_ms_per_step)
         self.kept = self.kept * DECAY + kept
         self.refused = self.refused * DECAY + (1 if kept < k else 0)

@@ -17,6 +17,8 @@ token, which is what makes this pay on a home network.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Protocol
 
@@ -26,6 +28,8 @@ from core.engine.generate import common_prefix
 from core.engine.sampler import Sampler, SamplingParams
 from core.engine.spec_accept import accept_greedy, accept_sampled
 from core.engine.spec_control import KControl
+
+log = logging.getLogger(__name__)
 
 
 class DraftRunner(Protocol):
@@ -52,6 +56,7 @@ class Speculator:
         self.k_per_step: list[int] = []
         self._gen = torch.Generator()
         self._close = close
+        self._warming: threading.Thread | None = None
 
     def begin(self, params: SamplingParams) -> None:
         """A new reply: fresh counts, and the draft's own random stream (from the seed)."""
@@ -60,6 +65,33 @@ class Speculator:
             self._gen.manual_seed(params.seed + 1)
         else:
             self._gen.seed()
+
+    def warm(self, prompt_ids: list[int]) -> None:
+        """Run the prompt through the draft on a thread of its own, while the cluster runs
+        it too (mostly waiting on the links), so the first speculative step does not pay
+        the draft's prefill. A failure here only means the first step does it again."""
+        self.settle()
+
+        def run() -> None:
+            try:
+                self._feed(prompt_ids[common_prefix(self.cached, prompt_ids):],
+                           common_prefix(self.cached, prompt_ids))
+            except Exception as e:  # noqa: BLE001 - the step that needs it will say why
+                self.cached = []
+                log.info("draft prefill failed: %s", e)
+
+        self._warming = threading.Thread(target=run, name="draft-prefill", daemon=True)
+        self._warming.start()
+
+    @property
+    def warming(self) -> bool:
+        return self._warming is not None and self._warming.is_alive()
+
+    def settle(self) -> None:
+        """Wait for the draft's prefill thread, if one runs."""
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
 
     @property
     def acceptance(self) -> float | None:
@@ -75,8 +107,8 @@ class Speculator:
              pos: int) -> list[int]:
         """One speculative step after `seq` (prompt + reply so far; its last id not yet
         run on the cluster, which holds seq[:-1] at 0..pos-1): the tokens to emit."""
-        t0 = time.perf_counter()
-        drafts, q = self._propose(seq, k, sampler)
+        self.settle()
+        drafts, q, draft_ms = self._propose(seq, k, sampler)
         t1 = time.perf_counter()
         logits = verify([seq[-1], *drafts], pos, all_logits=True)  # [k+1, V]
         t2 = time.perf_counter()
@@ -93,15 +125,18 @@ class Speculator:
         kept = len(out) - 1
         self.accepted_per_step.append(kept)
         self.k_per_step.append(k)
-        self.control.note_spec(k, kept, (t2 - t1) * 1000, (t1 - t0) * 1000 / k)
+        self.control.note_spec(k, kept, (t2 - t1) * 1000, draft_ms)
         return out
 
     def _propose(self, seq: list[int], k: int, sampler: Sampler
-                 ) -> tuple[list[int], list[torch.Tensor]]:
-        """k draft tokens after seq, each drawn as the sampler would (greedy: argmax), and
-        the distributions they were drawn from."""
+                 ) -> tuple[list[int], list[torch.Tensor], float | None]:
+        """k draft tokens after seq, each drawn as the sampler would (greedy: argmax), the
+        distributions they were drawn from, and ms per draft step (None when the draft had
+        a long catch-up to run: that one-off cost is not what a step costs)."""
         reuse = common_prefix(self.cached, seq)
+        t0 = time.perf_counter()
         logits = self._feed(seq[reuse:], reuse)
+        catch_up = len(seq) - reuse > 2
         base = torch.tensor(seq, dtype=torch.int64)
         drafts: list[int] = []
         q: list[torch.Tensor] = []
@@ -114,8 +149,12 @@ class Speculator:
                 d = int(torch.multinomial(q[-1], 1, generator=self._gen))
             drafts.append(d)
             if i < k - 1:
+                if i == 0 and catch_up:
+                    t0 = time.perf_counter()
                 logits = self._feed([d], len(self.cached))
-        return drafts, q
+        calls = k - 1 if catch_up else k
+        ms = (time.perf_counter() - t0) * 1000 / calls if calls else None
+        return drafts, q, ms
 
     def _feed(self, ids: list[int], pos: int) -> torch.Tensor:
         del self.cached[pos:]
@@ -124,6 +163,7 @@ class Speculator:
         return logits
 
     def close(self) -> None:
+        self.settle()
         if self._close is not None:
             self._close()
 
