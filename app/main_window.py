@@ -38,6 +38,7 @@ from app.settings.window_setting import window_option
 from app.status_bar import StatusBar
 from app.store.db import Store, data_dir
 from app.store.settings_keys import (
+    API_SERVER,
     DECODE_SPEED,
     GEOMETRY,
     MAX_LOCAL_RANKS,
@@ -136,6 +137,8 @@ class MainWindow(QMainWindow):
         self.settings.system_prompt_changed.connect(self._system_prompt_changed)
         self.settings.params_changed.connect(lambda p: SAMPLING.set(self.store, p))
         self.settings.window_changed.connect(self.set_memory_window)
+        self.settings.api_changed.connect(self.set_api_server)
+        self.engine.api.changed.connect(self._api_state)
         w = self.engine.worker
         w.loading_progress.connect(self.status.show_progress)
         w.ready.connect(self._model_ready)
@@ -144,6 +147,7 @@ class MainWindow(QMainWindow):
         w.stats.connect(self.devices.update_devices)
         w.device_progress.connect(self.devices.show_transfer)
         w.world_size_changed.connect(self._world_size_changed)
+        w.waiting_for_api.connect(self._waiting_for_api)
         self.status.cancel_requested.connect(self.cancel_load)
         d = self.devices
         d.add_device_requested.connect(self.open_add_device)
@@ -226,6 +230,10 @@ class MainWindow(QMainWindow):
     def _restore_settings(self) -> None:
         self.settings.set_params(SAMPLING.get(self.store))
         self.settings.set_memory_window(WINDOW.get(self.store))
+        api = API_SERVER.get(self.store)
+        self.settings.api_server.set_value(api)
+        if api["enabled"]:
+            self.engine.api.configure(api)
         ranks = RANKS.get(self.store)
         self.rank_actions[ranks].setChecked(True)
         self.devices.set_local_workers(ranks - 1)
@@ -380,6 +388,21 @@ class MainWindow(QMainWindow):
         if value != WINDOW.get(self.store):
             WINDOW.set(self.store, value)
             self.load_model(self.model_path)
+
+    # local API server ----------------------------------------------------------------
+    def set_api_server(self, value: dict) -> None:
+        """Settings -> Local API server changed: save it and start/stop the server."""
+        API_SERVER.set(self.store, value)
+        self.engine.api.configure(value)
+
+    def _api_state(self, state) -> None:
+        self.settings.api_server.set_state(state)
+        tip = (f"OpenAI-compatible API at {state.url}/v1" if state.url else state.error)
+        self.status.set_api(state.text(), tip)
+
+    def _waiting_for_api(self, waiting: bool) -> None:
+        if waiting:
+            self.status.note("Waiting for an API request to finish\u2026 (Esc to stop)")
 
     # devices -------------------------------------------------------------------------
     def open_add_device(self) -> AddDeviceDialog:

@@ -1,4 +1,5 @@
-"""The status bar: loading progress (cancellable), model name, cluster size, last reply speed."""
+"""The status bar: loading progress (cancellable), model name, cluster size, last reply speed,
+and the local API server when it is on."""
 
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ class StatusBar(QStatusBar):
         self.model = QLabel("No model", self)
         self.cluster = QLabel(self)
         self.speed = QLabel(self)
-        for w in (self.speed, self.cluster, self.model):
+        self.api = QLabel(self)  # the local API server, when it is on
+        for w in (self.api, self.speed, self.cluster, self.model):
             self.addPermanentWidget(w)
-        plain(self.stage, self.model, self.cluster, self.speed)  # stages name devices
+        plain(self.stage, self.model, self.cluster, self.speed, self.api)  # stages name devices
+        self.api.hide()
         self.set_loading(False)
 
     def set_loading(self, loading: bool, text: str = "") -> None:
@@ -68,6 +71,12 @@ class StatusBar(QStatusBar):
 
     def set_reply_stats(self, ttft_ms: float, tokens_per_s: float) -> None:
         self.speed.setText(f"TTFT {ttft_ms:.0f} ms \u00b7 {tokens_per_s:.1f} tok/s")
+
+    def set_api(self, text: str, detail: str = "") -> None:
+        """The local API server's state ("API 8080"; "" hides it)."""
+        self.api.setText(text)
+        self.api.setToolTip(tip(detail) if detail else "")
+        self.api.setVisible(bool(text))
 
     def note(self, text: str) -> None:
         """A short message on the left (replaced by the next one)."""

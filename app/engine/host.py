@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, QThread, Signal
 
+from app.engine.api_host import ApiServerHost
 from app.engine.worker import EngineWorker, Loader, default_loader
 from core.cluster.worker_spec import WorkerSpec
 from core.engine.options import RunOptions
@@ -26,6 +27,9 @@ class EngineHost(QObject):
         self.thread = QThread()
         self.thread.setObjectName("tpi-engine")
         self.worker = EngineWorker(loader)
+        #: the local API server over the loaded model (Settings -> Local API server)
+        self.api = ApiServerHost(self.worker.model_lock, self)
+        self.worker.api = self.api
         self.worker.moveToThread(self.thread)
         self.thread.started.connect(self.worker.start)
         self._load_requested.connect(self.worker.load)
@@ -60,6 +64,7 @@ class EngineHost(QObject):
         if self._closed:
             return
         self._closed = True
+        self.api.stop()  # before the model closes; fails the API's waiting requests
         self.worker.stop()
         self.worker.cancel_load(self._load_seq)
         self._shutdown_requested.emit()  # the worker closes the model, then quits the thread

@@ -144,6 +144,7 @@ class EngineWorker(QObject):
     stats = Signal(list)  # list[DeviceStatus]
     device_progress = Signal(str, int, int)  # device name, bytes shipped, bytes to ship
     world_size_changed = Signal(int)  # after a re-plan (a device left the cluster)
+    waiting_for_api = Signal(bool)  # a reply waits for an API request to finish
 
     def __init__(self, loader: Loader = default_loader):
         super().__init__()
@@ -162,6 +163,9 @@ class EngineWorker(QObject):
         self._stats_error: str | None = None  # the last stats failure logged (not repeats)
         #: thread ids that ran generate / a forward step (tests assert the GUI thread is absent)
         self.torch_thread_ids: set[int] = set()
+        #: held around every reply; the API server (app/engine/api_host.py) takes it too
+        self.model_lock = threading.Lock()
+        self.api = None  # an ApiServerHost, given the model after each load
 
     # thread-safe, called directly from the GUI thread ----------------------------------
     def stop(self) -> None:
@@ -253,6 +257,7 @@ class EngineWorker(QObject):
             runner = _RecordingRunner(loaded.runner, self._record_thread)
             self._session = ChatSession(loaded.tokenizer, runner)
         log.info("Loaded %s (%s) on %d ranks", loaded.name, what, loaded.world_size)
+        self._serve(loaded)
         self.ready.emit(loaded.name, loaded.world_size)
         self._emit_stats(force=True)
 
@@ -279,21 +284,28 @@ class EngineWorker(QObject):
             if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
                 self._emit_stats()
 
-        try:
-            reply = session.send(messages[-1]["content"], params, on_text, self._stop.is_set)
-        except TpiError as e:
-            log.warning("The reply failed: %s", e)
+        if not self._take_model():
             self._busy = False
-            text = str(e)
-            self.failed.emit(text[:1].upper() + text[1:])  # a sentence for the chat
-            self._recover()
-            self._emit_stats(force=True)  # e.g. the device that dropped out, now offline
+            self.failed.emit("Stopped while an API request was using the model.")
             return
-        except Exception as e:
-            log.exception("The reply failed unexpectedly")
-            self._busy = False
-            self.failed.emit(f"The reply failed: {e}")
-            return
+        try:  # the model lock is held until the reply (and any re-plan) is over
+            try:
+                reply = session.send(messages[-1]["content"], params, on_text, self._stop.is_set)
+            except TpiError as e:
+                log.warning("The reply failed: %s", e)
+                self._busy = False
+                text = str(e)
+                self.failed.emit(text[:1].upper() + text[1:])  # a sentence for the chat
+                self._recover()
+                self._emit_stats(force=True)  # e.g. the device that dropped out, now offline
+                return
+            except Exception as e:
+                log.exception("The reply failed unexpectedly")
+                self._busy = False
+                self.failed.emit(f"The reply failed: {e}")
+                return
+        finally:
+            self.model_lock.release()
         self._busy = False
         r = reply.result
         self._last_tps = r.tokens_per_s
@@ -315,7 +327,31 @@ class EngineWorker(QObject):
         QThread.currentThread().quit()
 
     # internals -----------------------------------------------------------------------
+    def _take_model(self) -> bool:
+        """Take the model lock (an API request may hold it); False if stopped meanwhile."""
+        if self.model_lock.acquire(blocking=False):
+            return True
+        self.waiting_for_api.emit(True)
+        try:
+            while not self.model_lock.acquire(timeout=0.05):
+                if self._stop.is_set():
+                    return False
+            return True
+        finally:
+            self.waiting_for_api.emit(False)
+
+    def _serve(self, loaded: LoadedModel) -> None:
+        """Hand a real engine's model to the API server (a test's fake session has none)."""
+        session = self._session
+        generator = getattr(session, "generator", None)
+        if self.api is not None and loaded.tokenizer is not None and generator is not None:
+            from app.engine.api_host import ServedModel
+
+            self.api.attach(ServedModel(loaded.tokenizer, generator, loaded.name))
+
     def _close_model(self) -> None:
+        if self.api is not None:
+            self.api.attach(None)  # stops the server before its runner closes
         model, self._model, self._session = self._model, None, None
         self._load_id += 1
         if model is not None:

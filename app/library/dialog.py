@@ -10,6 +10,7 @@ the model. The dialog is kept while the app runs, so hiding it does not stop a d
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.library.download_job import DownloadJob
+from app.plain_text import plain
 from core.cluster.transfer_rate import format_amount, format_duration, format_rate
 from core.errors import ModelError
 from core.library.catalog import CatalogEntry, load_catalog
@@ -122,6 +124,7 @@ class LibraryDialog(QDialog):
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(False)
         self.progress_label = QLabel(self)
+        plain(self.progress_label)  # errors may quote what a server sent
         row.addWidget(self.progress, 1)
         row.addWidget(self.progress_label, 2)
         lay.addLayout(row)
@@ -188,11 +191,12 @@ class LibraryDialog(QDialog):
             return
         fit = self.fits.get(e.id)
         files = ", ".join(f.name for f in e.files[:3]) + (" \u2026" if len(e.files) > 3 else "")
+        h = html.escape
         self.details.setText(
-            f"<b>{e.name}</b> \u2014 {e.summary}<br>"
-            f"<span style='color:gray'>{e.repo} \u00b7 {files} \u00b7 chat template: "
-            f"{e.chat_template} \u00b7 licence: {e.license}</span><br>"
-            f"{fit.detail if fit else ''}.")
+            f"<b>{h(e.name)}</b> \u2014 {h(e.summary)}<br>"
+            f"<span style='color:gray'>{h(e.repo)} \u00b7 {h(files)} \u00b7 chat template: "
+            f"{h(e.chat_template)} \u00b7 licence: {h(e.license)}</span><br>"
+            f"{h(fit.detail) if fit else ''}.")
         downloaded = is_downloaded(e, self._models_dir())
         self.primary.setText("Open" if downloaded else "Download")
         self.primary.setEnabled(downloaded or not self.job.running)

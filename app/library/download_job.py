@@ -34,18 +34,22 @@ class DownloadJob(QObject):
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self._stop = threading.Event()
+        self._running = threading.Event()
         self._thread: threading.Thread | None = None
         self.entry: CatalogEntry | None = None
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """Until its outcome is signalled (not until the thread's very end: a Download
+        clicked on the outcome's signal must find the job free)."""
+        return self._running.is_set()
 
     def start(self, entry: CatalogEntry, models_dir: Path) -> None:
         if self.running:
             raise RuntimeError("a download is already running")
         self.entry = entry
         self._stop = threading.Event()
+        self._running.set()
         self._thread = threading.Thread(target=self._run, args=(entry, models_dir, self._stop),
                                         name="tpi-download", daemon=True)
         self._thread.start()
@@ -59,7 +63,10 @@ class DownloadJob(QObject):
                 self._emit(self.progress, p)
 
         try:
-            path = download_model(entry, models_dir, on_progress, stop.is_set)
+            try:
+                path = download_model(entry, models_dir, on_progress, stop.is_set)
+            finally:
+                self._running.clear()
         except DownloadCancelled:
             log.info("Download of %s cancelled", entry.repo)
             self._emit(self.cancelled, entry.id)

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.settings.api_setting import ApiServerSetting
 from app.settings.window_setting import MemoryWindowSetting
 from core.engine.sampler import SamplingParams
 
@@ -53,6 +54,7 @@ class SettingsPanel(QWidget):
     system_prompt_changed = Signal(str)
     params_changed = Signal(dict)
     window_changed = Signal(object)
+    api_changed = Signal(dict)  # Local API server: app.store.settings_keys.API_SERVER
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -113,6 +115,13 @@ class SettingsPanel(QWidget):
         self.memory_window.changed.connect(self.window_changed)
         mem.addRow("Memory window", self.memory_window)
         lay.addLayout(mem)
+        lay.addSpacing(10)
+        title = QLabel("LOCAL API SERVER", self)
+        title.setObjectName("SectionTitle")
+        lay.addWidget(title)
+        self.api_server = ApiServerSetting(self)
+        self.api_server.changed.connect(self.api_changed)
+        lay.addWidget(self.api_server)
         lay.addStretch(1)
         for w in (self.temperature, self.top_p, self.repetition_penalty):
             w.valueChanged.connect(self._params_edited)

@@ -93,6 +93,7 @@ def test_cancel_keeps_what_arrived_and_download_resumes(qtbot, hub, tmp_path):
     kept = part.stat().st_size
     assert kept > 0
     hub.state.rate = None
+    assert d.primary.isEnabled() and d.primary.text() == "Download"
     with qtbot.waitSignal(d.open_requested, timeout=60000):
         qtbot.mouseClick(d.primary, Qt.MouseButton.LeftButton)
     assert hub.gets()[-1][2] == f"bytes={kept}-"

@@ -1,0 +1,128 @@
+"""Settings -> Local API server on the real engine (a tiny model): the app's chat and a
+real HTTP client (the openai package) share the model, each waiting for the other."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.engine.worker import default_loader
+from tests.app.conftest import close_window, open_window, send
+
+pytestmark = pytest.mark.slow
+
+LONG = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 150,
+        "repetition_penalty": 1.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tests.fixtures.tiny_models import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama",
+                           max_position_embeddings=512)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serving_window(qtbot, model, **api):
+    port = free_port()
+    w = open_window(qtbot, default_loader, model=str(model), sampling=LONG,
+                    api_server={"enabled": True, "port": port, "api_key": "", "lan": False,
+                                **api})
+    qtbot.waitUntil(lambda: bool(w.engine.api.state.url), timeout=30000)
+    assert w.status.api.isVisible() and w.status.api.text() == f"API {port}"
+    return w, f"http://127.0.0.1:{port}/v1"
+
+
+def client(url: str):
+    import openai
+
+    return openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
+
+
+def stream_api(url: str, out: dict, started: threading.Event | None = None) -> None:
+    """One streamed chat completion; records when its first and last text came."""
+    stream = client(url).chat.completions.create(
+        model="llama", messages=[{"role": "user", "content": "tell me a story"}],
+        max_tokens=150, temperature=0, stream=True)
+    text = ""
+    for chunk in stream:
+        piece = chunk.choices[0].delta.content if chunk.choices else None
+        if piece:
+            out.setdefault("first", time.monotonic())
+            text += piece
+            if started is not None:
+                started.set()
+    out["last"] = time.monotonic()
+    out["text"] = text
+
+
+def test_an_api_request_waits_for_the_users_reply(qtbot, tiny_model):
+    w, url = serving_window(qtbot, tiny_model)
+    app_done: dict = {}
+    w.engine.worker.finished.connect(lambda _s: app_done.setdefault("t", time.monotonic()))
+    tokens: list[float] = []
+    w.engine.worker.token.connect(lambda _p: tokens.append(time.monotonic()))
+    api: dict = {}
+    w.composer.editor.setPlainText("hello")
+    qtbot.keyClick(w.composer.editor, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: len(tokens) >= 3, timeout=30000)  # the user's reply streams
+    t = threading.Thread(target=stream_api, args=(url, api), daemon=True)
+    t.start()
+    qtbot.waitUntil(lambda: "t" in app_done, timeout=60000)
+    qtbot.waitUntil(lambda: not t.is_alive(), timeout=60000)
+    assert api["text"] and app_done["t"] <= api["first"]  # it waited, then got its answer
+    assert "1 answered" in w.settings.api_server.state.text()
+    # the API and the chat share one Generator: its KV cache bookkeeping stays right, so
+    # the same message in a new chat gets the same (greedy) reply after the API's turn
+    before = w.chat_view.messages[-1].text()
+    w.new_chat()
+    send(qtbot, w, "hello", timeout=60000)
+    assert before and w.chat_view.messages[-1].text() == before
+    close_window(w)
+
+
+def test_the_users_reply_waits_for_an_api_request_then_off_and_port_taken(qtbot, tiny_model):
+    w, url = serving_window(qtbot, tiny_model)
+    waited: list[bool] = []
+    w.engine.worker.waiting_for_api.connect(waited.append)
+    api: dict = {}
+    started = threading.Event()
+    t = threading.Thread(target=stream_api, args=(url, api, started), daemon=True)
+    t.start()
+    qtbot.waitUntil(started.is_set, timeout=60000)  # the API's reply streams
+    first: dict = {}
+    w.engine.worker.token.connect(lambda _p: first.setdefault("t", time.monotonic()))
+    send(qtbot, w, "hello", timeout=60000)
+    t.join(60)
+    assert waited[:1] == [True]  # the chat said it waited for the API
+    assert api["text"] and api["last"] <= first["t"]
+    assert w.chat_view.messages[-1].role == "assistant" and w.chat_view.messages[-1].text()
+    # turned off, nothing listens; on again on a taken port, it says why it is off
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    w.settings.api_server.enabled.setChecked(False)
+    qtbot.waitUntil(lambda: not w.engine.api.state.enabled, timeout=10000)
+    assert not w.status.api.isVisible()
+    with socket.socket() as s, pytest.raises(OSError):
+        s.settimeout(2)
+        s.connect(("127.0.0.1", port))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        w.settings.api_server.port.setValue(taken.getsockname()[1])
+        w.settings.api_server.enabled.setChecked(True)
+        qtbot.waitUntil(lambda: bool(w.engine.api.state.error), timeout=10000)
+        assert "cannot listen" in w.engine.api.state.error.lower()
+        assert w.status.api.text() == "API off"
+    w.settings.api_server.lan.setChecked(True)  # the network needs a key
+    qtbot.waitUntil(lambda: "needs an API key" in w.engine.api.state.error, timeout=10000)
+    close_window(w)
