@@ -7,11 +7,14 @@ its settings before (SETTINGS_KEY) are moved into devices.json the first time.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 
+from core.cluster.address_proof import proves_key
+from core.cluster.identity import load_or_create
 from core.cluster.peer_info import PeerInfo
 from core.cluster.roster import EnrolledDevice, Roster
 from core.cluster.worker_spec import WorkerSpec
@@ -34,10 +37,15 @@ class DeviceRoster(QObject):
     """Enrolled devices; `changed` fires after every edit made through it.
 
     Used from the GUI thread only; the trust store itself is also written by the pairing
-    job (off the GUI thread) through `pair_with(..., trust=roster.trust)`.
+    job (off the GUI thread) through `pair_with(..., trust=roster.trust)`. An address
+    from discovery is saved only after the device proved its key there (a CURVE ping,
+    in a thread of its own; `moved` fires then).
     """
 
     changed = Signal()
+    moved = Signal(str)  # an enrolled device's new address was proven and saved (its name)
+    checked = Signal(str, bool)  # (name, proven) after each check of an announced address
+    _proof = Signal(object, bool)  # (PeerInfo, proven): from the proof thread
 
     def __init__(self, settings: SettingsLike, data_dir: Path | str,
                  parent: QObject | None = None):
@@ -45,6 +53,8 @@ class DeviceRoster(QObject):
         self.core = Roster(data_dir)
         self.data_dir = self.core.data_dir
         self.trust = self.core.trust
+        self._proving: set[str] = set()  # keys with a proof under way (one at a time)
+        self._proof.connect(self._proof_done, Qt.ConnectionType.QueuedConnection)
         old = settings.get_setting(SETTINGS_KEY, None)
         if isinstance(old, dict) and old and not self.core.has_file():
             self.core.import_extras(old)
@@ -65,9 +75,36 @@ class DeviceRoster(QObject):
         self.changed.emit()
         return dev
 
-    def update_address(self, peer: PeerInfo) -> None:
-        if self.core.update_address(peer):
+    def update_address(self, peer: PeerInfo) -> bool:
+        """An announcement gave an enrolled device a new address: check that the device
+        there holds its key (off the GUI thread), then save it. True when a check began."""
+        new = self.core.announced_move(peer)
+        if new is None or new.public_key in self._proving:
+            return False
+        self._proving.add(new.public_key)
+        threading.Thread(target=self._prove, args=(peer, new), name="address-proof",
+                         daemon=True).start()
+        return True
+
+    def _prove(self, peer: PeerInfo, new: EnrolledDevice) -> None:
+        try:
+            ok = proves_key(new, load_or_create(self.data_dir))
+        except Exception:  # no identity yet, a socket error: not proven
+            ok = False
+        try:
+            self._proof.emit(peer, ok)
+        except RuntimeError:  # the roster is gone (window closed)
+            pass
+
+    def _proof_done(self, peer: PeerInfo, ok: bool) -> None:
+        dev = self.core.announced_move(peer)
+        if dev is not None:
+            self._proving.discard(dev.public_key)
+        if self.core.update_address(peer, lambda _dev: ok):
             self.changed.emit()
+            self.moved.emit(dev.name)
+        if dev is not None:
+            self.checked.emit(dev.name, ok)
 
     def remove(self, public_key: str) -> bool:
         gone = self.core.remove(public_key)

@@ -2,9 +2,10 @@
 
 A worker picks new ports when it restarts, so the endpoint the roster saved can go stale;
 `DeviceWatch` browses mDNS for the whole life of the main window (zeroconf's thread, events
-queued to the GUI thread), updates the roster's address of every enrolled device it sees,
-and emits `reappeared(name)` when an enrolled device shows up (again) or moved, so the
-window can re-plan with it if the running model left it out.
+queued to the GUI thread), hands every enrolled device's announced address to the roster
+(which saves it once the device proved its key there: announcements are unauthenticated),
+and emits `reappeared(name)` when an enrolled device shows up (again) or its move was
+proven, so the window can re-plan with it if the running model left it out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class DeviceWatch(QObject):
         self.roster = roster
         self.browser = PeerBrowser(interfaces, self)
         connect_queued(self.browser, self.on_peer_event)
+        roster.moved.connect(self.reappeared)
         self.browser.start()
 
     def on_peer_event(self, event: PeerEvent) -> None:
@@ -38,9 +40,8 @@ class DeviceWatch(QObject):
                     if d.fingerprint == event.peer.fingerprint), None)
         if dev is None:
             return
-        self.roster.update_address(event.peer)
-        moved = self.roster.get(dev.public_key).control_endpoint != dev.control_endpoint
-        if event.kind == "add" or moved:
+        checking = self.roster.update_address(event.peer)
+        if event.kind == "add" and not checking:  # a move says so once it is proven
             self.reappeared.emit(dev.name)
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -128,15 +129,27 @@ class Roster:
         self.save(dev)
         return dev
 
-    def update_address(self, peer: PeerInfo) -> bool:
-        """Discovery saw an enrolled device (maybe at a new address or control port);
-        True when that changed what we saved."""
+    def announced_move(self, peer: PeerInfo) -> EnrolledDevice | None:
+        """What an announcement (mDNS, unauthenticated: anyone can send one with any
+        fingerprint) says an enrolled device's address now is, when that differs from
+        what we saved; None otherwise. Not saved: see update_address."""
         dev = next((d for d in self.devices() if d.fingerprint == peer.fingerprint), None)
         if dev is None:
-            return False
+            return None
         new = replace(dev, address=peer.address, port=peer.port,
                       control_port=peer.control_port or dev.control_port)
-        if new == dev:
+        return None if new == dev else new
+
+    def update_address(self, peer: PeerInfo,
+                       proves_key: Callable[[EnrolledDevice], bool]) -> bool:
+        """Save an announced new address of an enrolled device, only if the device there
+        proves it holds the enrolled key (`proves_key`: a CURVE ping to the new control
+        endpoint, see address_proof.py); True when saved. A forged announcement thus
+        cannot send the master's next connection elsewhere."""
+        new = self.announced_move(peer)
+        if new is None or not proves_key(new):
+            return False
+        if self.get(new.public_key) is None:  # unpaired while we asked
             return False
         self.save(new)
         return True

@@ -70,7 +70,9 @@ def test_unpairing_forgets_key_and_extras_and_address_updates_are_saved(tmp_path
     moved = PeerInfo(name="mini-pc", address="10.0.0.9", port=5001, version=1,
                      fingerprint=dev.fingerprint, mem_total=0, mem_free=0, cores=1,
                      platform="linux", paired=True, control_port=4001)
-    assert r.update_address(moved) and not r.update_address(moved)
+    assert not r.update_address(moved, lambda d: False)  # not proven: not saved
+    assert Roster(tmp_path).get(key).control_endpoint != "tcp://10.0.0.9:4001"
+    assert r.update_address(moved, lambda d: True) and not r.update_address(moved, bool)
     assert Roster(tmp_path).get(key).control_endpoint == "tcp://10.0.0.9:4001"
     assert r.remove(key)
     assert r.devices() == [] and key not in json.loads(r.path.read_text())
