@@ -274,3 +274,31 @@ def test_repeated_hellos_count_as_attempts(tmp_path, master):
         assert not any("wrong pairing code" in x for x in w.lines)
     finally:
         w.stop()
+
+
+def test_held_connections_cost_the_worker_at_most_the_cap_in_descriptors(tmp_path, master):
+    """300 silent connections from 30 addresses, all held open at once: the worker holds
+    at most 32 of them (pairing_wire.Limits.max_conns, the oldest evicted), so its file
+    descriptors stay within 32 of the start while they are open, and every one is closed
+    within the idle timeout."""
+    w = WorkerProcess("fds", tmp_path / "w")
+    try:
+        proc = psutil.Process(w.proc.pid)
+        time.sleep(0.5)
+        fds0 = proc.num_fds()
+        held = hold_many(w.host, w.port, 300, [f"127.0.1.{i}" for i in range(1, 31)],
+                         b"\x00", time.monotonic() + 30)
+        time.sleep(1.0)  # let the server accept (and evict) all it will
+        during = proc.num_fds()
+        t0 = time.monotonic()
+        assert _wait(lambda: proc.num_fds() <= fds0 + 1, IDLE_S + 5)
+        dropped = time.monotonic() - t0
+        for s in held:
+            s.close()
+        print(f"\nfds: {len(held)} connections held; worker fds {fds0} -> {during} while "
+              f"held -> {proc.num_fds()} within {dropped:.1f} s")
+        assert len(held) >= 250  # the attack did run
+        assert during <= fds0 + 32 + 2
+        assert query_info(w.endpoint)["name"] == "fds"
+    finally:
+        w.stop()
