@@ -21,6 +21,7 @@ class RemoteRankHost:
     def __init__(self, link: WorkerLink):
         self.link = link
         self.name = f"'{link.name}'"
+        self.public_key = link.worker_key  # its rank processes connect with the worker's key
         self.same_machine = on_this_machine(link.endpoint)
         self.peer_host = host_of(link.endpoint)
         self.rank = 0

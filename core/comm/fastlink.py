@@ -22,6 +22,11 @@ its rank, nbytes = 32) plus HMAC-SHA256(session token, "tpi-fast" | rank). Rank 
 accepts ranks that asked for a fast link in their (token-checked) ZeroMQ hello, reads
 at most 48 bytes from each connection and closes anything else unanswered; the
 listener is closed once every expected link is in, so later strangers find no port.
+The token reaches ranks only over CurveZMQ (the control channel's setup). Where the OS
+tells who owns a loopback socket (Linux, loopback_uid.py), both ends also check that
+the other one is the same user before anything is read or sent: rank 0 closes a
+connection of another user unread, and a worker offered a link by rank 0 of another
+user (a worker daemon run as a service account, say) stays on ZeroMQ + CURVE.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.comm import wire
+from core.comm import loopback_uid, wire
 from core.comm.linkemu import LinkEmulation
 from core.comm.transport import GroupClosed
 from core.errors import PeerError, ProtocolError
@@ -70,13 +75,21 @@ def enabled(transport: str) -> bool:
     return transport == "auto" and os.environ.get("TPI_DATA_PLANE", "auto") != "zmq"
 
 
+def offer(srv: socket.socket) -> dict:
+    """Rank 0's endpoints["fast"] entry for listener `srv`."""
+    return {"port": srv.getsockname()[1], "machine": machine_id(),
+            "uid": loopback_uid.our_uid()}
+
+
 def usable(offer: object) -> bool:
-    """Worker: rank 0 offered a fast link (endpoints["fast"]) and runs on this machine."""
+    """Worker: rank 0 offered a fast link (endpoints["fast"]) and runs on this machine,
+    as this user."""
     if not enabled("auto") or not isinstance(offer, dict):
         return False
     port = offer.get("port")
     return (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
-            and offer.get("machine") == machine_id())
+            and offer.get("machine") == machine_id()
+            and offer.get("uid") == loopback_uid.our_uid())
 
 
 def hello_mac(token: str, rank: int) -> bytes:
@@ -252,6 +265,9 @@ def connect(port: int, rank: int, token: str, link: LinkEmulation | None,
         sock = socket.create_connection((LOOPBACK, port), timeout=max(timeout, 0.1))
     except OSError as e:
         raise PeerError(f"rank {rank} could not open its local link to rank 0 ({e}).") from e
+    if not loopback_uid.same_user(sock):  # the token's proof goes to rank 0 only
+        sock.close()
+        raise PeerError(f"rank {rank}: the local link's port belongs to another user.")
     sock.settimeout(None)
     _tune(sock, op_timeout)
     sock.sendall(wire.pack(wire.Kind.FAST_HELLO, rank, _MAC_SIZE) + hello_mac(token, rank))
@@ -299,7 +315,7 @@ def accept(srv: socket.socket, expected: set[int], token: str, link: LinkEmulati
                                 "to rank 0 in time.")
             for key, _ in sel.select(min(left, SLICE_S)):
                 if key.data is None:
-                    _accept_one(srv, sel)
+                    dropped += _accept_one(srv, sel)
                     continue
                 rank = _read_hello(key.data, sel, token, expected - links.keys())
                 if rank == -1:
@@ -316,13 +332,18 @@ def accept(srv: socket.socket, expected: set[int], token: str, link: LinkEmulati
     return links, dropped
 
 
-def _accept_one(srv: socket.socket, sel: selectors.BaseSelector) -> None:
+def _accept_one(srv: socket.socket, sel: selectors.BaseSelector) -> int:
+    """Take one connection; 1 if it was another user's and was closed unread, else 0."""
     try:
         conn, _ = srv.accept()
     except BlockingIOError:
-        return
+        return 0
+    if not loopback_uid.same_user(conn):
+        conn.close()
+        return 1
     conn.setblocking(False)
     sel.register(conn, selectors.EVENT_READ, _Pending(conn))
+    return 0
 
 
 def _read_hello(pend: _Pending, sel: selectors.BaseSelector, token: str,

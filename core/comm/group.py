@@ -59,7 +59,8 @@ class CommGroup:
                op_timeout: float = DEFAULT_OP_TIMEOUT,
                limits: CodecLimits = DEFAULT_LIMITS,
                curve: CurveServerConfig | None = None,
-               transport: str = "auto", ring: bool = True) -> CommGroup:
+               transport: str = "auto", ring: bool = True,
+               rank_keys: dict[int, str] | None = None) -> CommGroup:
         """Rank 0: bind on ephemeral ports of `host`; hand `endpoints` to the workers.
 
         With `curve`, every link to another device is CurveZMQ: the star admits only
@@ -68,13 +69,16 @@ class CommGroup:
         `ring=False` (star groups only) skips the worker-to-worker ring links: the group
         then needs only each worker to reach rank 0, as on a home network where two
         devices on different subnets cannot reach each other.
+        `rank_keys` (with `curve`) binds each worker rank to the CURVE key of the device
+        (or local rank process) it was planned for: a hello with another key is refused.
         """
         if world_size < 1:
             raise ValueError("world_size must be >= 1")
         if not ring and algorithm == "ring":
             raise ValueError("a ring group needs its ring links")
         plane, endpoints = handshake.open_master(world_size, host, link, algorithm,
-                                                 op_timeout, limits, curve, transport)
+                                                 op_timeout, limits, curve, transport,
+                                                 rank_keys)
         plane.wire_ring = ring
         return cls(plane, endpoints)
 

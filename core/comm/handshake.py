@@ -11,11 +11,14 @@ Sequence (all on the data-plane sockets, each message = wire header + codec mess
 The token is a random secret from rank 0's `endpoints`, handed to workers over the
 control channel; without it a stranger's hello is refused, so it can never take a
 rank's place. With CURVE (`curve=`), the star is a CurveZMQ server admitting only the
-allow-listed keys (paired devices and the master's ephemeral local-rank keys), and the
-ring links use a key pair generated per group and handed out in `endpoints` (so only
-members can even complete a ring handshake). Strangers are refused or dropped and
-never make set-up fail: set-up only fails when the real peers do not show up in time,
-and the error then quotes the last refusal (e.g. a version mismatch) so the user learns why.
+allow-listed keys (paired devices and the master's ephemeral local-rank keys), each
+worker rank's slot can be bound to the one key it was planned for (`rank_keys`: a
+paired device holds the token like every rank, so without that it could take another
+device's rank), and the ring links use a key pair generated per group and handed out
+in `endpoints` (so only members can even complete a ring handshake). Strangers are
+refused or dropped and never make set-up fail: set-up only fails when the real peers do
+not show up in time, and the error then quotes the last refusal (e.g. a version
+mismatch) so the user learns why.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from core.comm.curve import (
     Keys,
     make_curve_client,
     make_curve_server,
+    peer_key,
 )
 from core.comm.endpoint import WILDCARDS, dialable, host_of, with_host
 from core.comm.linkemu import LinkEmulation
@@ -93,9 +97,11 @@ def _ring_client(p: DataPlane, sock: zmq.Socket) -> None:
 
 def open_master(world_size: int, host: str, link: LinkEmulation | None, algorithm: str,
                 op_timeout: float, limits: CodecLimits = DEFAULT_LIMITS,
-                curve: CurveServerConfig | None = None, transport: str = "auto"
-                ) -> tuple[DataPlane, dict[str, Any]]:
+                curve: CurveServerConfig | None = None, transport: str = "auto",
+                rank_keys: dict[int, str] | None = None) -> tuple[DataPlane, dict[str, Any]]:
     """Rank 0: bind the star and ring sockets; returns the plane and the workers' endpoints.
+
+    `rank_keys` (with `curve`): worker rank -> the CURVE key whose hello alone may take it.
 
     transport "auto" also offers raw TCP star links on loopback to workers on this
     machine (core/comm/fastlink.py); "zmq" (or TPI_DATA_PLANE=zmq) keeps all on ZeroMQ.
@@ -104,8 +110,10 @@ def open_master(world_size: int, host: str, link: LinkEmulation | None, algorith
         raise ValueError(f"unknown allreduce algorithm {algorithm!r}")
     if transport not in TRANSPORTS:
         raise ValueError(f"unknown data-plane transport {transport!r}")
+    if rank_keys and curve is None:
+        raise ValueError("rank_keys bind ranks to CURVE keys: pass curve= too")
     p = DataPlane(0, world_size, link=link, op_timeout=op_timeout, limits=limits,
-                  algorithm=algorithm)
+                  algorithm=algorithm, rank_keys=dict(rank_keys or {}))
     if world_size == 1:
         return p, {}
     p.ctx = zmq.Context(io_threads=1)
@@ -126,8 +134,7 @@ def open_master(world_size: int, host: str, link: LinkEmulation | None, algorith
         endpoints["ring_curve"] = dict(p.ring_curve)
     if fastlink.enabled(transport):
         p.fast_listener = fastlink.listen()
-        endpoints["fast"] = {"port": p.fast_listener.getsockname()[1],
-                             "machine": fastlink.machine_id()}
+        endpoints["fast"] = fastlink.offer(p.fast_listener)
     p.watch.watch(p.star)  # index 0: fd -> rank learnt from hellos
     p.watch.watch(p.ring_in)  # index 1
     return p, endpoints
@@ -157,8 +164,10 @@ def _refuse(sock: zmq.Socket, ident: bytes, reason: str) -> None:
         pass  # the stranger is gone or not reading: nothing more to tell it
 
 
-def _check_hello(p: DataPlane, frames: list[zmq.Frame], joined: dict[int, Any]) -> dict:
-    """Meta of a valid hello; ProtocolError (sent back as the refusal) otherwise."""
+def _check_hello(p: DataPlane, frames: list[zmq.Frame], joined: dict[int, Any],
+                 key: str | None) -> dict:
+    """Meta of a valid hello from CURVE key `key`; ProtocolError (sent back as the
+    refusal) otherwise."""
     msg = decode(frames, ops={"hello"}, limits=p.limits)
     m = msg.meta
     rank, ws, token = m.get("rank"), m.get("world_size"), m.get("token")
@@ -169,6 +178,9 @@ def _check_hello(p: DataPlane, frames: list[zmq.Frame], joined: dict[int, Any]) 
                             f"{p.world_size}.")
     if not isinstance(rank, int) or isinstance(rank, bool) or not 0 < rank < p.world_size:
         raise ProtocolError(f"Rank {shown(rank)} is not a worker rank of this group.")
+    if p.rank_keys and p.rank_keys.get(rank) != key:
+        raise ProtocolError(f"Rank {rank} was planned for another device; this device's key "
+                            "cannot take it.")
     if rank in joined:
         raise ProtocolError(f"Rank {rank} has already joined this group.")
     check_endpoint(m.get("ring"), "This peer's hello's ring endpoint")
@@ -224,7 +236,8 @@ def master_wait_ready(p: DataPlane, ring0: str, timeout: float) -> None:
                                     f"peer speaking protocol {ver}.")
             if kind != wire.Kind.HELLO:
                 raise ProtocolError("Expected a hello from a joining peer.")
-            meta = _check_hello(p, frames[2:], joined)
+            meta = _check_hello(p, frames[2:], joined,
+                                peer_key(frames[1]) if p.rank_keys else None)
         except Exception as e:  # ProtocolError, or a bug: refuse that peer, go on
             if not isinstance(e, ProtocolError):
                 log.error("hello check failed on %s", type(e).__name__, exc_info=True)

@@ -84,6 +84,7 @@ class DataPlane:
     token: str = ""
     ident_of: dict[int, bytes] = field(default_factory=dict)  # rank 0: worker rank -> id
     rank_of: dict[bytes, int] = field(default_factory=dict)  # rank 0: id -> worker rank
+    rank_keys: dict[int, str] = field(default_factory=dict)  # rank 0: rank -> its CURVE key
     ring_prev_ident: bytes = b""
     watch: PeerWatch = field(default_factory=PeerWatch)
     closing: threading.Event = field(default_factory=threading.Event)

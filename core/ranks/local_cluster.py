@@ -5,8 +5,11 @@ setup over the control channel, and keeps listening for their stats and errors.
 Peer devices join through the same path: pass `hosts` (one RankHost per worker rank,
 see core/ranks/rank_host.py; core/cluster/remote_rank.py ships and starts a rank on a
 paired worker) plus `bind_host` and `curve` so every socket is CurveZMQ on the LAN.
-With `curve`, local rank processes get an ephemeral key pair (added to the allow-list
-for this cluster's lifetime) over their stdin.
+Every socket is CurveZMQ even with no paired device (another user of this computer can
+connect to loopback too): without `curve` the cluster makes an ephemeral server key.
+Local rank processes get an ephemeral key pair (admitted for this cluster's lifetime)
+over their stdin, and each rank's slot, on the control channel and the data plane, is
+bound to the key of the process or device it was planned for.
 """
 
 from __future__ import annotations
@@ -68,11 +71,11 @@ class LocalCluster:
         self.bind_host = bind_host
         self._report = progress or (lambda stage, done, total: None)
         self._local_keys: set[str] = set()
-        self.curve = curve
-        if curve is not None:  # also admit the ephemeral keys of our own local ranks
-            outer = curve.allow
-            self.curve = CurveServerConfig(
-                curve.identity, lambda k: k in self._local_keys or outer(k))
+        if curve is None:  # our own ranks only: an ephemeral server key, no other client
+            curve = CurveServerConfig(Keys.generate(), lambda k: False)
+        outer = curve.allow  # also admit the ephemeral keys of our own local ranks
+        self.curve = CurveServerConfig(curve.identity,
+                                       lambda k: k in self._local_keys or outer(k))
         self._logs = cache_dir() / "logs"
         # None = a local rank process (the default); else e.g. a rank on a paired worker
         self.hosts: list[RankHost] = [h if h is not None else self._local_host(r) for r, h in
@@ -134,8 +137,6 @@ class LocalCluster:
     # --- start-up -----------------------------------------------------------------------
 
     def _local_host(self, rank: int) -> LocalRankHost:
-        if self.curve is None:
-            return LocalRankHost(self._logs, rank=rank)
         keys = Keys.generate()
         self._local_keys.add(keys.public_key)
         return LocalRankHost(self._logs, keys, self.curve.identity.public_key, rank)
@@ -151,7 +152,12 @@ class LocalCluster:
             link = LinkEmulation(self.opts.link_delay_ms, self.opts.link_mbps)
         # star only: no worker-to-worker links, so devices need to reach this one alone
         return CommGroup.master(self.world_size, self.bind_host, link=link, curve=self.curve,
-                                ring=False)
+                                ring=False, rank_keys=self._rank_keys())
+
+    def _rank_keys(self) -> dict[int, str]:
+        """Worker rank -> the CURVE key its process connects with (the only one that may
+        take its slot)."""
+        return {r: h.public_key for r, h in enumerate(self.hosts, start=1)}
 
     def _start_workers(self, report: Progress) -> None:
         self.control = ControlServer(self.bind_host, ops=CONTROL_OPS, curve=self.curve)
@@ -214,11 +220,12 @@ class LocalCluster:
             if msg.op == "hello" and known == -1:
                 rank = msg.meta.get("rank")
                 if (isinstance(rank, int) and not isinstance(rank, bool) and rank in need
-                        and rank not in greeted):
+                        and rank not in greeted
+                        and self.control.last_peer_key == self.hosts[rank - 1].public_key):
                     self._idents[rank] = ident
                     self.control.send(ident, "setup", self._setup_for(rank))
                     greeted.add(rank)
-                else:
+                else:  # not a rank, taken, or a key that rank was not planned for
                     log.warning("ignored a hello for rank %s during start-up", shown(rank))
             elif known == -1:
                 continue  # not one of our ranks (yet): nothing it says counts

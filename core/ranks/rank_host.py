@@ -21,6 +21,7 @@ class RankHost(Protocol):
     """One worker rank's home; `name` is what error messages and the Devices panel show."""
 
     name: str
+    public_key: str  # the CURVE key the rank connects with: the only one its slot admits
     same_machine: bool  # runs on our cores (a local process, or a worker on this machine)
     peer_host: str | None  # the address rank 0 is dialled from; None: this machine
 
@@ -34,7 +35,7 @@ class RankHost(Protocol):
         """Stop the rank (it was sent "stop" already): wait, then force. Safe to repeat."""
 
 
-def rank_command(control: str, rank: int, curve_stdin: bool = False) -> list[str]:
+def rank_command(control: str, rank: int, curve_stdin: bool = True) -> list[str]:
     """How to start a worker rank: the frozen app re-runs itself, else `python -m core.cli`."""
     base = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m",
                                                                   "core.cli"]
@@ -42,32 +43,29 @@ def rank_command(control: str, rank: int, curve_stdin: bool = False) -> list[str
     return cmd + ["--curve-stdin"] if curve_stdin else cmd
 
 
-def spawn_rank(control: str, rank: int, log_path: Path, secrets: RankSecrets | None = None,
+def spawn_rank(control: str, rank: int, log_path: Path, secrets: RankSecrets,
                preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
     """Start `tpi-chat rank` with its output in `log_path`; CURVE secrets go in on stdin
-    (never argv, which other users of the machine can read)."""
-    curve = secrets is not None
+    (a pipe: never argv, the environment or a file, which other users can read)."""
     with open(log_path, "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(rank_command(control, rank, curve),
-                                stdin=subprocess.PIPE if curve else subprocess.DEVNULL,
+        proc = subprocess.Popen(rank_command(control, rank), stdin=subprocess.PIPE,
                                 stdout=log, stderr=log, preexec_fn=preexec_fn)
-    if curve:
-        assert proc.stdin is not None and secrets is not None
-        proc.stdin.write(secrets.to_json().encode())
-        proc.stdin.close()
+    assert proc.stdin is not None
+    proc.stdin.write(secrets.to_json().encode())
+    proc.stdin.close()
     return proc
 
 
 class LocalRankHost:
-    """A rank process on this machine; with CURVE it gets an ephemeral key pair on stdin."""
+    """A rank process on this machine; it gets its (ephemeral) key pair on stdin."""
 
     same_machine = True
     peer_host = None
 
-    def __init__(self, logs: Path, keys: Keys | None = None, server_key: str = "",
-                 rank: int = 0):
+    def __init__(self, logs: Path, keys: Keys, server_key: str, rank: int = 0):
         self.name = f"local rank {rank}" if rank else "local rank"
         self.keys = keys
+        self.public_key = keys.public_key
         self.server_key = server_key
         self.logs = logs
         self.proc: subprocess.Popen | None = None
@@ -76,9 +74,8 @@ class LocalRankHost:
     def start(self, rank: int, control: str, rank_dir: Path, report: Progress) -> None:
         self.name = f"local rank {rank}"
         self.log_path = self.logs / f"rank{rank}.log"
-        secrets = (RankSecrets(CurveClientConfig(self.keys, self.server_key))
-                   if self.keys is not None else None)
-        self.proc = spawn_rank(control, rank, self.log_path, secrets)
+        self.proc = spawn_rank(control, rank, self.log_path,
+                               RankSecrets(CurveClientConfig(self.keys, self.server_key)))
 
     def exit_reason(self) -> str | None:
         if self.proc is None or self.proc.poll() is None:

@@ -1,11 +1,12 @@
 """A worker rank's process: join rank 0, load this rank's blocks, run steps until told to stop.
 
-Started by rank 0 for local ranks (`tpi-chat rank --control EP --rank R`); the worker
-daemon on a peer device runs the same loop once its shards have been shipped.
-With `--curve-stdin` the process first reads one JSON line from stdin (never argv or the
-environment, which other users can see): {"public_key", "secret_key", "server_key"} for
-CURVE on the control channel and data plane, plus optional "rank_dir" (overrides the
-master's path: a peer device has its own copy) and "host" (address our ring link binds).
+Started by rank 0 for local ranks (`tpi-chat rank --control EP --rank R --curve-stdin`);
+the worker daemon on a peer device runs the same loop once its shards have been shipped.
+The process first reads one JSON line from stdin (never argv or the environment, which
+other users can see): {"public_key", "secret_key", "server_key"} for CURVE on the
+control channel and data plane (always: loopback is open to every user of the machine),
+plus optional "rank_dir" (overrides the master's path: a peer device has its own copy)
+and "host" (address our ring link binds).
 Control channel (DEALER, to rank 0): hello -> setup -> ready, then stats and error.
 Data plane (CommGroup): step broadcasts and the two allreduces per layer.
 
@@ -158,16 +159,19 @@ def check_step(meta: dict[str, Any], x: torch.Tensor | None, runtime: RankRuntim
 
 
 def main(control: str, rank: int, curve_stdin: bool = False) -> int:
-    secrets = RankSecrets.read(sys.stdin) if curve_stdin else None
-    client = ControlClient(control, ops=CONTROL_OPS,
-                           curve=secrets.curve if secrets else None)
+    if not curve_stdin:  # no rank in the clear: anyone on loopback could play rank 0
+        print(f"rank {rank}: start it with --curve-stdin and its keys on stdin",
+              file=sys.stderr)
+        return 2
+    secrets = RankSecrets.read(sys.stdin)
+    client = ControlClient(control, ops=CONTROL_OPS, curve=secrets.curve)
     try:
         return _run(client, rank, secrets)
     finally:
         client.close()
 
 
-def _run(client: ControlClient, rank: int, secrets: RankSecrets | None = None) -> int:
+def _run(client: ControlClient, rank: int, secrets: RankSecrets) -> int:
     client.send("hello", {"rank": rank, "pid": os.getpid()})
     reporter = _Reporter(client)
     try:
@@ -178,16 +182,15 @@ def _run(client: ControlClient, rank: int, secrets: RankSecrets | None = None) -
         print(f"rank {rank}: rank 0 sent no setup within {SETUP_TIMEOUT_S:g} s", file=sys.stderr)
         return 1
     try:
-        setup = RankSetup.from_meta(msg.meta, rank, bool(secrets and secrets.rank_dir))
+        setup = RankSetup.from_meta(msg.meta, rank, secrets.rank_dir is not None)
     except ProtocolError as e:
         return _refuse_setup(reporter, rank, str(e))
     # 0 = this device's own choice: all its cores (it runs one rank)
     torch.set_num_threads(setup.threads or usable_cores())
     try:
         group = CommGroup.worker(rank, setup.world_size, setup.endpoints, setup.link,
-                                 host=secrets.host if secrets else "127.0.0.1",
-                                 curve=secrets.curve if secrets else None)
-        rank_dir = secrets.rank_dir if secrets and secrets.rank_dir else setup.rank_dir
+                                 host=secrets.host, curve=secrets.curve)
+        rank_dir = secrets.rank_dir or setup.rank_dir
         try:
             runtime = RankRuntime(rank_dir, group, setup.window, setup.context,
                                   prefetch=setup.prefetch)

@@ -163,7 +163,8 @@ def test_worker_rank_checks_its_setup(bugs):
 
 @_target("data plane: hello/welcome/step")
 def test_data_plane_set_up_and_steps(bugs):
-    plane = DataPlane(0, 2, token=seeds.TOKEN)
+    key = "k" * 40  # rank 1's CURVE key: its slot admits no other
+    plane = DataPlane(0, 2, token=seeds.TOKEN, rank_keys={1: key})
     runtime = SimpleNamespace(cfg=SimpleNamespace(hidden_size=seeds.HIDDEN), max_seq=64)
 
     def check(frames):
@@ -175,7 +176,7 @@ def test_data_plane_set_up_and_steps(bugs):
         kind, _, _ = wire.unpack(frames[0])
         rest = frames[1:]
         if kind == wire.Kind.HELLO:
-            _check_hello(plane, rest, {})
+            _check_hello(plane, rest, {}, key)
         elif kind == wire.Kind.WELCOME:
             check_welcome(decode(rest, {"welcome"}).meta, 2)
         elif kind == wire.Kind.RING_HELLO:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -140,6 +143,49 @@ def test_fast_hello_without_the_token_never_joins():
                         threading.Event())
     th.join()
     srv.close()
+
+
+# Started as root and dropped to another uid once imported (the interpreter lives under
+# /root, which other users cannot read): the socket is that user's.
+_OTHER_USER = """
+import encodings.idna, os, socket, sys, time  # idna: connect() encodes the host with it
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(bytes.fromhex(sys.argv[2]))
+print("sent", flush=True)
+time.sleep(10)
+"""
+
+
+def test_another_user_with_the_token_gets_no_fast_link():
+    """A process of another uid that somehow holds the token (and so the right HMAC)
+    connects first; rank 0 admits only the same-user rank. Once the HMAC alone decided."""
+    if os.geteuid() != 0 or not os.path.exists("/proc/net/tcp"):
+        pytest.skip("needs root (to run a process as another uid) and /proc/net/tcp")
+    srv = fastlink.listen()
+    port = srv.getsockname()[1]
+    token = "b" * 32
+    spy = subprocess.Popen([sys.executable, "-c", _OTHER_USER, str(port),
+                            _hello(1, fastlink.hello_mac(token, 1)).hex()],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert spy.stdout.readline().strip() == "sent"
+        time.sleep(0.2)  # its hello is in before ours
+        box = {}
+        th = threading.Thread(target=lambda: box.setdefault("w", fastlink.connect(
+            port, 1, token, None, 5, 5)))
+        th.start()
+        links, dropped = fastlink.accept(srv, {1}, token, None, 5, time.monotonic() + 5,
+                                         threading.Event())
+        th.join()
+        assert links[1].sock.getpeername() == box["w"].sock.getsockname()
+        assert dropped == 1
+        links[1].close()
+        box["w"].close()
+    finally:
+        spy.kill()
+        spy.wait()
+        srv.close()
 
 
 def test_out_of_step_header_on_the_fast_path_is_a_protocol_error():
