@@ -34,6 +34,7 @@ from app.library.dialog import LibraryDialog
 from app.logs import log_dir
 from app.plain_text import ask, warn
 from app.settings.panel import SettingsPanel
+from app.settings.speculate_setting import speculate_option
 from app.settings.window_setting import window_option
 from app.status_bar import StatusBar
 from app.store.db import Store, data_dir
@@ -46,6 +47,7 @@ from app.store.settings_keys import (
     PANEL_VISIBLE,
     RANKS,
     SAMPLING,
+    SPECULATE,
     WINDOW,
 )
 from app.theme import app_icon
@@ -139,6 +141,7 @@ class MainWindow(QMainWindow):
         self.settings.window_changed.connect(self.set_memory_window)
         self.settings.api_changed.connect(self.set_api_server)
         self.engine.api.changed.connect(self._api_state)
+        self.settings.speculate_changed.connect(self.set_speculate)
         w = self.engine.worker
         w.loading_progress.connect(self.status.show_progress)
         w.ready.connect(self._model_ready)
@@ -234,6 +237,7 @@ class MainWindow(QMainWindow):
         self.settings.api_server.set_value(api)
         if api["enabled"]:
             self.engine.api.configure(api)
+        self.settings.set_speculate(SPECULATE.get(self.store))
         ranks = RANKS.get(self.store)
         self.rank_actions[ranks].setChecked(True)
         self.devices.set_local_workers(ranks - 1)
@@ -322,7 +326,8 @@ class MainWindow(QMainWindow):
     # model ---------------------------------------------------------------------------
     def run_options(self) -> RunOptions:
         return RunOptions(ranks=RANKS.get(self.store),
-                          window=window_option(WINDOW.get(self.store)))
+                          window=window_option(WINDOW.get(self.store)),
+                          speculate=speculate_option(SPECULATE.get(self.store)))
 
     def load_model(self, path: str | None) -> None:
         """Load `path` (None = the default model) in the engine thread."""
@@ -387,6 +392,13 @@ class MainWindow(QMainWindow):
         """Keep "auto", "all" or `value` blocks per rank resident; reloads when it changed."""
         if value != WINDOW.get(self.store):
             WINDOW.set(self.store, value)
+            self.load_model(self.model_path)
+
+    def set_speculate(self, value: str | int) -> None:
+        """Speculative decoding "auto", "off" or a number of draft tokens; reloads when it
+        changed."""
+        if value != SPECULATE.get(self.store):
+            SPECULATE.set(self.store, value)
             self.load_model(self.model_path)
 
     # local API server ----------------------------------------------------------------
@@ -483,7 +495,7 @@ class MainWindow(QMainWindow):
         warn(self, "Could not load the model", message)  # may quote a device's words
 
     def _reply_finished(self, stats: ReplyStats) -> None:
-        self.status.set_reply_stats(stats.ttft_ms, stats.tokens_per_s)
+        self.status.set_reply_stats(stats.ttft_ms, stats.tokens_per_s, stats.acceptance)
         self._note_speed(stats)
 
     def _note_speed(self, stats: ReplyStats) -> None:

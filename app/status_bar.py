@@ -1,5 +1,5 @@
-"""The status bar: loading progress (cancellable), model name, cluster size, last reply speed,
-and the local API server when it is on."""
+"""The status bar: loading progress (cancellable), model name, cluster size, last reply speed
+(and speculative decoding's acceptance rate), and the local API server when it is on."""
 
 from __future__ import annotations
 
@@ -69,8 +69,18 @@ class StatusBar(QStatusBar):
         """The running model now spans `world_size` ranks (after a re-plan)."""
         self.set_model(self.model.text(), world_size)
 
-    def set_reply_stats(self, ttft_ms: float, tokens_per_s: float) -> None:
-        self.speed.setText(f"TTFT {ttft_ms:.0f} ms \u00b7 {tokens_per_s:.1f} tok/s")
+    def set_reply_stats(self, ttft_ms: float, tokens_per_s: float,
+                        acceptance: float | None = None) -> None:
+        """The last reply's speed; with speculative decoding, the share of drafted tokens
+        the model kept (its acceptance rate)."""
+        text = f"TTFT {ttft_ms:.0f} ms \u00b7 {tokens_per_s:.1f} tok/s"
+        if acceptance is not None:
+            text += f" \u00b7 {acceptance:.0%} drafts kept"
+        self.speed.setText(text)
+        self.speed.setToolTip(
+            "" if acceptance is None else
+            "Speculative decoding: a copy of the model on this computer drafted tokens and "
+            f"the devices kept {acceptance:.0%} of them (checked several at a time)")
 
     def set_api(self, text: str, detail: str = "") -> None:
         """The local API server's state ("API 8080"; "" hides it)."""

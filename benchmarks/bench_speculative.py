@@ -43,14 +43,13 @@ def run_delay(delay: float, reps: int, tokens: int) -> dict:
     from core.engine.generate import Generator
     from core.engine.options import RunOptions
     from core.engine.sampler import SamplingParams
-    from core.engine.spec_control import parse_speculate
     from core.ranks.draft import start_speculator
     from core.ranks.local_cluster import LocalCluster
 
     model_dir, tok = open_model(None, lambda *a: None)
-    opts = RunOptions(ranks=RANKS, link_delay_ms=delay, context=1024)
+    opts = RunOptions(ranks=RANKS, link_delay_ms=delay, context=1024, speculate="auto")
     cluster = LocalCluster(model_dir, opts).start()
-    spec = start_speculator(model_dir, tok, parse_speculate("auto"), opts, cluster.world_size)
+    spec = start_speculator(model_dir, tok, opts, cluster.world_size)
     try:
         ids = tok.apply_chat([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
         gens = {"plain": Generator(cluster, tok.eos_ids),

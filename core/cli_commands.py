@@ -19,7 +19,6 @@ from core.engine.chat import ChatSession
 from core.engine.generate import GenerationResult
 from core.engine.options import RunOptions, parse_window
 from core.engine.sampler import SamplingParams
-from core.engine.spec_control import Speculate, parse_speculate
 from core.engine.speculative import Speculator
 from core.errors import PeerError, TpiError
 from core.model.model_dir import resolve_model
@@ -43,6 +42,8 @@ def _options(args: Namespace) -> RunOptions:
             link_delay_ms=args.link_delay_ms,
             link_mbps=args.link_mbps,
             dtype=args.dtype,
+            speculate=getattr(args, "speculate", "off"),
+            draft=getattr(args, "draft", "self"),
         )
     except ValueError as e:
         raise TpiError(str(e)) from None
@@ -57,10 +58,6 @@ def _sampling(args: Namespace) -> SamplingParams:
         )
     except ValueError as e:
         raise TpiError(str(e)) from None
-
-
-def _speculate(args: Namespace) -> Speculate:
-    return parse_speculate(getattr(args, "speculate", "off"), getattr(args, "draft", "self"))
 
 
 def _start(args: Namespace) -> tuple[LocalCluster | Session, ChatTokenizer, Speculator | None]:
@@ -79,12 +76,11 @@ def speculator_for(args: Namespace, model_dir: Path, tokenizer: ChatTokenizer,
                    cluster: LocalCluster | Session) -> Speculator | None:
     """The draft model --speculate/--draft ask for. With `auto` a draft that cannot load
     is not fatal: the replies come without it (and a note says why)."""
-    setting = _speculate(args)
     try:
-        return start_speculator(model_dir, tokenizer, setting, _options(args),
-                                cluster.world_size, _stage_progress())
+        return start_speculator(model_dir, tokenizer, _options(args), cluster.world_size,
+                                _stage_progress())
     except TpiError as e:
-        if setting.k is not None:
+        if args.speculate.strip().lower() != "auto":
             raise
         print(f"tpi-chat: speculative decoding off: {e}", file=sys.stderr)
         return None
@@ -94,7 +90,6 @@ def open_for(args: Namespace) -> tuple[Path, ChatTokenizer]:
     """--model opened (GGUF import, tokenizer), the options and --devices checked first;
     a command that vets the model before any rank starts calls this, then start_for."""
     _options(args)
-    _speculate(args)
     Roster(data_dir_of(args)).worker_specs(args.devices)
     return open_model(args.model, _stage_progress())
 

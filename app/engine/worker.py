@@ -71,6 +71,7 @@ class LoadedModel:
     device_status: Callable[[], list[DeviceStatus]] | None = None
     current_world_size: Callable[[], int] | None = None
     recover: Callable[[], None] | None = None  # re-plan over the devices still answering
+    speculator: Any = None  # core.engine.speculative.Speculator: the draft, when one runs
 
 
 Loader = Callable[[str | None, RunOptions, Progress], LoadedModel]
@@ -86,6 +87,7 @@ class ReplyStats:
     prompt_tokens: int
     ttft_ms: float
     tokens_per_s: float
+    acceptance: float | None = None  # speculative decoding: share of drafts kept
 
 
 class LoadCancelled(Exception):
@@ -103,8 +105,21 @@ def default_loader(model: str | None, opts: RunOptions, progress: Progress,
     model_dir, tokenizer = open_model(model, progress)
     runner = start_cluster(model_dir, opts, devices or [], data_dir=data_dir(),
                            progress=progress, on_status=on_status)
+    try:
+        spec = _draft(model_dir, tokenizer, opts, runner.world_size, progress)
+    except BaseException:
+        runner.close()
+        raise
+
+    def close() -> None:
+        try:
+            runner.close()
+        finally:
+            if spec is not None:
+                spec.close()
+
     loaded = LoadedModel(name=model_display_name(model), world_size=runner.world_size,
-                         close=runner.close, tokenizer=tokenizer, runner=runner)
+                         close=close, tokenizer=tokenizer, runner=runner, speculator=spec)
     if devices:  # a Session: its rows are complete and it re-plans after a failure
         loaded.device_status = runner.device_status
         loaded.current_world_size = lambda: runner.world_size
@@ -112,6 +127,20 @@ def default_loader(model: str | None, opts: RunOptions, progress: Progress,
     else:
         loaded.rank_stats = runner.rank_stats
     return loaded
+
+
+def _draft(model_dir, tokenizer, opts: RunOptions, world_size: int, progress: Progress):
+    """The draft model of opts.speculate; with "auto" one that cannot load only means
+    replies come without it (logged), never a failed load."""
+    from core.ranks.draft import start_speculator
+
+    try:
+        return start_speculator(model_dir, tokenizer, opts, world_size, progress)
+    except TpiError as e:
+        if opts.speculate != "auto":
+            raise
+        log.warning("Speculative decoding is off: %s", e)
+        return None
 
 
 class _RecordingRunner:
@@ -256,6 +285,7 @@ class EngineWorker(QObject):
 
             runner = _RecordingRunner(loaded.runner, self._record_thread)
             self._session = ChatSession(loaded.tokenizer, runner)
+            self._session.generator.speculator = loaded.speculator
         log.info("Loaded %s (%s) on %d ranks", loaded.name, what, loaded.world_size)
         self._serve(loaded)
         self.ready.emit(loaded.name, loaded.world_size)
@@ -312,6 +342,7 @@ class EngineWorker(QObject):
         self.finished.emit(ReplyStats(
             text=reply.text, stop_reason=r.stop_reason, new_tokens=len(r.token_ids),
             prompt_tokens=r.prompt_tokens, ttft_ms=r.ttft_ms, tokens_per_s=r.tokens_per_s,
+            acceptance=getattr(r, "acceptance", None),
         ))
         self._emit_stats(force=True)
         self._check_world_size()

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.settings.api_setting import ApiServerSetting
+from app.settings.speculate_setting import SpeculateSetting
 from app.settings.window_setting import MemoryWindowSetting
 from core.engine.sampler import SamplingParams
 
@@ -49,12 +50,14 @@ def _int(lo: int, hi: int, step: int = 1) -> QSpinBox:
 
 class SettingsPanel(QWidget):
     """Emits `system_prompt_changed` (debounced), `params_changed` on every edit and
-    `window_changed` ("auto", "all" or a block count) when the memory window is edited."""
+    `window_changed` ("auto", "all" or a block count) when the memory window is edited,
+    `speculate_changed` ("auto", "off" or a number) when speculative decoding is."""
 
     system_prompt_changed = Signal(str)
     params_changed = Signal(dict)
     window_changed = Signal(object)
     api_changed = Signal(dict)  # Local API server: app.store.settings_keys.API_SERVER
+    speculate_changed = Signal(object)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -114,6 +117,9 @@ class SettingsPanel(QWidget):
         self.memory_window = MemoryWindowSetting(self)
         self.memory_window.changed.connect(self.window_changed)
         mem.addRow("Memory window", self.memory_window)
+        self.speculate = SpeculateSetting(self)
+        self.speculate.changed.connect(self.speculate_changed)
+        mem.addRow("Speculative decoding", self.speculate)
         lay.addLayout(mem)
         lay.addSpacing(10)
         title = QLabel("LOCAL API SERVER", self)
@@ -133,6 +139,10 @@ class SettingsPanel(QWidget):
     def set_memory_window(self, value: str | int) -> None:
         """Show the saved memory window ("auto", "all" or a block count) without a reload."""
         self.memory_window.set_value(value)
+
+    def set_speculate(self, value: str | int) -> None:
+        """Show the saved speculative decoding setting without a reload."""
+        self.speculate.set_value(value)
 
     def params(self) -> SamplingParams:
         return SamplingParams(

@@ -162,6 +162,17 @@ def parse_api_server(value: Any) -> dict[str, Any]:
     return out
 
 
+def parse_speculate_setting(value: Any) -> str | int:
+    """Speculative decoding: "auto", "off" or a number of draft tokens a step."""
+    from core.engine.spec_control import K_MAX
+
+    if value in ("auto", "off"):
+        return value
+    if isinstance(_no_bool(value), int) and 1 <= value <= K_MAX:
+        return value
+    raise ValueError(f"expected auto, off or 1..{K_MAX}, not {value!r}")
+
+
 # the settings --------------------------------------------------------------------------
 MODEL: Setting[str | None] = Setting(
     "model", None, parse_model, "The last model loaded (None: the default model).")
@@ -169,6 +180,10 @@ SAMPLING: Setting[dict[str, Any]] = Setting(
     "sampling", {}, parse_sampling, "Sampling parameters (SamplingParams as a dict).")
 WINDOW: Setting[str | int] = Setting(
     "window", WINDOW_AUTO, parse_window, "Layer blocks each rank keeps in memory.")
+SPECULATE: Setting[str | int] = Setting(
+    "speculate", "auto", parse_speculate_setting,
+    "Speculative decoding: auto, off or draft tokens a step (the draft is the model itself, "
+    "quantized, on this computer).")
 RANKS: Setting[int] = Setting(
     "ranks", 1, parse_ranks, "Ranks run on this computer (Model -> Local ranks).")
 GEOMETRY: Setting[str | None] = Setting(
@@ -183,4 +198,4 @@ API_SERVER: Setting[dict[str, Any]] = Setting(
     "Settings -> Local API server: on/off, port, API key, LAN.")
 
 ALL: tuple[Setting[Any], ...] = (MODEL, SAMPLING, WINDOW, RANKS, GEOMETRY, PANEL_VISIBLE,
-                                 DECODE_SPEED, API_SERVER)
+                                 DECODE_SPEED, API_SERVER, SPECULATE)

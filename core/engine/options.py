@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from core.cpu import usable_cores
+from core.engine.spec_control import parse_speculate
+from core.errors import TpiError
 from core.shard.layout import AUTO, SHARD_DTYPES, SHORT_NAMES
 
 Window = int | None | Literal["auto"]  # blocks, None = all, "auto" = per rank from budgets
@@ -26,6 +28,10 @@ class RunOptions:
     link_mbps: float | None = None
     dtype: str = AUTO  # shard weight dtype (core.shard.layout): auto keeps a GGUF's own
     env: dict[str, str] = field(default_factory=dict)
+    # speculative decoding (core/engine/spec_control.py): "auto", "off" or a number of
+    # draft tokens, with the draft "self" or a model; off unless the CLI or app ask
+    speculate: str = "off"
+    draft: str = "self"
 
     def __post_init__(self) -> None:
         if SHORT_NAMES.get(self.dtype, self.dtype) not in (AUTO, *SHARD_DTYPES):
@@ -45,6 +51,10 @@ class RunOptions:
             raise ValueError("--window must be at least 1 block, 'all' or 'auto'")
         if self.budgets is not None and len(self.budgets) != self.ranks:
             raise ValueError(f"{len(self.budgets)} memory budgets for {self.ranks} ranks")
+        try:
+            parse_speculate(self.speculate, self.draft)
+        except TpiError as e:
+            raise ValueError(str(e)) from None
 
     def threads_per_rank(self, local_ranks: int | None = None) -> int:
         """--threads, else this machine's cores shared by the ranks it runs (`local_ranks`,

@@ -102,7 +102,9 @@ class KControl:
         self.kept = 4 * prior_acceptance
         self.refused = 4 * (1 - prior_acceptance)
         self.plain_steps = 0
+        self.realized: float | None = None  # ms per emitted token of speculative steps
         self._plain_left = 0  # plain tokens to go before speculation is tried again
+        self._last_k = 0
         self._backoff = 0
 
     @property
@@ -133,20 +135,30 @@ class KControl:
         if self.draft_ms is None:
             return min(PROBE_K, limit)
         k = self.best_k(limit)
-        if self.step_ms(k) * MARGIN <= self.step_ms(0):
+        plain = self.step_ms(0)
+        # the model must predict a gain, and what speculative steps really cost per token
+        # must not say otherwise (the model misses what it does not see: load, contention)
+        if self.step_ms(k) * MARGIN <= plain and (self.realized is None
+                                                  or self.realized <= plain):
             self._backoff = 0
-            return k
+            return self._chose(k)
+        if self._last_k > 0:  # it stopped paying: plain for a while before trying again
+            self._plain_left = BACKOFF[min(self._backoff, len(BACKOFF) - 1)]
+            self._backoff += 1
         if self._plain_left > 0:
             self._plain_left -= 1
-            return 0
-        # Not paying now: try again later only if a better acceptance rate could make it
-        # pay (on a fast link the draft alone costs about what a plain step does: never).
+            return self._chose(0)
+        # Try again only if a better acceptance rate could make it pay (on a fast link
+        # the draft alone costs about what a plain step does: never).
         if not self.may_speculate():
-            return 0
-        kk = self.best_k(limit, 0.98)
+            return self._chose(0)
         self._plain_left = BACKOFF[min(self._backoff, len(BACKOFF) - 1)]
         self._backoff += 1
-        return kk
+        return self._chose(self.best_k(limit, 0.98))
+
+    def _chose(self, k: int) -> int:
+        self._last_k = k
+        return k
 
     def note_plain(self, ms: float) -> None:
         self.plain_steps += 1
@@ -162,10 +174,14 @@ class KControl:
         return self.step_ms(kk, 0.98) * MARGIN <= self.step_ms(0)
 
     def note_spec(self, k: int, kept: int, verify_ms: float,
-                  draft_ms_per_step: float | None) -> None:
+                  draft_ms_per_step: float | None, step_ms: float | None = None) -> None:
         """One speculative step: k drafted, `kept` of them accepted; draft time per draft
-        step when it was a plain one (None: a catch-up made it unrepresentative)."""
+        step when it was a plain one (None: a catch-up made it unrepresentative); the
+        whole step's time, for the cost per token it really had."""
         self.target.add(k + 1, verify_ms)
+        if step_ms is not None:
+            per = step_ms / (kept + 1)
+            self.realized = per if self.realized is None else 0.7 * self.realized + 0.3 * per
         if draft_ms_per_step is not None:
             self.draft_ms = (draft_ms_per_step if self.draft_ms is None
                              else 0.8 * self.draft_ms + 0.2 * draft_ms_per_step)

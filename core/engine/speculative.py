@@ -108,6 +108,7 @@ class Speculator:
         """One speculative step after `seq` (prompt + reply so far; its last id not yet
         run on the cluster, which holds seq[:-1] at 0..pos-1): the tokens to emit."""
         self.settle()
+        t0 = time.perf_counter()
         drafts, q, draft_ms = self._propose(seq, k, sampler)
         t1 = time.perf_counter()
         logits = verify([seq[-1], *drafts], pos, all_logits=True)  # [k+1, V]
@@ -125,7 +126,8 @@ class Speculator:
         kept = len(out) - 1
         self.accepted_per_step.append(kept)
         self.k_per_step.append(k)
-        self.control.note_spec(k, kept, (t2 - t1) * 1000, draft_ms)
+        self.control.note_spec(k, kept, (t2 - t1) * 1000, draft_ms,
+                               (time.perf_counter() - t0) * 1000)
         return out
 
     def _propose(self, seq: list[int], k: int, sampler: Sampler

@@ -1,7 +1,7 @@
 """The draft model of speculative decoding: a whole model in this process, on rank 0's
 machine only, with rank 0's threads.
 
-    spec = start_speculator(model_dir, tokenizer, Speculate(None, "self"), opts, world_size)
+    spec = start_speculator(model_dir, tokenizer, opts, world_size)  # opts.speculate/.draft
 
 `--draft self` is the target itself, quantized: a GGUF keeps its own quantization (the
 default model's Q4_1, whose one-rank split may already be cached), a float model becomes
@@ -20,7 +20,7 @@ from core.engine.head import Head
 from core.engine.master import MasterRunner, SoloGroup
 from core.engine.options import RunOptions
 from core.engine.rank import RankRuntime
-from core.engine.spec_control import KControl, Speculate
+from core.engine.spec_control import KControl, parse_speculate
 from core.engine.speculative import Speculator
 from core.errors import ModelError, TpiError
 from core.model.cache import cache_dir
@@ -48,12 +48,13 @@ def self_draft_dtype(model_dir: Path, dtype: str) -> str:
     return FLOAT_DRAFT if dtype in FLOAT_DTYPES and dtype != "int8" else dtype
 
 
-def start_speculator(model_dir: Path, tokenizer: ChatTokenizer, setting: Speculate,
-                     opts: RunOptions, world_size: int, progress: Progress | None = None
+def start_speculator(model_dir: Path, tokenizer: ChatTokenizer, opts: RunOptions,
+                     world_size: int, progress: Progress | None = None
                      ) -> Speculator | None:
-    """The Speculator `setting` asks for, loaded and timed; None when it is off, or
-    `auto` with a self-draft of a model running on one rank (the draft would be the same
-    work on the same cores: it cannot pay)."""
+    """The Speculator opts.speculate/opts.draft ask for, loaded and timed; None when it is
+    off, or `auto` with a self-draft of a model running on one rank (the draft would be
+    the same work on the same cores: it cannot pay)."""
+    setting = parse_speculate(opts.speculate, opts.draft)
     if setting.off or (setting.k is None and setting.draft == SELF and world_size == 1):
         return None
     report = progress or (lambda stage, done, total: None)

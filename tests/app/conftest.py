@@ -44,6 +44,19 @@ def open_window(qtbot, loader, db_path=None, wait_ready=True, **settings):
     return window
 
 
+class RecordingLoader:
+    """The real engine's default_loader, remembering the RunOptions of every load."""
+
+    def __init__(self):
+        self.opts: list = []
+
+    def __call__(self, model, opts, progress, **devices):
+        from app.engine.worker import default_loader
+
+        self.opts.append(opts)
+        return default_loader(model, opts, progress, **devices)
+
+
 def close_window(window) -> None:
     window.close()
     window.store.close()

@@ -8,9 +8,8 @@ import re
 
 import pytest
 
-from app.engine.worker import default_loader
 from app.settings.window_setting import MemoryWindowSetting, window_option
-from tests.app.conftest import close_window, open_window, send
+from tests.app.conftest import RecordingLoader, close_window, open_window, send
 
 pytestmark = pytest.mark.slow
 
@@ -26,17 +25,6 @@ def tiny_model(tmp_path_factory):
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama",
                            num_hidden_layers=LAYERS)
-
-
-class RecordingLoader:
-    """default_loader, remembering the RunOptions of every load."""
-
-    def __init__(self):
-        self.opts: list = []
-
-    def __call__(self, model, opts, progress, **devices):
-        self.opts.append(opts)
-        return default_loader(model, opts, progress, **devices)
 
 
 def _memory(card) -> tuple[int, int, int | None] | None:

@@ -18,6 +18,7 @@ from app.store.settings_keys import (
     RANKS,
     SAMPLING,
     SAMPLING_FIELDS,
+    SPECULATE,
     WINDOW,
     Setting,
 )
@@ -38,6 +39,7 @@ TODAYS_ROWS = {
     "panel_visible": "false",
     "decode_speed": '{"local": 2.5e9}',
     "api_server": '{"enabled": true, "port": 8123, "api_key": "k", "lan": false}',
+    "speculate": "4",
 }
 
 
@@ -66,7 +68,7 @@ def test_values_saved_by_todays_app_are_read_back(store):
     assert SAMPLING.get(store) == {"temperature": 0.2, "top_k": 40, "top_p": 0.9,
                                    "repetition_penalty": 1.1, "seed": None,
                                    "max_new_tokens": 512}
-    assert WINDOW.get(store) == 3 and RANKS.get(store) == 2
+    assert WINDOW.get(store) == 3 and RANKS.get(store) == 2 and SPECULATE.get(store) == 4
     assert GEOMETRY.get(store) == "01d9d0cb00030000" and PANEL_VISIBLE.get(store) is False
     put_raw(store, "window", '"all"')
     assert WINDOW.get(store) == "all"
@@ -76,7 +78,7 @@ def test_values_saved_by_todays_app_are_read_back(store):
 
 def test_nothing_saved_gives_the_defaults(store):
     assert [s.get(store) for s in ALL] == [None, {}, "auto", 1, None, True, {},
-                                           API_SERVER_DEFAULT]
+                                           API_SERVER_DEFAULT, "auto"]
 
 
 @pytest.mark.parametrize("setting, value", [
@@ -85,6 +87,7 @@ def test_nothing_saved_gives_the_defaults(store):
     (WINDOW, "auto"), (WINDOW, "all"), (WINDOW, 7),
     (RANKS, 1), (RANKS, 4),
     (GEOMETRY, "01d9d0cb"), (PANEL_VISIBLE, False), (PANEL_VISIBLE, True),
+    (SPECULATE, "auto"), (SPECULATE, "off"), (SPECULATE, 6),
 ])
 def test_values_round_trip_in_todays_format(store, setting: Setting, value):
     setting.set(store, value)
@@ -94,6 +97,7 @@ def test_values_round_trip_in_todays_format(store, setting: Setting, value):
 
 @pytest.mark.parametrize("setting, garbage", [
     (RANKS, "abc"), (RANKS, 0), (RANKS, 9), (RANKS, 2.5), (RANKS, True), (RANKS, [2]),
+    (SPECULATE, 0), (SPECULATE, 99), (SPECULATE, "fast"), (SPECULATE, True),
     (WINDOW, 7.5), (WINDOW, 0), (WINDOW, "junk"), (WINDOW, True), (WINDOW, None),
     (MODEL, 42), (MODEL, ["a"]),
     (SAMPLING, "hot"), (SAMPLING, [1, 2]),
@@ -129,11 +133,11 @@ def test_an_invalid_value_is_refused_rather_than_saved(store):
 def test_the_window_opens_on_garbage_settings_with_the_defaults(qtbot):
     w = open_window(qtbot, FakeLoader(), ranks="abc", window=7.5, panel_visible="no",
                     geometry="zz", sampling=[1], model=42)
-    assert w.run_options() == RunOptions(ranks=1, window="auto")
+    assert w.run_options() == RunOptions(ranks=1, window="auto", speculate="auto")
     assert w.rank_actions[1].isChecked() and w.right.isVisible()
     assert w.settings.memory_window.value() == "auto" and w.model_path is None
     w.set_local_ranks(3)
     w.set_memory_window(5)
     assert (w.store.get_setting("ranks"), w.store.get_setting("window")) == (3, 5)
-    assert w.run_options() == RunOptions(ranks=3, window=5)
+    assert w.run_options() == RunOptions(ranks=3, window=5, speculate="auto")
     close_window(w)

@@ -56,3 +56,16 @@ def test_parse_speculate():
     for bad in ("fast", "0.5", str(K_MAX + 1), "-1"):
         with pytest.raises(TpiError):
             parse_speculate(bad)
+
+
+def test_steps_that_really_cost_more_than_plain_turn_it_off():
+    """The cost model predicts a gain, but the measured speculative steps say otherwise
+    (say, contention it cannot see): back to plain decoding."""
+    c = KControl(None, draft_ms=10.0, draft_slope_ms=1.0)
+    c.note_plain(100.0)
+    assert c.choose(20) > 0
+    for _ in range(3):
+        k = c.choose(20)
+        if k:
+            c.note_spec(k, k, 100.0 + k, 10.0, step_ms=150.0 * (k + 1))
+    assert c.choose(20) == 0
