@@ -32,7 +32,8 @@ from core.progress import StageProgress
 
 SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3")  # Mistral GGUFs say "llama"
 POINTER = "gguf.json"  # in the model dir: which GGUF file holds the weights
-_SAMPLE = 1024 * 1024  # bytes hashed at each end of the file for the cache key
+_SAMPLE = 1024 * 1024  # bytes hashed at the end of the file for the cache key
+_SAMPLES, _SAMPLE_BLOCK = 32, 64 * 1024  # and blocks spread over the tensor data
 _STALE_TMP_SECONDS = 24 * 3600
 # Part of the cache key: bump it when the conversion changes, so old dirs are not reused.
 # 2: no fp32 copy of the weights, gguf.json points at the file instead.
@@ -103,16 +104,26 @@ def import_gguf(gguf_path: str | Path, progress: StageProgress | None = None) ->
 
 
 def gguf_cache_key(path: Path) -> str:
-    """12 hex chars from the size and the first and last MiB (and our converter version).
+    """12 hex chars that a changed file cannot keep, without reading the weights.
 
-    Cheap for a 40 GB file and independent of mtime, so copying the file keeps the cache;
-    any re-quantization changes the header, tensor table or data sampled.
+    Hashed: the converter version, the size and mtime (an edit in place changes it), the
+    whole header (metadata, tokenizer and the tensor table: every tensor's name, shape,
+    type and offset) and _SAMPLES blocks spread over the tensor data plus its last MiB.
+    A copy of the file gets a new mtime, hence a new import (cheap: no weights are
+    copied) and a new split.
     """
-    size = path.stat().st_size
-    h = hashlib.sha256(f"{CONVERTER_VERSION}:{size}".encode())
+    from core.model.gguf_tensors import data_start
+
+    st = path.stat()
+    size, start = st.st_size, data_start(path)
+    h = hashlib.sha256(f"{CONVERTER_VERSION}:{size}:{st.st_mtime_ns}".encode())
     with open(path, "rb") as f:
-        h.update(f.read(_SAMPLE))
-        f.seek(max(0, size - _SAMPLE))
+        h.update(f.read(start))
+        span = max(0, size - start - _SAMPLE_BLOCK)
+        for i in range(_SAMPLES):
+            f.seek(start + span * i // (_SAMPLES - 1))
+            h.update(f.read(_SAMPLE_BLOCK))
+        f.seek(max(start, size - _SAMPLE))
         h.update(f.read(_SAMPLE))
     return h.hexdigest()[:12]
 
@@ -203,6 +214,14 @@ class _Meta:
         return self.get(f"{self.arch}.{key}", default)
 
 
+def _positive(file_name: str, **values: float) -> None:
+    """A model shape of zero (or less, or not a number) is a damaged file, said so."""
+    for what, v in values.items():
+        if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+            raise ModelError(f"{file_name} is damaged: its metadata gives the model "
+                             f"{what.replace('_', ' ')} = {v}")
+
+
 def _hf_config(meta: _Meta, tensors: dict, file_name: str) -> dict[str, Any]:
     arch = meta.arch
     if arch not in SUPPORTED_GGUF_ARCHS:
@@ -218,14 +237,20 @@ def _hf_config(meta: _Meta, tensors: dict, file_name: str) -> dict[str, Any]:
         kv_heads = int(meta.arch_get("attention.head_count_kv") or heads)
         layers = int(meta.arch_get("block_count"))
         ffn = int(meta.arch_get("feed_forward_length"))
-    except (TypeError, ValueError):
+        _positive(file_name, hidden=hidden, heads=heads, kv_heads=kv_heads, layers=layers,
+                  ffn=ffn)
+        head_dim = int(meta.arch_get("attention.key_length") or hidden // heads)
+        rot_dim = int(meta.arch_get("rope.dimension_count") or head_dim)
+        theta = _f32(meta.arch_get("rope.freq_base", 10000.0))
+        ctx = int(meta.arch_get("context_length", 2048))
+        _positive(file_name, head_dim=head_dim, rope_theta=theta, context_length=ctx)
+    except (TypeError, ValueError, OverflowError):
         raise ModelError(f"{file_name} lacks the model shape in its metadata") from None
-    head_dim = int(meta.arch_get("attention.key_length") or hidden // heads)
-    rot_dim = int(meta.arch_get("rope.dimension_count") or head_dim)
+    if heads % kv_heads:
+        raise ModelError(f"{file_name} is damaged: {heads} attention heads cannot share "
+                         f"{kv_heads} key/value heads evenly")
     if rot_dim != head_dim:
         raise ModelError(f"{file_name} uses partial rotary embeddings, which are not supported")
-    theta = _f32(meta.arch_get("rope.freq_base", 10000.0))
-    ctx = int(meta.arch_get("context_length", 2048))
     vocab = int(tensors["token_embd.weight"].shape[-1])  # GGUF shapes are (cols, rows)
     cfg: dict[str, Any] = {
         "architectures": [_HF_CLASSES[arch]],

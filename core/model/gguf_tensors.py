@@ -101,13 +101,35 @@ def read_tensors(path: Path) -> dict[str, GgufTensor]:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read {path.name} ({e})") from None
-    c = _Cursor(memoryview(mm), path.name)
+    infos, start = _table(mm, path.name)
+    out = {}
+    for name, dims, ttype, offset in infos:
+        out[name] = _tensor(mm, path.name, name, dims, ttype, start + offset, GGML_QUANT_SIZES)
+    return out
+
+
+def data_start(path: Path) -> int:
+    """Where the tensor data begins: the bytes before it are the header, the metadata and
+    the tensor table (every tensor's name, shape, type and offset)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {path.name} ({e})") from None
+    return _table(mm, path.name)[1]  # the map closes when the table's views are gone
+
+
+def _table(mm: mmap.mmap, fname: str) -> tuple[list[tuple[str, tuple[int, ...], int, int]],
+                                              int]:
+    """The tensor table (name, dims, type, offset) and where the data begins."""
+    c = _Cursor(memoryview(mm), fname)
     magic, version = c.unpack("<4sI")
     if magic != b"GGUF" or version not in (2, 3):
-        raise ModelError(f"{path.name} is not a GGUF file of version 2 or 3")
+        raise ModelError(f"{fname} is not a GGUF file of version 2 or 3")
     n_tensors, n_kv = c.unpack("<QQ")
     if n_tensors > len(mm) // 24 or n_kv > len(mm) // 12:  # the least each entry takes
-        raise ModelError(f"{path.name} is damaged (it claims {n_tensors} tensors)")
+        raise ModelError(f"{fname} is damaged (it claims {n_tensors} tensors)")
     alignment = 32
     for _ in range(n_kv):
         key, vtype = c.string(), c.unpack("<I")
@@ -120,15 +142,11 @@ def read_tensors(path: Path) -> dict[str, GgufTensor]:
         name = c.string().decode("utf-8", "replace")
         n_dims = c.unpack("<I")
         if not 1 <= n_dims <= _MAX_DIMS:
-            raise ModelError(f"{path.name}: tensor {name} has {n_dims} dimensions")
+            raise ModelError(f"{fname}: tensor {name} has {n_dims} dimensions")
         dims = tuple(c.unpack("<" + "Q" * n_dims)) if n_dims > 1 else (c.unpack("<Q"),)
         ttype, offset = c.unpack("<IQ")
         infos.append((name, dims, ttype, offset))
-    start = -(-c.pos // alignment) * alignment
-    out = {}
-    for name, dims, ttype, offset in infos:
-        out[name] = _tensor(mm, path.name, name, dims, ttype, start + offset, GGML_QUANT_SIZES)
-    return out
+    return infos, -(-c.pos // alignment) * alignment
 
 
 def _tensor(mm: mmap.mmap, fname: str, name: str, dims: tuple[int, ...], ttype: int,

@@ -85,8 +85,10 @@ def write_gguf(
     dtype: str = "f32",
     rope_freqs: np.ndarray | None = None,
     name: str = "tiny",
+    shape: dict | None = None,
 ) -> Path:
-    """Write the HF model in `model_dir` as a llama.cpp-style GGUF at `out`."""
+    """Write the HF model in `model_dir` as a llama.cpp-style GGUF at `out`; `shape`
+    overrides metadata values written by the GGUFWriter's add_<key> (e.g. head_count)."""
     import gguf
 
     cfg = json.loads((model_dir / "config.json").read_text())
@@ -94,18 +96,19 @@ def write_gguf(
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     w = gguf.GGUFWriter(str(out), arch)
+    over = shape or {}
     w.add_name(name)
-    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_block_count(over.get("block_count", cfg["num_hidden_layers"]))
     w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_key_length(head_dim)
+    w.add_embedding_length(over.get("embedding_length", cfg["hidden_size"]))
+    w.add_feed_forward_length(over.get("feed_forward_length", cfg["intermediate_size"]))
+    w.add_head_count(over.get("head_count", heads))
+    w.add_head_count_kv(over.get("head_count_kv", kv_heads))
+    w.add_key_length(over.get("key_length", head_dim))
     w.add_value_length(head_dim)
     w.add_rope_dimension_count(head_dim)
     theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 1e4)
-    w.add_rope_freq_base(float(theta))
+    w.add_rope_freq_base(over.get("rope_freq_base", float(theta)))
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     _add_tokenizer(w, model_dir)
     for hf, t in load_file(str(model_dir / "model.safetensors")).items():

@@ -8,6 +8,7 @@ embedded SmolLM2 and compares it with transformers' own GGUF loader.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +18,13 @@ from safetensors.numpy import load_file
 from core.errors import ModelError
 from core.model import gguf_import
 from core.model.config import load_config
-from core.model.gguf_import import import_gguf, llama3_rope_factors, permute_qk, unpermute_qk
+from core.model.gguf_import import (
+    gguf_cache_key,
+    import_gguf,
+    llama3_rope_factors,
+    permute_qk,
+    unpermute_qk,
+)
 from core.model.gguf_weights import open_weights
 from core.model.model_dir import resolve_model
 from core.model.reference import transformers_model
@@ -193,6 +200,33 @@ def test_truncated_gguf(tiny_models, tmp_path, isolated_cache):
         import_gguf(f)
     assert "truncated" in str(e.value) and "\n" not in str(e.value)
     assert list((isolated_cache / "models").iterdir()) == []  # nothing half-written kept
+
+
+@pytest.mark.parametrize("shape", [
+    {"head_count": 0, "key_length": 0}, {"feed_forward_length": 0}, {"embedding_length": 0},
+    {"block_count": 0}, {"rope_freq_base": 0.0}, {"head_count": 4, "head_count_kv": 3},
+])
+def test_a_zero_model_shape_is_a_clear_error(tiny_models, tmp_path, shape):
+    f = write_gguf(tiny_models["llama"], tmp_path / "m.gguf", shape=shape)
+    with pytest.raises(ModelError) as e:
+        import_gguf(f)
+    assert "m.gguf is damaged" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_cache_key_changes_with_the_file(tiny_models, tmp_path):
+    """An edit in place of a weight far from both ends (size kept) gives a new key, so a
+    stale import (and the shards split from it) is not reused; a move keeps the key."""
+    f = write_gguf(tiny_models["llama"], tmp_path / "m.gguf")
+    first = import_gguf(f)
+    key = gguf_cache_key(f)
+    moved = f.rename(tmp_path / "n.gguf")
+    assert gguf_cache_key(moved) == key
+    data = bytearray(moved.read_bytes())
+    data[len(data) // 2 + 77] ^= 0xFF
+    time.sleep(0.01)
+    moved.write_bytes(bytes(data))
+    assert gguf_cache_key(moved) != key
+    assert import_gguf(moved).name.split("-")[-1] != first.name.split("-")[-1]
 
 
 def test_unsupported_gguf_architecture(tiny_models, tmp_path):
