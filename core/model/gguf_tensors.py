@@ -96,11 +96,7 @@ def read_tensors(path: Path) -> dict[str, GgufTensor]:
     from gguf.constants import GGML_QUANT_SIZES
 
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read {path.name} ({e})") from None
+    mm = _map(path)
     infos, start = _table(mm, path.name)
     out = {}
     for name, dims, ttype, offset in infos:
@@ -112,12 +108,15 @@ def data_start(path: Path) -> int:
     """Where the tensor data begins: the bytes before it are the header, the metadata and
     the tensor table (every tensor's name, shape, type and offset)."""
     path = Path(path)
+    return _table(_map(path), path.name)[1]  # the map closes when its views are gone
+
+
+def _map(path: Path) -> mmap.mmap:
     try:
         with open(path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read {path.name} ({e})") from None
-    return _table(mm, path.name)[1]  # the map closes when the table's views are gone
 
 
 def _table(mm: mmap.mmap, fname: str) -> tuple[list[tuple[str, tuple[int, ...], int, int]],
