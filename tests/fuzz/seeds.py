@@ -118,3 +118,24 @@ def data_plane() -> list[Seed]:
         Seed("fast_hello", (wire.pack(wire.Kind.FAST_HELLO, 1, 32)
                             + fastlink.hello_mac(TOKEN, 1),), header=-1),
     ]
+
+
+def pairing_requests() -> list[Seed]:
+    """What a master (or anyone) sends a worker's pairing port: one msgpack frame each,
+    without its 4-byte length (the target frames them); the `raw:` ones are whole wire
+    bytes, prefixes included, so mutations reach the framing too."""
+    from core.cluster import pairing_code
+    from core.cluster.pairing_wire import pack
+
+    hello = pack("hello", {"name": "fuzz-master",
+                           "pake": pairing_code.master_pake("123456").start()})
+    info = pack("info")
+    confirm = pack("confirm", {"mac": b"\0" * 32, "public_key": "k" * 40})
+    return [
+        Seed("info", (info[4:],)),
+        Seed("hello", (hello[4:],)),
+        Seed("confirm", (confirm[4:],)),
+        Seed("info+hello", (info[4:], hello[4:])),
+        Seed("hello+confirm", (hello[4:], confirm[4:])),
+        Seed("raw:info+hello", (info + hello,), header=-1),
+    ]

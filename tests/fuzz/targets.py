@@ -10,6 +10,8 @@ its seeds; the mutations and checks are the same.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,8 +27,9 @@ from tests.fuzz.report import Tally
 class PortTarget(Protocol):
     name: str
 
-    def send(self, frames: list[bytes]) -> str | None:
-        """Send one message; the kind of answer ("refused", "pong", ...) or None."""
+    def send(self, frames: list[bytes], raw: bool = False) -> str | None:
+        """Send one message; the kind of answer ("refused", "pong", ...) or None. `raw`:
+        the frames are whole wire bytes (a seed named raw:...), for a framed protocol."""
 
     def alive(self) -> bool:
         """The process runs and answers a fresh, valid request."""
@@ -55,6 +58,13 @@ def _is_unpair(frames: list[bytes]) -> bool:
     return isinstance(h, dict) and h.get("op") == "unpair"
 
 
+CHUNK = 20_000  # examples per Hypothesis run within one fuzz_port
+
+
+def _raw(seed_name: str) -> bool:
+    return seed_name.startswith("raw:")
+
+
 def _settle(target: PortTarget) -> Usage:
     time.sleep(0.5)
     return target.usage()
@@ -63,16 +73,19 @@ def _settle(target: PortTarget) -> Usage:
 def fuzz_port(target: PortTarget, seeds: list[Seed], n: int, tally: Tally,
               bounds: Bounds = Bounds(), warm: int = 300) -> None:
     for i in range(warm):  # allocator arenas, caches and lazy imports settle first
-        assert target.send(list(seeds[i % len(seeds)].frames)) is not None
+        seed = seeds[i % len(seeds)]
+        assert target.send(list(seed.frames), _raw(seed.name)) is not None, seed.name
     before = _settle(target)
     start = time.monotonic()
+    progress = _Progress(target, before, start)
 
-    @settings(max_examples=n)
-    @given(mutated(seeds).filter(lambda c: not _is_unpair(c[1])))
+    strategy = mutated(seeds).filter(lambda c: not _is_unpair(c[1]))
+
+    @given(strategy)
     def run(case):
         name, frames = case
         tally.frames += 1
-        answer = target.send(frames)
+        answer = target.send(frames, _raw(name))
         if answer is None:  # no answer: only fine if the process is still serving
             assert target.alive(), (f"{target.name} died on a mutated {name}; it said: "
                                     f"{target.console()[-15:]}")
@@ -81,9 +94,15 @@ def fuzz_port(target: PortTarget, seeds: list[Seed], n: int, tally: Tally,
             tally.refused += 1
         else:
             tally.accepted += 1
+        progress.tick(tally)
 
+    deadline = float(os.environ.get("TPI_FUZZ_DEADLINE", "inf"))  # epoch seconds
+    done = tally.frames
     try:
-        run()
+        # In chunks, so a long run can stop at TPI_FUZZ_DEADLINE and still do the final
+        # checks (each chunk a fresh Hypothesis run: random seeds in the fuzz profile).
+        while tally.frames - done < n and time.time() < deadline:
+            settings(max_examples=min(CHUNK, n - (tally.frames - done)))(run)()
     finally:
         tally.seconds += time.monotonic() - start
     assert target.alive(), f"{target.name} does not answer; it said: {target.console()[-15:]}"
@@ -96,6 +115,31 @@ def fuzz_port(target: PortTarget, seeds: list[Seed], n: int, tally: Tally,
     assert tally.threads <= bounds.threads, (before, after)
 
 
+class _Progress:
+    """With TPI_FUZZ_PROGRESS=path, a JSON line every 10,000 frames (frames, seconds,
+    growth so far): a long run that is stopped early still says how far it got."""
+
+    EVERY = 10_000
+
+    def __init__(self, target: PortTarget, before: Usage, start: float):
+        self.path = os.environ.get("TPI_FUZZ_PROGRESS")
+        self.target, self.before, self.start = target, before, start
+
+    def tick(self, tally: Tally) -> None:
+        if not self.path or tally.frames % self.EVERY:
+            return
+        now = self.target.usage()
+        line = {"target": tally.target, "frames": tally.frames,
+                "seconds": round(time.monotonic() - self.start, 1),
+                "refused": tally.refused, "accepted": tally.accepted,
+                "rss_mb": round(now.rss_mb - self.before.rss_mb, 1),
+                "fds": now.fds - self.before.fds,
+                "threads": now.threads - self.before.threads,
+                "load": os.getloadavg()[0]}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 class WorkerControlTarget:
     """`tpi-chat worker`'s CURVE control port, as its paired master (PairedWorker)."""
 
@@ -106,7 +150,7 @@ class WorkerControlTarget:
         self.sock = worker.connect()
         self.silent = 0
 
-    def send(self, frames: list[bytes]) -> str | None:
+    def send(self, frames: list[bytes], raw: bool = False) -> str | None:
         self.sock.send_multipart(frames)
         if not self.sock.poll(self.timeout_ms):
             self.silent += 1  # libzmq dropped it (over its size cap): start afresh
