@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from core.comm.codec import encode
 from tests.fixtures.paired_worker import PairedWorker
 
 KB = 1024
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -77,92 +79,93 @@ class Master:
         self.sock.close()
 
 
-def test_a_second_master_cannot_replace_the_first_ones_shard(tmp_path, template):
-    w = PairedWorker(tmp_path / "w")
-    try:
-        mallory_id = w.add_master("mallory")
-        alice, mallory = Master(w), Master(w, mallory_id)
-        mine = _files(b"alice's weights " * 64)
-        assert alice.ship("s1", _manifest(template, mine), mine)[-1] == "ship_committed"
-        theirs = _files(b"mallory's weights" * 64)
-        assert mallory.ship("s1", _manifest(template, theirs), theirs)[-1] == "ship_committed"
-        # Alice's shard is intact: her begin finds every file complete, nothing to re-send.
-        have = alice.ask("ship_begin", {"split_id": "s1", "manifest": _manifest(template, mine)})
-        assert have.op == "ship_have"
-        (f, data), = mine.items()
-        assert have.meta["files"][f] == {"have_bytes": len(data), "complete": True}
-        assert (w.data_dir / "shards" / owner_folder(w.master.public_key) / "s1" / f
-                ).read_bytes() == data
-        alice.close()
-        mallory.close()
-    finally:
-        w.stop()
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    w = PairedWorker(tmp_path_factory.mktemp("shards") / "w")
+    yield w
+    w.stop()
 
 
-def test_concurrent_ships_cannot_claim_the_same_space_or_pass_the_quota(tmp_path, template):
+@pytest.fixture(scope="module")
+def small_worker(tmp_path_factory):
+    """Quota 100 KB per master; each test ships as masters of its own."""
+    w = PairedWorker(tmp_path_factory.mktemp("quota") / "w", args=("--shard-quota", "100KB"))
+    yield w
+    w.stop()
+
+
+def _folder(w: PairedWorker, master) -> Path:
+    return w.data_dir / "shards" / owner_folder(master.public_key)
+
+
+def test_a_second_master_cannot_replace_the_first_ones_shard(worker, template):
+    alice_id, mallory_id = worker.add_master("alice"), worker.add_master("mallory")
+    alice, mallory = Master(worker, alice_id), Master(worker, mallory_id)
+    mine = _files(b"alice's weights " * 64)
+    assert alice.ship("s1", _manifest(template, mine), mine)[-1] == "ship_committed"
+    theirs = _files(b"mallory's weights" * 64)
+    assert mallory.ship("s1", _manifest(template, theirs), theirs)[-1] == "ship_committed"
+    # Alice's shard is intact: her begin finds every file complete, nothing to re-send.
+    have = alice.ask("ship_begin", {"split_id": "s1", "manifest": _manifest(template, mine)})
+    assert have.op == "ship_have"
+    (f, data), = mine.items()
+    assert have.meta["files"][f] == {"have_bytes": len(data), "complete": True}
+    assert (_folder(worker, alice_id) / "s1" / f).read_bytes() == data
+    alice.close()
+    mallory.close()
+
+
+def test_concurrent_ships_cannot_claim_the_same_space_or_pass_the_quota(small_worker,
+                                                                          template):
     """Quota 100 KB: eight ships of 30 KB begun together get three claims, not eight;
     another master has a quota of its own; what lands on disk stays within it."""
-    w = PairedWorker(tmp_path / "w", args=("--shard-quota", "100KB"))
-    try:
-        files = _files(os.urandom(30 * KB))
-        m = _manifest(template, files)
-        alice = Master(w)
-        answers = [alice.ask("ship_begin", {"split_id": f"s{i}", "manifest": m})
-                   for i in range(8)]
-        assert [a.op for a in answers] == ["ship_have"] * 3 + ["ship_error"] * 5
-        assert answers[3].meta["code"] == "no_space"
-        assert "--shard-quota" in answers[3].meta["message"]
-        bob = Master(w, w.add_master("bob"))  # his own quota, untouched by Alice's claims
-        assert bob.ask("ship_begin", {"split_id": "s0", "manifest": m}).op == "ship_have"
-        for i in range(8):  # chunks of refused ships find no session
-            for f, d in files.items():
-                alice.ask("ship_chunk", {"split_id": f"s{i}", "file": f, "offset": 0},
-                          [_tensor(d)])
-        used = sum(p.stat().st_size for p in (w.data_dir / "shards" /
-                                              owner_folder(w.master.public_key)).rglob("*")
-                   if p.is_file())
-        assert used <= 100 * KB, used
-        alice.close()
-        bob.close()
-    finally:
-        w.stop()
+    w = small_worker
+    files = _files(os.urandom(30 * KB))
+    m = _manifest(template, files)
+    alice_id = w.add_master("alice")
+    alice = Master(w, alice_id)
+    answers = [alice.ask("ship_begin", {"split_id": f"s{i}", "manifest": m}) for i in range(8)]
+    assert [a.op for a in answers] == ["ship_have"] * 3 + ["ship_error"] * 5
+    assert answers[3].meta["code"] == "no_space"
+    assert "--shard-quota" in answers[3].meta["message"]
+    bob = Master(w, w.add_master("bob"))  # his own quota, untouched by Alice's claims
+    assert bob.ask("ship_begin", {"split_id": "s0", "manifest": m}).op == "ship_have"
+    for i in range(8):  # chunks of refused ships find no session
+        for f, d in files.items():
+            alice.ask("ship_chunk", {"split_id": f"s{i}", "file": f, "offset": 0}, [_tensor(d)])
+    used = sum(p.stat().st_size for p in _folder(w, alice_id).rglob("*") if p.is_file())
+    assert used <= 100 * KB, used
+    alice.close()
+    bob.close()
 
 
-def test_old_shards_make_room_within_the_quota(tmp_path, template):
+def test_old_shards_make_room_within_the_quota(small_worker, template):
     """A master that ships more models than its quota holds is not stuck: its least
     recently used committed shards are removed for the new one."""
-    w = PairedWorker(tmp_path / "w", args=("--shard-quota", "100KB"))
-    try:
-        alice = Master(w)
-        for i in range(5):
-            files = _files(os.urandom(30 * KB))
-            assert alice.ship(f"s{i}", _manifest(template, files), files)[-1] == \
-                "ship_committed", w.proc.lines[-5:]
-        left = sorted(p.name for p in (w.data_dir / "shards" /
-                                       owner_folder(w.master.public_key)).iterdir())
-        assert left == ["s2", "s3", "s4"]
-        alice.close()
-    finally:
-        w.stop()
+    carol_id = small_worker.add_master("carol")
+    carol = Master(small_worker, carol_id)
+    for i in range(5):
+        files = _files(os.urandom(30 * KB))
+        assert carol.ship(f"s{i}", _manifest(template, files), files)[-1] == \
+            "ship_committed", small_worker.proc.lines[-5:]
+    assert sorted(p.name for p in _folder(small_worker, carol_id).iterdir()) == \
+        ["s2", "s3", "s4"]
+    carol.close()
 
 
-def test_touching_many_files_does_not_hold_a_descriptor_each(tmp_path, template):
-    w = PairedWorker(tmp_path / "w")
-    try:
-        files = _files(*[b"xy"] * 400)
-        alice = Master(w)
-        assert alice.ask("ship_begin", {"split_id": "many",
-                                        "manifest": _manifest(template, files)}).op == "ship_have"
-        before = w.usage().fds
-        one = _tensor(b"x")
-        for f in files:  # half of each file: every temp file stays unfinished
-            assert alice.ask("ship_chunk", {"split_id": "many", "file": f, "offset": 0},
-                             [one]).op == "ship_ack"
-        grew = w.usage().fds - before
-        assert grew <= 10, f"{grew} more open files after touching 400 temp files"
-        alice.close()
-    finally:
-        w.stop()
+def test_touching_many_files_does_not_hold_a_descriptor_each(worker, template):
+    files = _files(*[b"xy"] * 400)
+    dave = Master(worker, worker.add_master("dave"))
+    assert dave.ask("ship_begin", {"split_id": "many",
+                                   "manifest": _manifest(template, files)}).op == "ship_have"
+    before = worker.usage().fds
+    one = _tensor(b"x")
+    for f in files:  # half of each file: every temp file stays unfinished
+        assert dave.ask("ship_chunk", {"split_id": "many", "file": f, "offset": 0},
+                        [one]).op == "ship_ack"
+    grew = worker.usage().fds - before
+    assert grew <= 10, f"{grew} more open files after touching 400 temp files"
+    dave.close()
 
 
 def test_unfinished_ships_and_the_old_layout_are_cleaned_at_start(tmp_path):
