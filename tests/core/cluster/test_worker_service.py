@@ -68,12 +68,12 @@ def test_command_passes_the_options_through_with_an_absolute_data_dir(tmp_path, 
     monkeypatch.chdir(tmp_path)
     svc = ws.service_from_args(worker_args("--data-dir", "rel", "--memory-budget", "3GB",
                                            "--name", "pi-1", "--host", "10.0.0.7",
-                                           "--port", "5600"), BOB)
+                                           "--port", "5600", "--shard-quota", "40GB"), BOB)
     assert svc.data_dir == tmp_path / "rel"
     assert list(svc.argv) == [os.path.abspath(sys.executable), "-m", "core.cli", "worker",
                               "--data-dir", str(tmp_path / "rel"), "--name", "pi-1",
                               "--host", "10.0.0.7", "--port", "5600",
-                              "--memory-budget", "3GB"]
+                              "--memory-budget", "3GB", "--shard-quota", "40GB"]
     assert svc.log_path == tmp_path / "rel" / "logs" / "worker.log"
     assert svc.working_dir == REPO and (REPO / "core" / "cli.py").is_file()
 
@@ -96,6 +96,9 @@ def test_a_bad_memory_budget_is_refused_at_install_time(tmp_path):
     with pytest.raises(TpiError, match="3 gigs"):
         ws.service_from_args(worker_args("--data-dir", str(tmp_path),
                                          "--memory-budget", "3 gigs"), BOB)
+    with pytest.raises(TpiError, match="lots"):
+        ws.service_from_args(worker_args("--data-dir", str(tmp_path),
+                                         "--shard-quota", "lots"), BOB)
 
 
 def test_under_sudo_the_default_data_dir_is_the_invoking_users(tmp_path, monkeypatch):
