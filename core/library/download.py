@@ -39,6 +39,7 @@ PARTIAL = ".partial"
 MARKER = ".tpi-download.json"
 CHUNK_BYTES = 1 << 20  # a cancel or a progress report waits at most one chunk
 REPORT_S = 0.1
+SIZE_SLACK, SIZE_SLACK_BYTES = 1.25, 10_000_000  # how far the hub's size may exceed ours
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
 
@@ -97,12 +98,13 @@ def download_model(entry: CatalogEntry, models_dir: Path, on_progress: OnProgres
             continue
         job.at(0, "Connecting")
         meta = _metadata(entry.repo, f.name, revision)
+        _check_size(meta, f.size)
         revision = meta.commit
         todo.append((meta, final))
         record[f.name] = {"etag": meta.etag, "size": meta.size}
     job.total = job.before + sum(m.size for m, _ in todo)
     for meta, final in todo:
-        job.file = meta.name
+        job.file, job.expected = meta.name, meta.size
         _fetch(job, meta, partial, final)
     (folder / MARKER).write_text(json.dumps(
         {"repo": entry.repo, "commit": revision, "files": record}, indent=1), encoding="utf-8")
@@ -190,6 +192,7 @@ class _Job:
         self.total = entry.size  # the hub's sizes replace the catalog's once known
         self.before = 0  # bytes of the files already finished
         self.file = ""
+        self.expected = 0  # bytes of the file being downloaded, as the hub said
         self.on_progress, self.should_stop = on_progress, should_stop
         self.rate = TransferRate()
         self._last = 0.0
@@ -291,6 +294,9 @@ class _HashingFile:
             self.job.at(self.size, "Checking what was downloaded")
 
     def write(self, data: bytes) -> int:
+        if self.size + len(data) > self.job.expected:  # never more than the hub promised
+            raise ChecksumError(f"{self.job.file} is longer than the hub said "
+                                f"({self.job.expected} bytes); it was deleted, try again")
         n = self.raw.write(data)
         self.digest.update(data)
         self.size += len(data)
@@ -340,6 +346,16 @@ class _QuietBar:
 
     def close(self) -> None:
         pass
+
+
+def _check_size(meta: _Meta, listed: int) -> None:
+    """The hub's size may differ a little from the catalog's (a re-upload), not a lot: a
+    98 MB model must not turn into 40 GB behind the user's back."""
+    if meta.size > listed * SIZE_SLACK + SIZE_SLACK_BYTES:
+        from core.library.fit import human_bytes
+
+        raise ModelError(f"the hub's {meta.name} is {human_bytes(meta.size)}, not about "
+                         f"{human_bytes(listed)} as the catalog says; it was not downloaded")
 
 
 def _check_disk(folder: Path, need: int) -> None:

@@ -115,3 +115,19 @@ def test_no_hub_is_a_sentence(hub_env, tmp_path, monkeypatch):
 def _part_size(root) -> int:
     parts = list((root / "tiny" / PARTIAL).glob("*.part"))
     return parts[0].stat().st_size if parts else 0
+
+
+def test_more_bytes_than_the_hub_announced_are_refused(hub_env, tmp_path):
+    hub = hub_env({REPO: {"tiny.Q8_0.gguf": payload(2 * MB)}})
+    hub.state.size_lie = -1000  # the CDN sends 1000 bytes more than X-Linked-Size
+    with pytest.raises(ChecksumError, match="longer than the hub said"):
+        download_model(entry(), tmp_path, lambda p: None)
+    assert not list((tmp_path / "tiny").rglob("*.part"))
+
+
+def test_a_file_far_larger_than_the_catalog_says_is_not_downloaded(hub_env, tmp_path):
+    hub = hub_env({REPO: {"tiny.Q8_0.gguf": payload(100)}})
+    hub.state.size_lie = 50 * 10**9  # the hub now says 50 GB
+    with pytest.raises(ModelError, match="not about"):
+        download_model(entry(), tmp_path, lambda p: None)
+    assert hub.gets() == []  # nothing was fetched
