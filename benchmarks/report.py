@@ -8,7 +8,7 @@ from pathlib import Path
 from cells import fmt, verdict
 from llama70b_report import llama70b_section
 from llamacpp_report import llamacpp_section, perplexity_section, ratio_verdict
-from speculative_report import speculative_section
+from speculative_report import speculative_section, speculative_targets
 from streaming_report import streaming_section
 
 ENGINE_TARGETS = (
@@ -199,7 +199,8 @@ def render(out_dir: Path, extra: dict) -> str:
              "benchmarks/out/*.json.", ""]
     if mach:
         lines += machine_section(mach, extra)
-    lines += targets_section(engine, memory, same_file_targets(llama, ppl))
+    lines += targets_section(engine, memory,
+                             same_file_targets(llama, ppl) + speculative_targets(spec))
     if extra.get("notes"):
         lines += ["## Notes on this run", "", *[f"- {n}" for n in extra["notes"]], ""]
     if engine:

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+import statistics
+
 
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
+
+
+def paired_ratio(delay: dict) -> float | None:
+    """Median over repetitions of speculative / plain ms/token, each pair run back to back."""
+    runs = delay["runs"]
+    pairs = [s["ms_per_token"] / p["ms_per_token"]
+             for p, s in zip(runs["plain"], runs["speculative"], strict=False)
+             if p["ms_per_token"]]
+    return round(statistics.median(pairs), 3) if pairs else None
+
+
+def speculative_targets(d: dict | None) -> list[str]:
+    """Rows of the Targets table: one per link latency."""
+    rows = []
+    for delay in (d or {}).get("delays", []):
+        x = delay["summary"]
+        rows.append(
+            f"| default model, 2 ranks, {x['delay_ms']:g} ms per send, greedy: speculative / "
+            f"plain decode ms/token, same tokens ({'yes' if x['identical'] else 'NO'}) | "
+            f"<= {x['max_ratio']} | {x['ratio']} | {paired_ratio(delay)} | "
+            f"{'PASS' if x['pass'] else 'MISS'} |")
+    return rows
 
 
 def speculative_section(d: dict) -> list[str]:

@@ -16,6 +16,8 @@ import logging
 import time
 from pathlib import Path
 
+import psutil
+
 from core.engine.head import Head
 from core.engine.master import MasterRunner, SoloGroup
 from core.engine.options import RunOptions
@@ -24,8 +26,8 @@ from core.engine.spec_control import KControl, parse_speculate
 from core.engine.speculative import Speculator
 from core.errors import ModelError, TpiError
 from core.model.cache import cache_dir
-from core.model.config import load_config
-from core.model.gguf_weights import is_gguf_dir
+from core.model.config import ModelConfig, load_config
+from core.model.gguf_weights import is_gguf_dir, read_pointer
 from core.model.model_dir import model_hash, resolve_model
 from core.model.tokenizer import ChatTokenizer
 from core.progress import Progress
@@ -39,6 +41,9 @@ FLOAT_DRAFT = "q8_0"  # a float target's self-draft: a quarter of the bytes, clo
 SELF_ACCEPTANCE = 0.9  # the first guess of the share of draft tokens kept: the target's
 OTHER_ACCEPTANCE = 0.7  # own weights agree with it more often than a smaller model does
 TIMING_TOKENS = 8  # the multi-token step timed at start (the per-token slope)
+FREE_SHARE = 0.6  # the draft may take at most this share of the memory free after the start
+BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8, "q8_0": 8.5, "q4_0": 4.5,
+        "q4_1": 5}
 
 
 def self_draft_dtype(model_dir: Path, dtype: str) -> str:
@@ -65,6 +70,7 @@ def start_speculator(model_dir: Path, tokenizer: ChatTokenizer, opts: RunOptions
                                   lambda d, t: report("Importing draft model", d, t))
         check_same_vocab(model_dir, tokenizer, draft_dir)
         dtype = AUTO
+    check_fits(draft_bytes(draft_dir, dtype))
     plan = make_plan(load_config(draft_dir), [1.0])
     split = split_model(draft_dir, plan, cache_dir() / "shards", dtype,
                         model_hash=model_hash(draft_dir),
@@ -79,6 +85,36 @@ def start_speculator(model_dir: Path, tokenizer: ChatTokenizer, opts: RunOptions
              setting.draft, dtype, one, slope)
     prior = SELF_ACCEPTANCE if setting.draft == SELF else OTHER_ACCEPTANCE
     return Speculator(runner, KControl(setting.k, one, slope, prior), close=rank.close)
+
+
+def draft_bytes(model_dir: Path, dtype: str) -> int:
+    """About how much memory the draft's weights take in `dtype` (a GGUF kept as it is:
+    its file's size)."""
+    if dtype in (AUTO, "gguf") and is_gguf_dir(model_dir):
+        return read_pointer(model_dir)["size"]
+    bits = BITS.get("float32" if dtype == AUTO else dtype, 32)
+    return int(param_count(load_config(model_dir)) * bits / 8)
+
+
+def param_count(cfg: ModelConfig) -> int:
+    attn = cfg.hidden_size * cfg.head_dim * 2 * (cfg.num_heads + cfg.num_kv_heads)
+    mlp = 3 * cfg.hidden_size * cfg.intermediate_size
+    embed = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
+    return cfg.num_layers * (attn + mlp) + embed
+
+
+def free_memory() -> int:
+    return int(psutil.virtual_memory().available)
+
+
+def check_fits(nbytes: int) -> None:
+    """A whole copy of the model on this computer must leave room for everything else:
+    a model spread over devices because it does not fit here gets no self-draft."""
+    free = free_memory()
+    if nbytes > FREE_SHARE * free:
+        raise TpiError(f"the draft model needs ~{nbytes / 2**30:.2f} GB and this computer has "
+                       f"{free / 2**30:.2f} GB free; use a smaller --draft MODEL, or "
+                       "--speculate off")
 
 
 def check_same_vocab(model_dir: Path, tokenizer: ChatTokenizer, draft_dir: Path) -> None:

@@ -87,3 +87,14 @@ def test_reply_ends_at_eos_inside_a_step(clusters):
     r = Generator(target, {eos}, speculator=Speculator(same, KControl(fixed=8))
                   ).generate(PROMPT, _greedy(30))
     assert r.token_ids == want and r.stop_reason == "eos"
+
+
+def test_sampling_through_the_accept_reject_rule_with_top_k_one_is_greedy(clusters):
+    """top-k 1 makes p and q one-hot: the rule must then reproduce the greedy reply
+    exactly (a refused draft is replaced from max(0, p - q), the target's own pick)."""
+    target, other, _ = clusters
+    plain = Generator(target, {2}).generate(PROMPT, _greedy(20)).token_ids
+    params = SamplingParams(temperature=1.3, top_k=1, top_p=0.9, seed=5, max_new_tokens=20)
+    r = Generator(target, {2}, speculator=Speculator(other, KControl(fixed=4))
+                  ).generate(PROMPT, params)
+    assert r.token_ids == plain and r.acceptance < 1.0

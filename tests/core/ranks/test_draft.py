@@ -1,0 +1,40 @@
+"""Loading a draft: what does not fit in free memory, or speaks other tokens, is refused
+with a sentence; auto with one rank and a self draft loads nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.engine.options import RunOptions
+from core.errors import ModelError, TpiError
+from core.model.tokenizer import ChatTokenizer
+from core.ranks import draft
+from core.ranks.draft import draft_bytes, self_draft_dtype, start_speculator
+from tests.fixtures.tiny_models import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("llama"), "llama")
+
+
+def test_a_draft_that_does_not_fit_in_free_memory_is_refused(tiny, monkeypatch):
+    need = draft_bytes(tiny, "q8_0")
+    assert 0 < need < draft_bytes(tiny, "float32")
+    monkeypatch.setattr(draft, "free_memory", lambda: need)  # 60% of it is not enough
+    with pytest.raises(TpiError, match="GB free"):
+        start_speculator(tiny, ChatTokenizer(tiny), RunOptions(speculate="2"), 2)
+
+
+def test_a_draft_with_other_logits_is_refused(tiny, tmp_path):
+    other = make_tiny_model(tmp_path / "other", "llama", vocab_size=600)
+    with pytest.raises(ModelError, match="logits"):
+        start_speculator(tiny, ChatTokenizer(tiny),
+                         RunOptions(speculate="2", draft=str(other)), 2)
+
+
+def test_auto_self_draft_on_one_rank_loads_nothing(tiny):
+    assert start_speculator(tiny, ChatTokenizer(tiny), RunOptions(speculate="auto"), 1) is None
+    assert start_speculator(tiny, ChatTokenizer(tiny), RunOptions(speculate="off"), 2) is None
+    assert self_draft_dtype(tiny, "auto") == "q8_0"  # a float folder's self-draft
+    assert self_draft_dtype(tiny, "int8") == "int8"  # a quantized target keeps its own
