@@ -12,8 +12,10 @@ from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
+    QFrame,
     QMainWindow,
     QMessageBox,
+    QScrollArea,
     QSplitter,
     QTabWidget,
     QVBoxLayout,
@@ -98,7 +100,7 @@ class MainWindow(QMainWindow):
         self.right = QTabWidget()
         self.right.setObjectName("RightPanel")
         self.right.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
-        self.right.addTab(self.settings, "Settings")
+        self.right.addTab(self._scrolling(self.settings), "Settings")
         self.right.addTab(self.devices, "Devices")
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.setHandleWidth(1)
@@ -161,6 +163,21 @@ class MainWindow(QMainWindow):
         self._roster_changed()
         self.watch: DeviceWatch | None = None
         QTimer.singleShot(0, self._start_watch)  # after callers set discovery_interfaces
+
+    @staticmethod
+    def _scrolling(panel: QWidget) -> QScrollArea:
+        """`panel` in a frameless scroll area: on a short screen it scrolls instead of
+        squashing its fields to nothing."""
+        scroll = QScrollArea()
+        scroll.setWidget(panel)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.viewport().setAutoFillBackground(False)
+        panel.setAutoFillBackground(False)
+        scroll.setMinimumWidth(panel.minimumSizeHint().width()
+                               + scroll.verticalScrollBar().sizeHint().width())
+        return scroll
 
     def _start_watch(self) -> None:
         if self.watch is None and not self._closed:

@@ -49,8 +49,9 @@ class ApiServerSetting(QWidget):
         self.key = QLineEdit(self)
         self.key.setMaxLength(MAX_API_KEY)
         self.key.setEchoMode(QLineEdit.EchoMode.PasswordEchoOnEdit)
-        self.key.setPlaceholderText("none (this computer only)")
-        self.key.setToolTip("Clients send it as 'Authorization: Bearer KEY'")
+        self.key.setPlaceholderText("none")
+        self.key.setToolTip("Clients send it as 'Authorization: Bearer KEY'. Without one, "
+                            "any program or user of this computer can use the model")
         self.new_key = QPushButton("New", self)
         self.new_key.setToolTip("Make a random key")
         key_row.addWidget(self.key, 1)
@@ -73,6 +74,7 @@ class ApiServerSetting(QWidget):
         self.new_key.clicked.connect(self._make_key)
         self._last: dict | None = None
         self.set_value(API_SERVER_DEFAULT)
+        self.set_state(ApiState(False))
 
     def value(self) -> dict:
         return {"enabled": self.enabled.isChecked(), "port": self.port.value(),
@@ -95,7 +97,9 @@ class ApiServerSetting(QWidget):
             self.state.setText("Off.")
         elif state.url:
             served = f" \u00b7 {state.requests} answered" if state.requests else ""
-            self.state.setText(f"Serving at {state.url}/v1{served}")
+            open_to = "" if self.key.text().strip() else \
+                " \u00b7 no key: any user of this computer can use it"
+            self.state.setText(f"Serving at {state.url}/v1{served}{open_to}")
         elif state.error:
             self.state.setText(state.error)
         else:
