@@ -97,3 +97,17 @@ def test_cancel_keeps_what_arrived_and_download_resumes(qtbot, hub, tmp_path):
     with qtbot.waitSignal(d.open_requested, timeout=60000):
         qtbot.mouseClick(d.primary, Qt.MouseButton.LeftButton)
     assert hub.gets()[-1][2] == f"bytes={kept}-"
+
+
+def test_a_reply_measures_the_speed_the_library_shows(qtbot):
+    from app.store.settings_keys import DECODE_SPEED
+
+    w = open_window(qtbot, FakeLoader(script=lambda _t: ["word"] * 20, world_size=1))
+    assert DECODE_SPEED.get(w.store) == {}
+    assert _column(w.open_library(), "Speed")[0] == "\u2013"  # nothing measured yet
+    send(qtbot, w, "say many words")
+    speed = DECODE_SPEED.get(w.store)
+    assert set(speed) == {"local"} and speed["local"] > 0  # weight bytes per second
+    w.library.refresh()
+    assert _column(w.library, "Speed")[0].endswith("ms/token")
+    close_window(w)
