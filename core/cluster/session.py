@@ -222,10 +222,8 @@ class Session:
     def step(self, ids: list[int], pos: int, all_logits: bool = False) -> torch.Tensor:
         """One forward step over the current plan (re-planned first after a failure);
         logits as LocalCluster.step gives them (`all_logits`: every position's)."""
-        # a step that does not extend the last one starts a reply (a decode step feeds one
-        # token at the end of the history): the moment to let a returned device in
-        starts_reply = len(ids) > 1 or pos < len(self._history)
-        if self.cluster is None or (self._rejoin and starts_reply):
+        starts = starts_reply(len(ids), pos, len(self._history), all_logits)
+        if self.cluster is None or (self._rejoin and starts):
             self._rejoin = False
             self.recover()
         del self._history[pos:]
@@ -323,3 +321,11 @@ class Session:
                 self.on_status(self.device_status())
             except Exception:  # the listener's bug must not stop the session
                 pass
+
+
+def starts_reply(n_ids: int, pos: int, known: int, all_logits: bool) -> bool:
+    """Whether a step starts a reply, the moment to let a returned device in: one that
+    does not extend the last (a decode step feeds one token at the end of the history).
+    A step with every position's logits is a speculative check of drafted tokens inside a
+    reply (or a perplexity window): never a re-plan in the middle of a reply."""
+    return not all_logits and (n_ids > 1 or pos < known)

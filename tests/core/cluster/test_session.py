@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from core.cluster.session import Session
+from core.cluster.session import Session, starts_reply
 from core.cluster.worker_spec import WorkerSpec
 from core.comm.curve import Keys
 from core.cpu import usable_cores
@@ -182,3 +182,12 @@ def test_a_device_that_does_not_answer_is_left_out_and_shown_offline(tiny, tmp_p
     finally:
         w.stop()
 
+
+def test_a_speculative_check_inside_a_reply_is_no_moment_to_re_plan():
+    """A returned device rejoins when a reply starts (a prefill, a regenerate), never at
+    a speculative step checking drafts, though it feeds several ids behind the end."""
+    assert starts_reply(8, 0, 0, False)  # a prompt
+    assert starts_reply(1, 5, 9, False)  # a regenerate from position 5
+    assert not starts_reply(1, 9, 9, False)  # a decode step
+    assert not starts_reply(5, 9, 9, True)  # a check of 4 drafts after the last token
+    assert not starts_reply(5, 7, 12, True)  # ... after drafts refused at 7..11
