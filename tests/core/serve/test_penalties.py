@@ -54,3 +54,32 @@ def test_a_speculative_check_counts_the_drafts_before_each_row():
     assert torch.equal(rows[0], plain)
     assert rows[1][5] == -1.5 and rows[2][5] == -2.0 and rows[2][4] == -1.5
     assert runner.counts == {4: 1}  # the drafts are not counted as generated
+
+
+def test_speculative_replies_with_penalties_equal_plain_ones(tmp_path):
+    """Greedy with presence/frequency penalties and a bias: the checked drafts see the
+    same adjusted logits plain decoding does, so the reply is the same."""
+    from core.engine.options import RunOptions
+    from core.engine.sampler import SamplingParams
+    from core.engine.spec_control import KControl
+    from core.engine.speculative import Speculator
+    from core.ranks.local_cluster import LocalCluster
+    from tests.fixtures.tiny_models import make_tiny_model
+
+    opts = RunOptions(context=128, threads=1)
+    target = LocalCluster(make_tiny_model(tmp_path / "t", "llama", seed=0), opts).start()
+    draft = LocalCluster(make_tiny_model(tmp_path / "d", "llama", seed=1), opts).start()
+    s = Sampling(presence_penalty=0.6, frequency_penalty=0.4, logit_bias={17: 3.0})
+    params = SamplingParams(temperature=0, max_new_tokens=24)
+    try:
+        def reply(gen: Generator) -> list[int]:
+            with adjusted(gen, s) as adj:
+                return gen.generate([1, 5, 9, 23], params, on_token=adj.note).token_ids
+
+        plain = reply(Generator(target, {2}))
+        spec = reply(Generator(target, {2}, speculator=Speculator(draft, KControl(fixed=4))))
+        unadjusted = Generator(target, {2}).generate([1, 5, 9, 23], params).token_ids
+    finally:
+        target.close()
+        draft.close()
+    assert spec == plain != unadjusted
