@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from core.engine.kv_cache import KVCache
 from core.engine.linear import linear
 from core.engine.norm import rms_norm
+from core.engine.qweight import QWeight
 from core.engine.rope import apply_rope
 from core.kernels import library
 
@@ -43,11 +44,18 @@ def attention(
     T, hd = x.shape[0], s.head_dim
     if s.n_kv == 0:
         return torch.zeros_like(x)
+    kern = library.kernels()
+    if T == 1 and kern and _fusable(w, "wqkv", "wo") and "q_norm" not in w \
+            and cache.k[layer].dtype == torch.float32:
+        # the whole half-layer in one compiled call (decode_layer.c), same numbers
+        D, q_out = x.shape[1], (s.n_q + 2 * s.n_kv) * hd
+        return kern.attn_decode(x, w["norm"], s.eps, w["wqkv"].c_parts(q_out, D),
+                                w.get("bqkv"), cos[0, 0], sin[0, 0], cache.k[layer],
+                                cache.v[layer], pos, s.n_q, w["wo"].c_parts(D, s.n_q * hd))
     h = rms_norm(x, w["norm"], s.eps)
     qkv = linear(h, w, "wqkv")  # [T, (n_q + 2 n_kv) * hd]
     if "bqkv" in w:
         qkv += w["bqkv"]
-    kern = library.kernels()
     if T == 1 and kern and "q_norm" not in w and cache.k[layer].dtype == torch.float32:
         # rope, cache write and attention in one compiled step (decode_ops.c)
         out = kern.attend_one(qkv.contiguous(), cos[0, 0], sin[0, 0], cache.k[layer],
@@ -86,6 +94,13 @@ def _attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return torch.bmm(scores.softmax(-1), values).view(s.n_q, 1, hd)
 
 
+def _fusable(w: dict[str, torch.Tensor], *matrices: str) -> bool:
+    """Can decode_layer.c run this half-layer: block-quantized matrices, fp32 vectors."""
+    vectors = [w["norm"]] + ([w["bqkv"]] if "bqkv" in w else [])
+    return all(isinstance(w[m], QWeight) for m in matrices) and all(
+        v.dtype == torch.float32 and v.is_contiguous() for v in vectors)
+
+
 def _causal_mask(T: int, pos: int) -> torch.Tensor | None:
     """None when nothing is cached (is_causal does it); else [T, pos+T] bool, True = attend."""
     if pos == 0:
@@ -100,9 +115,13 @@ def mlp(x: torch.Tensor, w: dict[str, torch.Tensor], eps: float) -> torch.Tensor
     w_down = w.get("w_down")
     if w_down is None or w_down.numel() == 0:
         return torch.zeros_like(x)
+    kern = library.kernels()
+    if x.shape[0] == 1 and kern and _fusable(w, "w_gate_up", "w_down"):
+        D, C = x.shape[1], w["w_down"].in_features
+        return kern.mlp_decode(x, w["norm"], eps, w["w_gate_up"].c_parts(2 * C, D),
+                               w["w_down"].c_parts(D, C), C)  # one compiled call
     h = rms_norm(x, w["norm"], eps)
     gate_up = linear(h, w, "w_gate_up")  # [T, 2C]: gate columns, then up
-    kern = library.kernels()
     if kern:
         return linear(kern.silu_mul(gate_up.contiguous()), w, "w_down")  # [T, D]
     gate, up = gate_up.chunk(2, dim=-1)  # [T, C] each

@@ -33,6 +33,18 @@ class QWeight:
         self.out_features = sum(p.shape[0] for _, p in parts)
         self.nbytes = sum(p.nbytes for _, p in parts)
         self.dtype = torch.uint8  # what block checks that look at `.dtype` see
+        self._c_parts = None
+
+    def c_parts(self, out_features: int, in_features: int):
+        """The parts as the fused decode kernels take them (library.qparts), after checking
+        the shape the caller expects: the kernels trust it to size their reads."""
+        if (self.out_features, self.in_features) != (out_features, in_features):
+            raise ShardError(f"a quantized matrix is [{self.out_features}, {self.in_features}]"
+                             f" where the model needs [{out_features}, {in_features}]; the "
+                             "shard is damaged, delete it to re-split")
+        if self._c_parts is None:
+            self._c_parts = library.qparts([(f.kernel_id, d) for f, d in self.parts])
+        return self._c_parts
 
     def numel(self) -> int:
         return self.out_features * self.in_features

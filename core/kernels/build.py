@@ -1,4 +1,4 @@
-"""Find or compile the kernel library (matvec.c, decode_ops.c, quant*.c) for this machine.
+"""Find or compile the kernel library (matvec.c, decode_*.c, quant*.c) for this machine.
 
 Order: a library shipped beside the source (the PyInstaller bundle carries one built by
 `python -m core.kernels.build DIR`), then one compiled earlier into the cache, then a fresh
@@ -23,9 +23,9 @@ from core.model.cache import cache_dir
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-SOURCES = [HERE / "matvec.c", HERE / "decode_ops.c", HERE / "quant.c", HERE / "quant_x86.c",
-           HERE / "quant_neon.c"]
-HEADERS = [HERE / "quant.h"]
+SOURCES = [HERE / name for name in ("matvec.c", "decode_ops.c", "decode_layer.c", "quant.c",
+                                    "quant_x86.c", "quant_neon.c")]
+HEADERS = [HERE / "quant.h", HERE / "decode_ops.h"]
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
 COMPILE_TIMEOUT_S = 120
 

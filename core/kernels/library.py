@@ -1,4 +1,4 @@
-"""ctypes bindings of the compiled kernels (matvec.c, decode_ops.c, quant*.c), loaded once
+"""ctypes bindings of the compiled kernels (matvec.c, decode_*.c, quant*.c), loaded once
 per process.
 
 `kernels()` is None when the library cannot be had (no compiler, TPI_CHAT_KERNELS=0, a
@@ -24,6 +24,18 @@ LEVELS = {0: "plain C", 1: "AVX2", 2: "AVX-512"}
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 MATVEC_SYMBOLS = {torch.float32: "tpi_matvec_f32", torch.bfloat16: "tpi_matvec_bf16",
                   torch.float16: "tpi_matvec_f16"}
+
+
+class QPart(ctypes.Structure):
+    """One part of a block-quantized matrix as decode_layer.c reads it."""
+
+    _fields_ = [("fmt", ctypes.c_int32), ("w", ctypes.c_void_p), ("rows", ctypes.c_int64)]
+
+
+def qparts(parts: list[tuple[int, torch.Tensor]]) -> ctypes.Array:
+    """(format id, uint8 [rows, row bytes]) parts -> the C array; the caller keeps the
+    tensors alive as long as the array is used."""
+    return (QPart * len(parts))(*(QPart(fmt, w.data_ptr(), w.shape[0]) for fmt, w in parts))
 
 
 class Kernels:
@@ -56,6 +68,13 @@ class Kernels:
         self._deq = lib.tpi_dequant
         self._deq.argtypes = [_INT, _P, _P, _I64, _INT]
         self._deq.restype = _INT
+        self._attn = lib.tpi_attn_decode
+        self._attn.argtypes = ([_P, _P, ctypes.c_float, _P, _INT, _P, _P, _P, _P, _P]
+                               + [_I64] * 5 + [_P, _INT, _P, _I64, _INT])
+        self._attn.restype = _INT
+        self._mlp = lib.tpi_mlp_decode
+        self._mlp.argtypes = [_P, _P, ctypes.c_float, _P, _INT, _P, _INT, _P, _I64, _I64, _INT]
+        self._mlp.restype = _INT
         lib.tpi_quant_isa.restype = ctypes.c_char_p
         self.quant_isa = lib.tpi_quant_isa().decode()
 
@@ -130,6 +149,39 @@ class Kernels:
                      v_cache.data_ptr(), out.data_ptr(), scores.data_ptr(), n_q, n_kv, hd,
                      max_seq, pos, torch.get_num_threads())
         return out
+
+    def attn_decode(self, x: torch.Tensor, norm: torch.Tensor, eps: float, wqkv: ctypes.Array,
+                    bias: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                    k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int, n_q: int,
+                    wo: ctypes.Array) -> torch.Tensor:
+        """x [1, D] -> this rank's attention partial [1, D] for one position, in one call
+        (decode_layer.c); wqkv and wo are `qparts` arrays. Caches [n_kv, max_seq, hd]."""
+        n_kv, max_seq, hd = k_cache.shape
+        x, D = x.contiguous(), x.shape[1]
+        out = torch.empty(1, D)
+        rc = self._attn(x.data_ptr(), norm.data_ptr(), eps, wqkv, len(wqkv),
+                        None if bias is None else bias.data_ptr(), cos.data_ptr(),
+                        sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), n_q, n_kv, hd,
+                        max_seq, pos, wo, len(wo), out.data_ptr(), D, torch.get_num_threads())
+        _check(rc, "attention")
+        return out
+
+    def mlp_decode(self, x: torch.Tensor, norm: torch.Tensor, eps: float,
+                   w_gate_up: ctypes.Array, w_down: ctypes.Array, C: int) -> torch.Tensor:
+        """x [1, D] -> this rank's MLP partial [1, D] for one position, in one call."""
+        x, D = x.contiguous(), x.shape[1]
+        out = torch.empty(1, D)
+        rc = self._mlp(x.data_ptr(), norm.data_ptr(), eps, w_gate_up, len(w_gate_up), w_down,
+                       len(w_down), out.data_ptr(), D, C, torch.get_num_threads())
+        _check(rc, "MLP")
+        return out
+
+
+def _check(rc: int, what: str) -> None:
+    if rc == -1:
+        raise MemoryError(f"out of memory in the fused {what} kernel")
+    if rc:
+        raise ValueError(f"the fused {what} kernel refused the matrices' formats or widths")
 
 
 @functools.cache

@@ -90,22 +90,33 @@ const qisa TPI_QUANT_PLAIN = {"plain C", {q8_0_plain, q4_0_plain, q4_1_plain},
 static __thread float *sbuf;
 static __thread int64_t sbuf_n;
 
-/* The [0, sum] pair of every 32-block of x [M, K]. Returns 0, or -1 when out of memory. */
-static int block_sums(const float *x, int64_t M, int64_t K, qacts *out) {
-    const int64_t nb = K / QK, need = 2 * M * nb + 1;
+/* The [0, sum] pair of each of `nblocks` consecutive 32-blocks of x -> pairs. */
+static void block_sums(const float *x, int64_t nblocks, float *pairs) {
+    for (int64_t i = 0; i < nblocks; i++) {
+        float s = 0.0f;
+        for (int j = 0; j < QK; j++) s += x[i * QK + j];
+        pairs[2 * i] = 0.0f;
+        pairs[2 * i + 1] = s;
+    }
+}
+
+int64_t tpi_acts_floats(int64_t M, int64_t K) { return 2 * M * (K / QK) + 1; }
+
+void tpi_acts(const float *x, int64_t M, int64_t K, float *scratch, qacts *out) {
+    block_sums(x, M * (K / QK), scratch);
+    *out = (qacts){x, scratch, K / QK};
+}
+
+/* Activations of x [M, K] in this thread's buffer. 0, or -1 when out of memory. */
+static int thread_acts(const float *x, int64_t M, int64_t K, qacts *out) {
+    const int64_t need = tpi_acts_floats(M, K);
     if (sbuf_n < need) {
         free(sbuf);
         sbuf = malloc((size_t)need * sizeof(float));
         sbuf_n = sbuf ? need : 0;
         if (!sbuf) return -1;
     }
-    for (int64_t i = 0; i < M * nb; i++) {
-        float s = 0.0f;
-        for (int j = 0; j < QK; j++) s += x[i * QK + j];
-        sbuf[2 * i] = 0.0f;
-        sbuf[2 * i + 1] = s;
-    }
-    *out = (qacts){x, sbuf, nb};
+    tpi_acts(x, M, K, sbuf, out);
     return 0;
 }
 
@@ -125,6 +136,12 @@ static const qisa *chosen(void) {
     return isa;
 }
 
+/* The row loop this process runs for `fmt` (a valid format). */
+qrows_fn tpi_quant_rows(int fmt) {
+    qrows_fn rows = chosen()->rows[fmt];
+    return rows ? rows : TPI_QUANT_PLAIN.rows[fmt];
+}
+
 /* The name of the loops this process runs ("AVX-512 VNNI", "plain C", ...). */
 const char *tpi_quant_isa(void) { return chosen()->name; }
 
@@ -134,9 +151,8 @@ int tpi_qmatmul(int fmt, const float *x, const uint8_t *w, float *y, int64_t ldy
                 int64_t K, int64_t N, int nthreads) {
     if (fmt < 0 || fmt >= FMT_COUNT || K % QK) return -2;
     qacts xa;
-    if (block_sums(x, M, K, &xa)) return -1;
-    qrows_fn rows = chosen()->rows[fmt];
-    if (!rows) rows = TPI_QUANT_PLAIN.rows[fmt];
+    if (thread_acts(x, M, K, &xa)) return -1;
+    qrows_fn rows = tpi_quant_rows(fmt);
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
     if (nthreads < 1 || N * K < 65536) nthreads = 1; /* tiny products: threads cost more */
     #pragma omp parallel num_threads(nthreads)

@@ -74,4 +74,10 @@ const qisa *tpi_quant_x86(const char *cap);
 const qisa *tpi_quant_neon(const char *cap);
 extern const qisa TPI_QUANT_PLAIN;
 
+/* quant.c: the loop chosen for this CPU; the floats of scratch tpi_acts needs for x
+ * [M, K], and tpi_acts filling a qacts for x in that scratch. */
+qrows_fn tpi_quant_rows(int fmt);
+int64_t tpi_acts_floats(int64_t M, int64_t K);
+void tpi_acts(const float *x, int64_t M, int64_t K, float *scratch, qacts *out);
+
 #endif
