@@ -38,3 +38,15 @@ def test_auto_self_draft_on_one_rank_loads_nothing(tiny):
     assert start_speculator(tiny, ChatTokenizer(tiny), RunOptions(speculate="off"), 2) is None
     assert self_draft_dtype(tiny, "auto") == "q8_0"  # a float folder's self-draft
     assert self_draft_dtype(tiny, "int8") == "int8"  # a quantized target keeps its own
+
+
+def test_another_model_with_the_same_tokenizer_drafts(tiny, tmp_path):
+    other = make_tiny_model(tmp_path / "small", "llama", seed=3, num_hidden_layers=1)
+    spec = start_speculator(tiny, ChatTokenizer(tiny),
+                            RunOptions(speculate="3", context=64, draft=str(other)), 2)
+    try:
+        assert spec.control.fixed == 3 and spec.control.draft_ms > 0
+        assert spec.draft.rank.cfg.num_layers == 1 and spec.draft.max_seq == 64
+        assert spec.draft.step([1, 5, 9], 0).shape == (512,)
+    finally:
+        spec.close()
