@@ -22,6 +22,7 @@ from PySide6.QtCore import QObject, Signal
 
 from core.engine.generate import GenerationResult, Generator
 from core.errors import TpiError
+from core.serve.fair_lock import FairLock
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class ApiServerHost(QObject):
 
     changed = Signal(object)  # ApiState
 
-    def __init__(self, model_lock: threading.Lock, parent: QObject | None = None):
+    def __init__(self, model_lock: FairLock, parent: QObject | None = None):
         super().__init__(parent)
         self.model_lock = model_lock
         self._state_lock = threading.Lock()

@@ -35,6 +35,7 @@ from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from core.errors import TpiError
 from core.progress import DeviceStage, Progress
+from core.serve.fair_lock import FairLock
 
 STATS_INTERVAL_S = 1.0
 
@@ -192,8 +193,9 @@ class EngineWorker(QObject):
         self._stats_error: str | None = None  # the last stats failure logged (not repeats)
         #: thread ids that ran generate / a forward step (tests assert the GUI thread is absent)
         self.torch_thread_ids: set[int] = set()
-        #: held around every reply; the API server (app/engine/api_host.py) takes it too
-        self.model_lock = threading.Lock()
+        #: held around every reply; the API server (app/engine/api_host.py) takes it too,
+        #: in turn: a FairLock, so a busy API cannot keep the user waiting behind its queue
+        self.model_lock = FairLock()
         self.api = None  # an ApiServerHost, given the model after each load
 
     # thread-safe, called directly from the GUI thread ----------------------------------
@@ -364,10 +366,7 @@ class EngineWorker(QObject):
             return True
         self.waiting_for_api.emit(True)
         try:
-            while not self.model_lock.acquire(timeout=0.05):
-                if self._stop.is_set():
-                    return False
-            return True
+            return self.model_lock.acquire_unless(self._stop.is_set)
         finally:
             self.waiting_for_api.emit(False)
 

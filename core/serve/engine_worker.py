@@ -24,6 +24,7 @@ from core.engine.sampler import SamplingParams
 from core.errors import TpiError
 from core.model.tokenizer import ChatTokenizer, TextStream
 from core.serve.errors import ApiError, engine_failed, queue_full, shutting_down
+from core.serve.fair_lock import FairLock
 from core.serve.penalties import adjusted
 from core.serve.schemas import Sampling
 from core.serve.stop_text import StopText
@@ -134,7 +135,7 @@ class ModelWorker:
     """Runs the queue's jobs on `generator`, one at a time, on a thread of its own."""
 
     def __init__(self, tokenizer: ChatTokenizer, generator: Generator, queue: JobQueue,
-                 model_lock: threading.Lock | None = None,
+                 model_lock: threading.Lock | FairLock | None = None,
                  on_reply: Callable[[GenerationResult, bool], None] | None = None):
         self.tokenizer = tokenizer
         self.generator = generator

@@ -30,6 +30,7 @@ from core.model.tokenizer import ChatTokenizer
 from core.serve.app import Service, build_app
 from core.serve.desk import FrontDesk
 from core.serve.engine_worker import JobQueue, ModelWorker
+from core.serve.fair_lock import FairLock
 
 START_TIMEOUT_S = 30.0
 
@@ -72,7 +73,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
 class ApiServer:
     def __init__(self, tokenizer: ChatTokenizer, runner: StepRunner | None, model_name: str,
                  config: ServeConfig, *, generator: Generator | None = None,
-                 model_lock: threading.Lock | None = None,
+                 model_lock: threading.Lock | FairLock | None = None,
                  on_reply: Callable[[GenerationResult, bool], None] | None = None):
         check_exposure(config.host, config.api_key)
         if generator is None:

@@ -43,6 +43,18 @@ def serving_window(qtbot, model, **api):
     return w, f"http://127.0.0.1:{port}/v1"
 
 
+def slow_steps(w, seconds: float = 0.01) -> None:
+    """Every forward step of the window's model takes at least `seconds`."""
+    runner = w.engine.worker._session.generator.runner
+    step = runner.step
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return step(*args, **kwargs)
+
+    runner.step = slow
+
+
 def client(url: str):
     import openai
 
@@ -93,6 +105,7 @@ def test_an_api_request_waits_for_the_users_reply(qtbot, tiny_model):
 
 def test_the_users_reply_waits_for_an_api_request_then_off_and_port_taken(qtbot, tiny_model):
     w, url = serving_window(qtbot, tiny_model)
+    slow_steps(w)  # the API's first reply lasts, so the second one is surely queued
     waited: list[bool] = []
     w.engine.worker.waiting_for_api.connect(waited.append)
     api: dict = {}
@@ -100,12 +113,19 @@ def test_the_users_reply_waits_for_an_api_request_then_off_and_port_taken(qtbot,
     t = threading.Thread(target=stream_api, args=(url, api, started), daemon=True)
     t.start()
     qtbot.waitUntil(started.is_set, timeout=60000)  # the API's reply streams
+    queued: dict = {}  # a second request waits in the server's queue
+    t2 = threading.Thread(target=stream_api, args=(url, queued), daemon=True)
+    t2.start()
+    qtbot.waitUntil(lambda: w.engine.api._server.queue.waiting() == 1, timeout=30000)
     first: dict = {}
     w.engine.worker.token.connect(lambda _p: first.setdefault("t", time.monotonic()))
     send(qtbot, w, "hello", timeout=60000)
     t.join(60)
+    t2.join(60)
     assert waited[:1] == [True]  # the chat said it waited for the API
     assert api["text"] and api["last"] <= first["t"]
+    # the user waited for the running request only, not for the queued one too
+    assert queued["text"] and first["t"] < queued["first"]
     assert w.chat_view.messages[-1].role == "assistant" and w.chat_view.messages[-1].text()
     # turned off, nothing listens; on again on a taken port, it says why it is off
     port = int(url.rsplit(":", 1)[1].split("/")[0])
