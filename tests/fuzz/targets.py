@@ -58,7 +58,7 @@ def _is_unpair(frames: list[bytes]) -> bool:
     return isinstance(h, dict) and h.get("op") == "unpair"
 
 
-CHUNK = 20_000  # examples per Hypothesis run within one fuzz_port
+CHUNK = int(os.environ.get("TPI_FUZZ_CHUNK", 20_000))  # examples per Hypothesis run
 
 
 def _raw(seed_name: str) -> bool:
@@ -81,8 +81,7 @@ def fuzz_port(target: PortTarget, seeds: list[Seed], n: int, tally: Tally,
 
     strategy = mutated(seeds).filter(lambda c: not _is_unpair(c[1]))
 
-    @given(strategy)
-    def run(case):
+    def one(case):
         name, frames = case
         tally.frames += 1
         answer = target.send(frames, _raw(name))
@@ -102,7 +101,8 @@ def fuzz_port(target: PortTarget, seeds: list[Seed], n: int, tally: Tally,
         # In chunks, so a long run can stop at TPI_FUZZ_DEADLINE and still do the final
         # checks (each chunk a fresh Hypothesis run: random seeds in the fuzz profile).
         while tally.frames - done < n and time.time() < deadline:
-            settings(max_examples=min(CHUNK, n - (tally.frames - done)))(run)()
+            k = min(CHUNK, n - (tally.frames - done))
+            settings(max_examples=k)(given(strategy)(one))()  # a fresh test per chunk
     finally:
         tally.seconds += time.monotonic() - start
     assert target.alive(), f"{target.name} does not answer; it said: {target.console()[-15:]}"
