@@ -81,7 +81,7 @@ class RankRunner:
     def uses(self, rank_dir: Path) -> bool:
         """Does a running rank read `rank_dir`? (its shard must not be deleted)"""
         self.reap()
-        return any(d == Path(rank_dir) and k in self.procs for k, d in self.dirs.items())
+        return Path(rank_dir) in self.dirs.values()
 
     def reap(self) -> None:
         for key, p in list(self.procs.items()):
@@ -90,6 +90,7 @@ class RankRunner:
                 self._remember(key, p.returncode)
 
     def _remember(self, key: tuple[str, int], code: int) -> None:
+        self.dirs.pop(key, None)  # only running ranks' folders are kept from deletion
         self.exits.pop(key, None)
         self.exits[key] = code
         while len(self.exits) > MAX_REMEMBERED:

@@ -24,3 +24,23 @@ def test_last_words_only_for_this_masters_failed_ranks(tmp_path):
     r._remember(("me", 2), 0)
     r._remember(("other", 1), 1)
     assert r.last_words("me") == {"1": "boom"}
+
+
+def test_a_running_ranks_shard_is_in_use_until_it_exits(tmp_path, monkeypatch):
+    """What keeps a master's quota from deleting a shard a rank reads (and the record of
+    which shard each rank reads ends with the rank: rank numbers come from the master)."""
+    import subprocess
+    import sys
+
+    from core.cluster import rank_runner
+
+    monkeypatch.setattr(rank_runner, "spawn_rank", lambda *a, **k: subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"]))
+    r = RankRunner(Keys.generate(), "127.0.0.1", tmp_path)
+    r.start("me", 1, "tcp://127.0.0.1:1", tmp_path / "s1")
+    r.start("me", 2, "tcp://127.0.0.1:1", tmp_path / "s2")
+    assert r.uses(tmp_path / "s1") and r.uses(tmp_path / "s2")
+    r.stop("me", 1)
+    assert not r.uses(tmp_path / "s1") and r.uses(tmp_path / "s2")
+    r.stop_all()
+    assert not r.uses(tmp_path / "s2") and r.dirs == {}
