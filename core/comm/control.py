@@ -5,7 +5,9 @@ Generic on purpose: the engine and the cluster layer define the ops ("hello", "s
 as a ProtocolError. Each object owns its sockets and must be used from one thread.
 With `curve=` (see core/comm/curve.py) the channel is CurveZMQ-encrypted and the server
 admits only the keys its allow-list accepts; `ControlServer.last_peer_key` then names
-the (authenticated) key of the last message's sender.
+the (authenticated) key of the last message's sender. With `ipc_dir` (see
+core/comm/local_socket.py) the server listens on a Unix socket in that private
+directory instead of TCP, and refuses any message whose sender is another user.
 
     server = ControlServer(ops={"hello", "ready", "error", "bye"})
     client = ControlClient(server.endpoint, ops={"setup", "bye"})
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 import zmq
 
+from core.comm import local_socket
 from core.comm.codec import DEFAULT_LIMITS, CodecLimits, Message, decode, encode
 from core.comm.curve import (
     CurveClientConfig,
@@ -105,16 +108,21 @@ class ControlServer(_Endpoint):
 
     def __init__(self, host: str = "127.0.0.1", ops: Collection[str] = (),
                  limits: CodecLimits = DEFAULT_LIMITS, *,
-                 curve: CurveServerConfig | None = None, port: int = 0):
+                 curve: CurveServerConfig | None = None, port: int = 0,
+                 ipc_dir: str | None = None):
         super().__init__(zmq.ROUTER, ops, limits)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.last_peer_key: str | None = None
+        self.same_user = ipc_dir is not None
         if curve is not None:
             self._guard = make_curve_server(self.sock, curve.identity, curve.allow)
         if ":" in host:
             self.sock.ipv6 = True
         try:
-            if port:
+            if ipc_dir is not None:
+                self.endpoint = local_socket.endpoint(ipc_dir, "control")
+                self.sock.bind(self.endpoint)
+            elif port:
                 h = f"[{host}]" if ":" in host else host
                 self.sock.bind(f"tcp://{h}:{port}")
                 self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -130,6 +138,8 @@ class ControlServer(_Endpoint):
             return None
         frames = self.sock.recv_multipart(copy=False)
         ident = frames[0].bytes
+        if self.same_user and (len(frames) < 2 or not local_socket.from_this_user(frames[1])):
+            raise BadMessage("a message from another user of this computer", ident)
         if self._guard is not None and len(frames) > 1:
             self.last_peer_key = peer_key(frames[1])
         try:

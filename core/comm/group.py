@@ -60,7 +60,8 @@ class CommGroup:
                limits: CodecLimits = DEFAULT_LIMITS,
                curve: CurveServerConfig | None = None,
                transport: str = "auto", ring: bool = True,
-               rank_keys: dict[int, str] | None = None) -> CommGroup:
+               rank_keys: dict[int, str] | None = None,
+               ipc_dir: str | None = None) -> CommGroup:
         """Rank 0: bind on ephemeral ports of `host`; hand `endpoints` to the workers.
 
         With `curve`, every link to another device is CurveZMQ: the star admits only
@@ -71,6 +72,8 @@ class CommGroup:
         devices on different subnets cannot reach each other.
         `rank_keys` (with `curve`) binds each worker rank to the CURVE key of the device
         (or local rank process) it was planned for: a hello with another key is refused.
+        `ipc_dir` (every worker a process of this machine and user): the star and ring
+        sockets are Unix sockets in that private directory (core/comm/local_socket.py).
         """
         if world_size < 1:
             raise ValueError("world_size must be >= 1")
@@ -78,7 +81,7 @@ class CommGroup:
             raise ValueError("a ring group needs its ring links")
         plane, endpoints = handshake.open_master(world_size, host, link, algorithm,
                                                  op_timeout, limits, curve, transport,
-                                                 rank_keys)
+                                                 rank_keys, ipc_dir)
         plane.wire_ring = ring
         return cls(plane, endpoints)
 
@@ -88,15 +91,17 @@ class CommGroup:
                op_timeout: float = DEFAULT_OP_TIMEOUT,
                join_timeout: float = DEFAULT_JOIN_TIMEOUT,
                limits: CodecLimits = DEFAULT_LIMITS,
-               curve: CurveClientConfig | None = None) -> CommGroup:
+               curve: CurveClientConfig | None = None, ipc: bool = False) -> CommGroup:
         """Rank r > 0: join the group; returns once rank 0 admitted us and the ring is wired.
 
         `curve` is required when rank 0 made an encrypted group (its key is the server key).
 
         `host` is the local address our ring socket binds to (reachable by rank r - 1).
+        `ipc`: rank 0 is a process of this user on this machine (it reached us over an
+        ipc control socket), so its endpoints may be ipc:// paths.
         """
         plane = handshake.open_worker(rank, world_size, endpoints, host, link, op_timeout,
-                                      join_timeout, limits, curve)
+                                      join_timeout, limits, curve, ipc)
         return cls(plane)
 
     def wait_ready(self, timeout: float = DEFAULT_JOIN_TIMEOUT) -> None:

@@ -15,7 +15,9 @@ allow-listed keys (paired devices and the master's ephemeral local-rank keys), e
 worker rank's slot can be bound to the one key it was planned for (`rank_keys`: a
 paired device holds the token like every rank, so without that it could take another
 device's rank), and the ring links use a key pair generated per group and handed out
-in `endpoints` (so only members can even complete a ring handshake). Strangers are
+in `endpoints` (so only members can even complete a ring handshake). With `ipc_dir`
+(every rank on this machine, core/comm/local_socket.py) the star and ring sockets are
+Unix sockets in that private directory, and only this user's messages count. Strangers are
 refused or dropped and never make set-up fail: set-up only fails when the real peers do
 not show up in time, and the error then quotes the last refusal (e.g. a version
 mismatch) so the user learns why.
@@ -33,7 +35,7 @@ from typing import Any
 
 import zmq
 
-from core.comm import fastlink, wire
+from core.comm import fastlink, local_socket, wire
 from core.comm.codec import (
     DEFAULT_LIMITS,
     PROTOCOL_VERSION,
@@ -59,12 +61,16 @@ from core.errors import PeerError, ProtocolError
 log = logging.getLogger(__name__)
 _HEADER_MARGIN = 64 * 1024  # codec header and wire header on top of the tensor bytes
 _ENDPOINT_RE = re.compile(r"tcp://(\[[0-9a-fA-F:.]{2,45}\]|[A-Za-z0-9.-]{1,253}):(\d{1,5})")
+_IPC_RE = re.compile(r"ipc:///[A-Za-z0-9._+-][A-Za-z0-9._+/-]{0,199}")
 
 
-def check_endpoint(value: object, what: str) -> str:
+def check_endpoint(value: object, what: str, ipc: bool = False) -> str:
     """`value` if it is tcp://host:port (a name, IPv4 or bracketed IPv6 host, port
-    1-65535) as a peer may hand us one to connect to; ProtocolError otherwise (libzmq
-    would raise on connect, or dial something odd)."""
+    1-65535) as a peer may hand us one to connect to, or with `ipc` (a group of this
+    machine's ranks) an ipc:// path; ProtocolError otherwise (libzmq would raise on
+    connect, or dial something odd)."""
+    if ipc and isinstance(value, str) and _IPC_RE.fullmatch(value):
+        return value
     m = _ENDPOINT_RE.fullmatch(value) if isinstance(value, str) else None
     if m is None or not 0 < int(m[2]) < 65536:
         raise ProtocolError(f"{what} {shown(value)} is not tcp://host:port.")
@@ -98,7 +104,8 @@ def _ring_client(p: DataPlane, sock: zmq.Socket) -> None:
 def open_master(world_size: int, host: str, link: LinkEmulation | None, algorithm: str,
                 op_timeout: float, limits: CodecLimits = DEFAULT_LIMITS,
                 curve: CurveServerConfig | None = None, transport: str = "auto",
-                rank_keys: dict[int, str] | None = None) -> tuple[DataPlane, dict[str, Any]]:
+                rank_keys: dict[int, str] | None = None, ipc_dir: str | None = None
+                ) -> tuple[DataPlane, dict[str, Any]]:
     """Rank 0: bind the star and ring sockets; returns the plane and the workers' endpoints.
 
     `rank_keys` (with `curve`): worker rank -> the CURVE key whose hello alone may take it.
@@ -113,7 +120,8 @@ def open_master(world_size: int, host: str, link: LinkEmulation | None, algorith
     if rank_keys and curve is None:
         raise ValueError("rank_keys bind ranks to CURVE keys: pass curve= too")
     p = DataPlane(0, world_size, link=link, op_timeout=op_timeout, limits=limits,
-                  algorithm=algorithm, rank_keys=dict(rank_keys or {}))
+                  algorithm=algorithm, rank_keys=dict(rank_keys or {}),
+                  same_user=ipc_dir is not None)
     if world_size == 1:
         return p, {}
     p.ctx = zmq.Context(io_threads=1)
@@ -129,7 +137,8 @@ def open_master(world_size: int, host: str, link: LinkEmulation | None, algorith
         p.star.ipv6 = p.ring_in.ipv6 = True
     h = f"[{host}]" if ":" in host else host
     endpoints = {"protocol": PROTOCOL_VERSION, "world_size": world_size, "token": p.token,
-                 "star": bind_random(p.star, h), "ring0": bind_random(p.ring_in, h)}
+                 "star": _bind(p.star, h, ipc_dir, "star"),
+                 "ring0": _bind(p.ring_in, h, ipc_dir, "ring0")}
     if p.ring_curve is not None:
         endpoints["ring_curve"] = dict(p.ring_curve)
     if fastlink.enabled(transport):
@@ -138,6 +147,14 @@ def open_master(world_size: int, host: str, link: LinkEmulation | None, algorith
     p.watch.watch(p.star)  # index 0: fd -> rank learnt from hellos
     p.watch.watch(p.ring_in)  # index 1
     return p, endpoints
+
+
+def _bind(sock: zmq.Socket, host: str, ipc_dir: str | None, name: str) -> str:
+    if ipc_dir is None:
+        return bind_random(sock, host)
+    ep = local_socket.endpoint(ipc_dir, name)
+    sock.bind(ep)
+    return ep
 
 
 def endpoints_for(endpoints: dict[str, Any], peer_host: str | None) -> dict[str, Any]:
@@ -183,21 +200,23 @@ def _check_hello(p: DataPlane, frames: list[zmq.Frame], joined: dict[int, Any],
                             "cannot take it.")
     if rank in joined:
         raise ProtocolError(f"Rank {rank} has already joined this group.")
-    check_endpoint(m.get("ring"), "This peer's hello's ring endpoint")
+    check_endpoint(m.get("ring"), "This peer's hello's ring endpoint", p.same_user)
     fast = m.get("fast", False)
     if not isinstance(fast, bool) or (fast and p.fast_listener is None):
         raise ProtocolError("This peer asked for a local link this group does not offer.")
     return m
 
 
-def check_welcome(m: dict[str, Any], world_size: int) -> tuple[list[str], str, bool]:
-    """(ring endpoints, algorithm, wire_ring) of rank 0's welcome; ProtocolError if bad."""
+def check_welcome(m: dict[str, Any], world_size: int, ipc: bool = False
+                  ) -> tuple[list[str], str, bool]:
+    """(ring endpoints, algorithm, wire_ring) of rank 0's welcome; ProtocolError if bad.
+    `ipc`: a group of this machine's ranks, whose ring endpoints may be ipc:// paths."""
     ring, algo = m.get("ring"), m.get("algorithm")
     if (not isinstance(ring, list) or len(ring) != world_size
             or not isinstance(algo, str) or algo not in ALGORITHMS):
         raise ProtocolError("rank 0's welcome is malformed.")
     for e in ring:
-        check_endpoint(e, "A ring endpoint in rank 0's welcome")
+        check_endpoint(e, "A ring endpoint in rank 0's welcome", ipc)
     return list(ring), algo, m.get("wire_ring", True) is not False
 
 
@@ -221,8 +240,8 @@ def master_wait_ready(p: DataPlane, ring0: str, timeout: float) -> None:
     while len(joined) < p.world_size - 1:
         frames = wait_for(lambda: sock.recv_multipart(copy=False), timeout=_left(deadline),
                           closing=p.closing, watch=p.watch, on_timeout=timed_out)
-        if len(frames) < 2:
-            p.dropped += 1
+        if len(frames) < 2 or (p.same_user and not local_socket.from_this_user(frames[1])):
+            p.dropped += 1  # nothing, or another user's: say nothing
             continue
         ident = frames[0].bytes
         kind = wire.peek_kind(frames[1].bytes)
@@ -324,6 +343,8 @@ def _wire_ring(p: DataPlane, ring: list[str], deadline: float) -> None:
         try:
             if len(frames) < 3:
                 raise ProtocolError("short ring hello")
+            if p.same_user and not local_socket.from_this_user(frames[1]):
+                raise ProtocolError("ring hello from another user")
             kind, _, _ = wire.unpack(frames[1].bytes)
             if kind != wire.Kind.RING_HELLO:
                 raise ProtocolError("not a ring hello")
@@ -344,14 +365,16 @@ def _wire_ring(p: DataPlane, ring: list[str], deadline: float) -> None:
 
 def open_worker(rank: int, world_size: int, endpoints: dict[str, Any], host: str,
                 link: LinkEmulation | None, op_timeout: float, join_timeout: float,
-                limits: CodecLimits = DEFAULT_LIMITS, curve: CurveClientConfig | None = None
-                ) -> DataPlane:
-    """Rank r > 0: join rank 0's group and wire the ring; returns when fully connected."""
+                limits: CodecLimits = DEFAULT_LIMITS, curve: CurveClientConfig | None = None,
+                ipc: bool = False) -> DataPlane:
+    """Rank r > 0: join rank 0's group and wire the ring; returns when fully connected.
+    `ipc`: rank 0 is a process of this machine and user (our control channel is an ipc
+    socket), so its star may be an ipc:// path; our ring socket then is one too."""
     if not 0 < rank < world_size:
         raise ValueError(f"worker rank must be in 1..{world_size - 1}, got {rank}")
     if not isinstance(endpoints, dict):
         raise ProtocolError("The data-plane endpoints from rank 0 are malformed.")
-    check_endpoint(endpoints.get("star"), "rank 0's star endpoint")
+    check_endpoint(endpoints.get("star"), "rank 0's star endpoint", ipc)
     if endpoints.get("protocol") != PROTOCOL_VERSION:
         raise ProtocolError(f"peer speaks protocol {shown(endpoints.get('protocol'))}, we speak "
                             f"{PROTOCOL_VERSION}.")
@@ -359,7 +382,8 @@ def open_worker(rank: int, world_size: int, endpoints: dict[str, Any], host: str
         raise ProtocolError(f"rank 0 set up {shown(endpoints.get('world_size'))} ranks, this "
                             f"worker expects {world_size}.")
     p = DataPlane(rank, world_size, link=link, op_timeout=op_timeout, limits=limits,
-                  token=str(endpoints.get("token", "")))
+                  token=str(endpoints.get("token", "")),
+                  same_user=local_socket.is_local(endpoints["star"]))
     rc = endpoints.get("ring_curve")
     if curve is not None:
         if not (isinstance(rc, dict) and all(isinstance(rc.get(k), str) and len(rc[k]) == 40
@@ -393,7 +417,11 @@ def _join(p: DataPlane, star: str, host: str, join_timeout: float,
     _ring_server(p, p.ring_in)
     if ":" in host:
         p.ring_in.ipv6 = True
-    ring_ep = bind_random(p.ring_in, f"[{host}]" if ":" in host else host)
+    if p.same_user:  # rank 0's private directory is ours too
+        ring_ep = local_socket.sibling(star, f"ring{p.rank}")
+        p.ring_in.bind(ring_ep)
+    else:
+        ring_ep = bind_random(p.ring_in, f"[{host}]" if ":" in host else host)
     p.watch.watch(p.ring_in)  # index 1
     fast = fastlink.usable(p.fast_offer)
     hello = encode("hello", {"rank": p.rank, "world_size": p.world_size, "token": p.token,
@@ -410,7 +438,7 @@ def _join(p: DataPlane, star: str, host: str, join_timeout: float,
     if kind != wire.Kind.WELCOME:
         raise ProtocolError("rank 0 answered our hello with something other than a welcome.")
     ring, p.algorithm, p.wire_ring = check_welcome(
-        decode(frames[1:], ops={"welcome"}, limits=p.limits).meta, p.world_size)
+        decode(frames[1:], ops={"welcome"}, limits=p.limits).meta, p.world_size, p.same_user)
     if host_of(ring[0]) in WILDCARDS:  # rank 0 listens on all interfaces: its ring socket
         try:  # is where we reached its star
             ring[0] = with_host(ring[0], host_of(star))

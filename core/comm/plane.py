@@ -85,6 +85,7 @@ class DataPlane:
     ident_of: dict[int, bytes] = field(default_factory=dict)  # rank 0: worker rank -> id
     rank_of: dict[bytes, int] = field(default_factory=dict)  # rank 0: id -> worker rank
     rank_keys: dict[int, str] = field(default_factory=dict)  # rank 0: rank -> its CURVE key
+    same_user: bool = False  # ipc sockets (local_socket.py): only this user's messages count
     ring_prev_ident: bytes = b""
     watch: PeerWatch = field(default_factory=PeerWatch)
     closing: threading.Event = field(default_factory=threading.Event)

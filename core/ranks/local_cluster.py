@@ -9,18 +9,23 @@ Every socket is CurveZMQ even with no paired device (another user of this comput
 connect to loopback too): without `curve` the cluster makes an ephemeral server key.
 Local rank processes get an ephemeral key pair (admitted for this cluster's lifetime)
 over their stdin, and each rank's slot, on the control channel and the data plane, is
-bound to the key of the process or device it was planned for.
+bound to the key of the process or device it was planned for. When every rank is a
+local process, the control channel and the data plane's ZeroMQ sockets are Unix
+sockets in a private directory (core/comm/local_socket.py): other users cannot connect,
+and a message from another user would not count.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import torch
 
+from core.comm import local_socket
 from core.comm.codec import shown
 from core.comm.control import BadMessage, ControlServer
 from core.comm.curve import CurveServerConfig, Keys
@@ -98,6 +103,7 @@ class LocalCluster:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one step (or stats round) at a time
         self._idents: dict[int, bytes] = {}
+        self._ipc_dir: str | None = None  # our sockets' private directory, if any
         self._noted = -1.0  # when a message we ignored was last logged
 
     def start(self) -> LocalCluster:
@@ -147,12 +153,15 @@ class LocalCluster:
     def _make_group(self):
         if self.world_size == 1:
             return SoloGroup()
+        if all(h.peer_host is None for h in self.hosts) and local_socket.usable():
+            self._ipc_dir = local_socket.private_dir()  # only our own processes, no TCP
         link = None
         if self.opts.link_delay_ms or self.opts.link_mbps:
             link = LinkEmulation(self.opts.link_delay_ms, self.opts.link_mbps)
         # star only: no worker-to-worker links, so devices need to reach this one alone
         return CommGroup.master(self.world_size, self.bind_host, link=link, curve=self.curve,
-                                ring=False, rank_keys=self._rank_keys())
+                                ring=False, rank_keys=self._rank_keys(),
+                                ipc_dir=self._ipc_dir)
 
     def _rank_keys(self) -> dict[int, str]:
         """Worker rank -> the CURVE key its process connects with (the only one that may
@@ -160,7 +169,8 @@ class LocalCluster:
         return {r: h.public_key for r, h in enumerate(self.hosts, start=1)}
 
     def _start_workers(self, report: Progress) -> None:
-        self.control = ControlServer(self.bind_host, ops=CONTROL_OPS, curve=self.curve)
+        self.control = ControlServer(self.bind_host, ops=CONTROL_OPS, curve=self.curve,
+                                     ipc_dir=self._ipc_dir)
         self._logs.mkdir(parents=True, exist_ok=True)
         for r, host in enumerate(self.hosts, start=1):
             self.started.append(host)
@@ -370,6 +380,9 @@ class LocalCluster:
         if self.control is not None:
             self.control.close()
             self.control = None
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            self._ipc_dir = None
 
 
 class _ReportingGroup:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from core.comm import local_socket
 from core.comm.broadcast import BadStep, StepTimeout
 from core.comm.codec import shown
 from core.comm.control import BadMessage, ControlClient
@@ -166,12 +167,12 @@ def main(control: str, rank: int, curve_stdin: bool = False) -> int:
     secrets = RankSecrets.read(sys.stdin)
     client = ControlClient(control, ops=CONTROL_OPS, curve=secrets.curve)
     try:
-        return _run(client, rank, secrets)
+        return _run(client, rank, secrets, local_socket.is_local(control))
     finally:
         client.close()
 
 
-def _run(client: ControlClient, rank: int, secrets: RankSecrets) -> int:
+def _run(client: ControlClient, rank: int, secrets: RankSecrets, ipc: bool = False) -> int:
     client.send("hello", {"rank": rank, "pid": os.getpid()})
     reporter = _Reporter(client)
     try:
@@ -189,7 +190,7 @@ def _run(client: ControlClient, rank: int, secrets: RankSecrets) -> int:
     torch.set_num_threads(setup.threads or usable_cores())
     try:
         group = CommGroup.worker(rank, setup.world_size, setup.endpoints, setup.link,
-                                 host=secrets.host, curve=secrets.curve)
+                                 host=secrets.host, curve=secrets.curve, ipc=ipc)
         rank_dir = secrets.rank_dir or setup.rank_dir
         try:
             runtime = RankRuntime(rank_dir, group, setup.window, setup.context,

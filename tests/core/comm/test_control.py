@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+from core.comm import local_socket
 from core.comm.control import BadMessage, ControlClient, ControlServer
+from core.comm.curve import CurveClientConfig, CurveServerConfig, Keys
 from core.errors import PeerError
 
+ROOT = Path(__file__).resolve().parents[3]
 SERVER_OPS = {"hello", "ready", "error", "bye"}
 CLIENT_OPS = {"setup", "bye"}
 
@@ -48,3 +57,60 @@ def test_send_to_unknown_peer_is_a_peer_error():
     with ControlServer(ops=SERVER_OPS) as srv:
         with pytest.raises(PeerError):
             srv.send(b"nobody", "setup", {})
+
+
+# Another user, holding even the rank's CURVE keys (as if they had leaked): started as
+# root, it imports first and then drops to uid 65534 (the interpreter lives under /root).
+_OTHER_USER = """
+import os, sys, time
+import zmq
+from core.comm.codec import encode
+ep, pub, sec, server = sys.argv[1:5]
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.curve_publickey, s.curve_secretkey = pub.encode(), sec.encode()
+s.curve_serverkey = server.encode()
+s.connect(ep)
+s.send_multipart(encode("hello", {"rank": 1}))
+time.sleep(8)
+"""
+
+
+def _other_user(ep: str, keys: Keys, server: Keys) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _OTHER_USER, ep, keys.public_key,
+                             keys.secret_key, server.public_key], cwd=ROOT)
+
+
+def test_ipc_control_channel_takes_nothing_from_another_user():
+    """A control socket in a private directory: another user cannot connect; and were the
+    directory and socket open to all, the kernel's peer credentials still refuse it."""
+    if os.geteuid() != 0 or not local_socket.usable():
+        pytest.skip("needs root (to run a process as another uid) and ipc://")
+    server, keys = Keys.generate(), Keys.generate()
+    curve = CurveServerConfig(server, lambda k: k == keys.public_key)
+    d = local_socket.private_dir()
+    try:
+        with ControlServer(ops=SERVER_OPS, curve=curve, ipc_dir=d) as srv:
+            spy = _other_user(srv.endpoint, keys, server)
+            try:
+                assert srv.recv(timeout=3) is None  # 0700: its connect() was refused
+            finally:
+                spy.kill()
+                spy.wait()
+            os.chmod(d, 0o777)
+            os.chmod(srv.endpoint[len("ipc://"):], 0o777)
+            spy = _other_user(srv.endpoint, keys, server)
+            try:
+                with pytest.raises(BadMessage, match="another user"):
+                    srv.recv(timeout=20)
+            finally:
+                spy.kill()
+                spy.wait()
+            with ControlClient(srv.endpoint, CLIENT_OPS,
+                               curve=CurveClientConfig(keys, server.public_key)) as cli:
+                cli.send("hello", {"rank": 1})
+                _, msg = srv.recv(timeout=10)
+                assert msg.op == "hello"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

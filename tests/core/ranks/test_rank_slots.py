@@ -58,7 +58,7 @@ def test_another_local_user_gets_no_token_no_hidden_state_and_no_slot(tiny):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    tried = [w for w in r["watcher"] if "port" in w]
+    tried = [w for w in r["watcher"] if "endpoint" in w]
     assert tried, r  # it saw the cluster's listeners and went for them
     for w in tried:
         assert not (w["setup"] or w["token"] or w["joined"] or w["hidden"]), w
