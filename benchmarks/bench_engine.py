@@ -70,7 +70,8 @@ def run_hf(spec: dict) -> dict:
 def run_ours(spec: dict, ranks: int, window: str) -> dict:
     cmd = _tpi("generate", "--model", str(spec["dir"]), "--prompt", spec["prompt"],
                "--ranks", str(ranks), "--window", window, "--temperature", "0",
-               "--max-new-tokens", str(spec["new_tokens"]), "--json")
+               "--max-new-tokens", str(spec["new_tokens"]), "--json",
+               "--speculate", "off")  # the engine itself (bench_speculative.py times drafts)
     w = run_watched(cmd + (["--raw"] if spec["raw"] else []))
     res = w.last_json()
     res.pop("text", None)

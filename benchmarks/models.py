@@ -80,7 +80,12 @@ def _build(name: str) -> Path:
 
 
 def model_bytes(model_dir: Path) -> int:
-    """Total size of the safetensors files of a model dir."""
+    """Size of a model's weights: its safetensors files, or the GGUF an imported dir points
+    at (the default model's dir holds no weights, so it read 0.0 GB)."""
+    from core.model.gguf_weights import is_gguf_dir, read_pointer
+
+    if is_gguf_dir(model_dir):
+        return read_pointer(model_dir)["size"]
     return sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
 
 

@@ -83,7 +83,7 @@ def targets_section(engine: dict | None, memory: dict | None,
 
 def engine_section(name: str, m: dict) -> list[str]:
     lines = [
-        f"### {name} ({m['model_gb']} GB fp32)", "",
+        f"### {name} ({m['model_gb']} GB of weights on disk)", "",
         f"{m['reps']} repetitions, {m['new_tokens']} new tokens, greedy, "
         f"{'raw prompt' if m['raw'] else 'chat template'}, "
         f"{m['summary']['transformers']['tokens']} tokens made by transformers. "
