@@ -34,9 +34,6 @@ def test_speculating_gives_the_plain_reply_and_reports_its_steps(tiny):
     assert 0 <= spec["acceptance"] <= 1
 
 
-def test_bad_values_are_refused_before_anything_starts(tiny):
+def test_a_bad_value_is_refused_before_anything_starts(tiny):
     run = run_cli("generate", "--model", str(tiny), "--prompt", PROMPT, "--speculate", "fast")
     assert run.code == 2 and "--speculate takes auto, off or a number" in run.stderr
-    run = run_cli("generate", "--model", str(tiny), "--prompt", PROMPT, "--speculate", "2",
-                  "--draft", str(tiny.parent / "no-such-model"))
-    assert run.code == 2 and "Traceback" not in run.stderr

@@ -33,6 +33,13 @@ def test_a_draft_with_other_logits_is_refused(tiny, tmp_path):
                          RunOptions(speculate="2", draft=str(other)), 2)
 
 
+def test_a_draft_that_is_not_there_is_a_sentence(tiny, tmp_path):
+    with pytest.raises(TpiError) as e:
+        start_speculator(tiny, ChatTokenizer(tiny),
+                         RunOptions(speculate="2", draft=str(tmp_path / "nothing")), 2)
+    assert "nothing" in str(e.value)
+
+
 def test_auto_self_draft_on_one_rank_loads_nothing(tiny):
     assert start_speculator(tiny, ChatTokenizer(tiny), RunOptions(speculate="auto"), 1) is None
     assert start_speculator(tiny, ChatTokenizer(tiny), RunOptions(speculate="off"), 2) is None
