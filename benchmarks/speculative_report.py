@@ -35,7 +35,8 @@ def speculative_section(d: dict) -> list[str]:
     m = d.get("machine", {})
     lines = ["## Speculative decoding against link latency (issue 14)", "",
              f"Default model, {d['ranks']} ranks on this machine, greedy, {d['tokens']} new "
-             f"tokens, {d['reps']} repetitions of plain and speculative replies alternated in "
+             f"tokens, {d['reps']} repetitions ({d.get('reps_at_0_ms', d['reps'])} at 0 ms) of "
+             "plain and speculative replies alternated in "
              "one process per latency (`--speculate auto --draft self`: the target's own Q4_1 "
              "weights on rank 0's thread). Measured on "
              f"{m.get('code', '?')}, {m.get('date', '?')}.", "",
