@@ -11,6 +11,7 @@ the model. The dialog is kept while the app runs, so hiding it does not stop a d
 from __future__ import annotations
 
 import html
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QTableWidget,
@@ -58,6 +60,17 @@ def speed_text(fit: Fit) -> str:
     return "slow (streams)" if fit.windowed else "\u2013"
 
 
+def disk_note(e: CatalogEntry, models_dir: Path) -> str:
+    """"Needs 4.7 GB of disk; 120 GB free in ~/.cache/tpi-chat/downloads"."""
+    try:
+        free = shutil.disk_usage(models_dir).free
+    except OSError:
+        return f"Needs {human_bytes(e.size)} of disk in {models_dir}."
+    short = "" if free >= e.size else " (not enough)"
+    return (f"Needs {human_bytes(e.size)} of disk; {human_bytes(free)} free{short} in "
+            f"{models_dir}.")
+
+
 def progress_line(p: DownloadProgress) -> str:
     """"Downloading 412 / 980 MB · 11.3 MB/s · 50 s left"."""
     head = f"{p.stage} {format_amount(p.done, p.total)}"
@@ -83,6 +96,7 @@ class LibraryDialog(QDialog):
         self.setWindowTitle("Get models")
         self.resize(980, 560)
         self._resources, self._models_dir = resources, models_dir
+        self.confirm_too_big = True  # tests turn the question off
         self.job = DownloadJob(self)
         self.job.progress.connect(self._progress)
         self.job.done.connect(self._done)
@@ -198,6 +212,8 @@ class LibraryDialog(QDialog):
             f"{h(e.chat_template)} \u00b7 licence: {h(e.license)}</span><br>"
             f"{h(fit.detail) if fit else ''}.")
         downloaded = is_downloaded(e, self._models_dir())
+        if not downloaded:
+            self.details.setText(self.details.text() + f"<br>{h(disk_note(e, self._models_dir()))}")
         self.primary.setText("Open" if downloaded else "Download")
         self.primary.setEnabled(downloaded or not self.job.running)
 
@@ -209,8 +225,19 @@ class LibraryDialog(QDialog):
         if is_downloaded(e, self._models_dir()):
             self.open_requested.emit(str(e.open_path(self._models_dir())))
             self.hide()
-        elif not self.job.running:
+        elif not self.job.running and self._worth_it(e):
             self.download(e)
+
+    def _worth_it(self, e: CatalogEntry) -> bool:
+        """A model too big for these devices is downloaded only if the user says so."""
+        fit = self.fits.get(e.id)
+        if fit is None or fit.verdict is not Verdict.TOO_BIG or not self.confirm_too_big:
+            return True
+        answer = QMessageBox.question(
+            self, "Download a model too big for your devices?",
+            f"{e.name} is too big for this computer and your paired devices: "
+            f"{fit.detail[:1].lower() + fit.detail[1:]}. Download {human_bytes(e.size)} anyway?")
+        return answer == QMessageBox.StandardButton.Yes
 
     def download(self, entry: CatalogEntry) -> None:
         """Start (or resume) downloading `entry` into the models folder."""

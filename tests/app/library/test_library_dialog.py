@@ -111,3 +111,23 @@ def test_a_reply_measures_the_speed_the_library_shows(qtbot):
     w.library.refresh()
     assert _column(w.library, "Speed")[0].endswith("ms/token")
     close_window(w)
+
+
+def test_a_model_too_big_asks_before_downloading(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    res = Resources(local_budget=4 * GB, window="all")
+    d = LibraryDialog(lambda: res, lambda: tmp_path)
+    qtbot.addWidget(d)
+    d.select("llama-3.3-70b-instruct-q4_k_m")
+    assert "Needs 42.5 GB of disk" in d.details.text()
+    asked: list[str] = []
+
+    def no(_parent, title, text, *a, **k):
+        asked.append(text)
+        return QMessageBox.StandardButton.No
+
+    monkeypatch.setattr(QMessageBox, "question", no)
+    qtbot.mouseClick(d.primary, Qt.MouseButton.LeftButton)
+    assert asked and "too big" in asked[0] and "42.5 GB" in asked[0]
+    assert not d.job.running and not (tmp_path / "llama-3.3-70b-instruct-q4_k_m").exists()
