@@ -131,3 +131,35 @@ def test_a_model_too_big_asks_before_downloading(qtbot, tmp_path, monkeypatch):
     qtbot.mouseClick(d.primary, Qt.MouseButton.LeftButton)
     assert asked and "too big" in asked[0] and "42.5 GB" in asked[0]
     assert not d.job.running and not (tmp_path / "llama-3.3-70b-instruct-q4_k_m").exists()
+
+
+@pytest.mark.slow
+def test_a_folder_model_downloads_then_chats_on_the_real_engine(qtbot, monkeypatch, tmp_path):
+    """The catalog's Hugging Face folder entry, its files served by the fake hub (a tiny
+    random model under the entry's file names), downloaded, opened and chatted with."""
+    from huggingface_hub import constants
+
+    from app.engine.worker import default_loader
+    from tests.fixtures.tiny_models import make_tiny_model
+
+    entry = next(e for e in load_catalog() if not e.is_gguf)
+    tiny = make_tiny_model(tmp_path / "tiny", "llama")
+    files = {f.name: (tiny / f.name) if (tiny / f.name).is_file() else b"{}"
+             for f in entry.files}
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with FakeHub({entry.repo: files}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        w = open_window(qtbot, default_loader, model=str(tiny),
+                        sampling={"temperature": 0.0, "max_new_tokens": 8})
+        d = w.open_library()
+        d.select(entry.id)
+        with qtbot.waitSignal(d.open_requested, timeout=60000) as opened:
+            qtbot.mouseClick(d.primary, Qt.MouseButton.LeftButton)
+    folder = opened.args[0]
+    assert folder.endswith(entry.id)
+    qtbot.waitUntil(lambda: w.controller.ready and w.model_path == folder, timeout=120000)
+    assert w.status.model.text() == entry.id
+    send(qtbot, w, "hello", timeout=60000)
+    reply = w.chat_view.messages[-1]
+    assert reply.role == "assistant" and reply.text()
+    close_window(w)
