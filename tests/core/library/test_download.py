@@ -131,3 +131,13 @@ def test_a_file_far_larger_than_the_catalog_says_is_not_downloaded(hub_env, tmp_
     with pytest.raises(ModelError, match="not about"):
         download_model(entry(), tmp_path, lambda p: None)
     assert hub.gets() == []  # nothing was fetched
+
+
+def test_offline_mode_is_a_sentence(hub_env, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    hub = hub_env({REPO: {"tiny.Q8_0.gguf": payload(100)}})
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
+        download_model(entry(), tmp_path, lambda p: None)
+    assert hub.state.requests == []
