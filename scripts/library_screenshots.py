@@ -57,13 +57,39 @@ def api_answer(url: str, text: str) -> str:
         return json.loads(r.read())["choices"][0]["message"]["content"]
 
 
+def devices_shot(out: Path) -> int:
+    """The catalog as a home with this computer (6 GB free) and two paired devices lending
+    8 GB each would see it, the memory window kept at All (made-up budgets and speeds)."""
+    from app.library.dialog import LibraryDialog
+    from app.main import create_app
+    from app.theme import theme
+    from core.library.fit import Resources
+
+    app = create_app(["tpi-chat"])
+    theme().apply(app, "dark")
+    res = Resources(local_budget=6 * 10**9, device_budgets=(8 * 10**9, 8 * 10**9),
+                    window="all", local_bytes_per_s=4e9, cluster_bytes_per_s=6e9)
+    d = LibraryDialog(lambda: res, lambda: Path(tempfile.mkdtemp()))
+    d.resize(1120, 560)
+    d.show()
+    d.select("qwen2.5-14b-instruct-q4_k_m")
+    settle(app, 600)
+    d.grab().save(str(out))
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     parser.add_argument("--rate", type=float, default=12.0, help="MB/s of the fake hub")
+    parser.add_argument("--devices-only", action="store_true",
+                        help="only library-devices.png (made-up devices, no model)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.devices_only:
+        return devices_shot(out / "library-devices.png")
     tmp = Path(tempfile.mkdtemp())
     os.environ["TPI_CHAT_DATA"] = str(tmp / "data")
     os.environ["TPI_CHAT_MODELS"] = str(tmp / "models")
