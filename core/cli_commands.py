@@ -78,7 +78,7 @@ def speculator_for(args: Namespace, model_dir: Path, tokenizer: ChatTokenizer,
     is not fatal: the replies come without it (and a note says why)."""
     try:
         return start_speculator(model_dir, tokenizer, _options(args), cluster.world_size,
-                                _stage_progress())
+                                _stage_progress(), devices=not isinstance(cluster, LocalCluster))
     except TpiError as e:
         if args.speculate.strip().lower() != "auto":
             raise

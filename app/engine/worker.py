@@ -107,7 +107,7 @@ def default_loader(model: str | None, opts: RunOptions, progress: Progress,
     runner = start_cluster(model_dir, opts, devices or [], data_dir=data_dir(),
                            progress=progress, on_status=on_status)
     try:
-        spec = _draft(model_dir, tokenizer, opts, runner.world_size, progress)
+        spec = _draft(model_dir, tokenizer, opts, runner.world_size, progress, bool(devices))
     except BaseException:
         runner.close()
         raise
@@ -130,13 +130,14 @@ def default_loader(model: str | None, opts: RunOptions, progress: Progress,
     return loaded
 
 
-def _draft(model_dir, tokenizer, opts: RunOptions, world_size: int, progress: Progress):
+def _draft(model_dir, tokenizer, opts: RunOptions, world_size: int, progress: Progress,
+           devices: bool):
     """The draft model of opts.speculate; with "auto" one that cannot load only means
     replies come without it (logged), never a failed load."""
     from core.ranks.draft import start_speculator
 
     try:
-        return start_speculator(model_dir, tokenizer, opts, world_size, progress)
+        return start_speculator(model_dir, tokenizer, opts, world_size, progress, devices)
     except TpiError as e:
         if opts.speculate != "auto":
             raise

@@ -54,13 +54,17 @@ def self_draft_dtype(model_dir: Path, dtype: str) -> str:
 
 
 def start_speculator(model_dir: Path, tokenizer: ChatTokenizer, opts: RunOptions,
-                     world_size: int, progress: Progress | None = None
-                     ) -> Speculator | None:
+                     world_size: int, progress: Progress | None = None,
+                     devices: bool = False) -> Speculator | None:
     """The Speculator opts.speculate/opts.draft ask for, loaded and timed; None when it is
-    off, or `auto` with a self-draft of a model running on one rank (the draft would be
-    the same work on the same cores: it cannot pay)."""
+    off, or `auto` with a self-draft where no link costs anything: on one rank, or with
+    every rank on this computer (`devices` False) and no emulated latency. A self-draft is
+    the target's own work on rank 0's cores, and on this computer the ranks already share
+    them; it only pays where a step waits on a network. (It would also write a second set
+    of shards to the cache for nothing.)"""
     setting = parse_speculate(opts.speculate, opts.draft)
-    if setting.off or (setting.k is None and setting.draft == SELF and world_size == 1):
+    no_links = world_size == 1 or (not devices and not opts.link_delay_ms)
+    if setting.off or (setting.k is None and setting.draft == SELF and no_links):
         return None
     report = progress or (lambda stage, done, total: None)
     if setting.draft == SELF:

@@ -1,5 +1,5 @@
 """Loading a draft: what does not fit in free memory, or speaks other tokens, is refused
-with a sentence; auto with one rank and a self draft loads nothing."""
+with a sentence; auto with a self draft loads nothing where no link costs anything."""
 
 from __future__ import annotations
 
@@ -45,6 +45,22 @@ def test_auto_self_draft_on_one_rank_loads_nothing(tiny):
     assert start_speculator(tiny, ChatTokenizer(tiny), RunOptions(speculate="off"), 2) is None
     assert self_draft_dtype(tiny, "auto") == "q8_0"  # a float folder's self-draft
     assert self_draft_dtype(tiny, "int8") == "int8"  # a quantized target keeps its own
+
+
+def test_auto_self_draft_with_every_rank_here_loads_nothing(tiny, tmp_path, monkeypatch):
+    """Two ranks on this computer and no link latency: a self-draft cannot pay, and loading
+    it would write a second set of shards (the default model's cache doubled)."""
+    monkeypatch.setenv("TPI_CHAT_CACHE", str(tmp_path / "cache"))
+    tok = ChatTokenizer(tiny)
+    assert start_speculator(tiny, tok, RunOptions(speculate="auto"), 2) is None
+    assert not (tmp_path / "cache").exists()
+    for opts, devices in ((RunOptions(speculate="auto", link_delay_ms=2.0), False),
+                          (RunOptions(speculate="auto"), True)):  # a link that costs
+        spec = start_speculator(tiny, tok, opts, 2, devices=devices)
+        try:
+            assert spec is not None
+        finally:
+            spec.close()
 
 
 def test_another_model_with_the_same_tokenizer_drafts(tiny, tmp_path):
