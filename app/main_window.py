@@ -42,6 +42,8 @@ from app.status_bar import StatusBar
 from app.store.db import Store, data_dir
 from app.store.settings_keys import (
     API_SERVER,
+    CONTEXT,
+    CONTEXT_OVERFLOW,
     DECODE_SPEED,
     GEOMETRY,
     MAX_LOCAL_RANKS,
@@ -144,6 +146,8 @@ class MainWindow(QMainWindow):
         self.settings.api_changed.connect(self.set_api_server)
         self.engine.api.changed.connect(self._api_state)
         self.settings.speculate_changed.connect(self.set_speculate)
+        self.settings.context.length_changed.connect(self.set_context_length)
+        self.settings.context.overflow_changed.connect(self.set_context_overflow)
         w = self.engine.worker
         w.loading_progress.connect(self.status.show_progress)
         w.ready.connect(self._model_ready)
@@ -153,6 +157,7 @@ class MainWindow(QMainWindow):
         w.device_progress.connect(self.devices.show_transfer)
         w.world_size_changed.connect(self._world_size_changed)
         w.waiting_for_api.connect(self._waiting_for_api)
+        w.context_info.connect(self.settings.context.set_model_max)
         self.status.cancel_requested.connect(self.cancel_load)
         d = self.devices
         d.add_device_requested.connect(self.open_add_device)
@@ -255,6 +260,9 @@ class MainWindow(QMainWindow):
         if api["enabled"]:
             self.engine.api.configure(api)
         self.settings.set_speculate(SPECULATE.get(self.store))
+        overflow = CONTEXT_OVERFLOW.get(self.store)
+        self.settings.context.set_values(CONTEXT.get(self.store), overflow)
+        self.engine.set_context_overflow(overflow)
         ranks = RANKS.get(self.store)
         self.rank_actions[ranks].setChecked(True)
         self.devices.set_local_workers(ranks - 1)
@@ -344,7 +352,8 @@ class MainWindow(QMainWindow):
     def run_options(self) -> RunOptions:
         return RunOptions(ranks=RANKS.get(self.store),
                           window=window_option(WINDOW.get(self.store)),
-                          speculate=speculate_option(SPECULATE.get(self.store)))
+                          speculate=speculate_option(SPECULATE.get(self.store)),
+                          context=CONTEXT.get(self.store))
 
     def load_model(self, path: str | None) -> None:
         """Load `path` (None = the default model) in the engine thread."""
@@ -417,6 +426,17 @@ class MainWindow(QMainWindow):
         if value != SPECULATE.get(self.store):
             SPECULATE.set(self.store, value)
             self.load_model(self.model_path)
+
+    def set_context_length(self, tokens: int) -> None:
+        """The context length in tokens (the model's maximum caps it); reloads if changed."""
+        if tokens != CONTEXT.get(self.store):
+            CONTEXT.set(self.store, tokens)
+            self.load_model(self.model_path)
+
+    def set_context_overflow(self, overflow: str) -> None:
+        """What the next replies do when a conversation outgrows the context."""
+        CONTEXT_OVERFLOW.set(self.store, overflow)
+        self.engine.set_context_overflow(overflow)
 
     # local API server ----------------------------------------------------------------
     def set_api_server(self, value: dict) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.engine.context_policy import DROP_OLDEST, OVERFLOW_POLICIES
 from core.errors import TpiError
 
 
@@ -79,6 +80,13 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                         "or .gguf)")
 
 
+def _overflow_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--context-overflow", default=DROP_OLDEST, choices=OVERFLOW_POLICIES,
+                   help="when a conversation outgrows --context: drop-oldest (default) keeps "
+                        "the system prompt and the latest turns, drop-middle also keeps the "
+                        "first exchange, stop refuses to go on")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tpi-chat", description=__doc__.splitlines()[0])
     parser.add_argument("--self-test", action="store_true",
@@ -108,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(c)
     _sampling_args(c)
     _spec_args(c)
+    _overflow_arg(c)
 
     sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP API over the model",
                         description="Serve the model to other programs over OpenAI's API "
@@ -115,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a time, the others waiting in line.")
     _model_args(sv)
     _spec_args(sv)
+    _overflow_arg(sv)
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1: this computer only; any "
                          "other needs --api-key)")

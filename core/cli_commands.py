@@ -16,6 +16,7 @@ from core.cluster.session import Session
 from core.cluster.ship_term import ShipTermLine
 from core.cluster.transfer_rate import Clock
 from core.engine.chat import ChatSession
+from core.engine.context_policy import ContextFull, ContextPolicy
 from core.engine.generate import GenerationResult
 from core.engine.options import RunOptions, parse_window
 from core.engine.sampler import SamplingParams
@@ -190,10 +191,14 @@ QUIT_COMMANDS = ("/quit", "/exit", "/q")
 def cmd_chat(args: Namespace) -> int:
     params = _sampling(args)
     cluster, tok, spec = _start(args)
-    session = ChatSession(tok, cluster, system=args.system)
+    session = ChatSession(tok, cluster, system=args.system,
+                          policy=ContextPolicy(args.context_overflow))
     session.generator.speculator = spec
-    print(f"TPI Chat on {cluster.world_size} rank(s). Empty line, /quit or Ctrl-D quits.",
-          flush=True)
+    ranks = f"{cluster.world_size} rank{'s' if cluster.world_size != 1 else ''}"
+    print(f"TPI Chat on {ranks}, context {cluster.max_seq} tokens"
+          f"{context_note(args.context, cluster.max_seq)}. Empty line, /quit or Ctrl-D "
+          "quits; /new starts a new chat.", flush=True)
+    out_of_view = 0
     try:
         while True:
             try:
@@ -202,21 +207,44 @@ def cmd_chat(args: Namespace) -> int:
                 break
             if not text or text in QUIT_COMMANDS:
                 break
+            if text == "/new":
+                session.messages.clear()
+                out_of_view = 0
+                print("[a new chat]", flush=True)
+                continue
             sys.stdout.write("bot> ")
             try:
                 reply = session.send(text, params,
                                      on_text=lambda p: print(p, end="", flush=True))
+            except ContextFull as e:  # the stop policy: the user decides what comes next
+                print(f"\n[{e}; /new starts a new chat]", flush=True)
+                continue
             except PeerError as e:  # a device dropped out: the conversation goes on
                 print(f"\n[{e}]", flush=True)
                 continue
             r = reply.result
             kept = "" if r.acceptance is None else f", {r.acceptance:.0%} of drafts kept"
             print(f"\n[{r.tokens_per_s:.1f} tokens/s, first token after {r.ttft_ms:.0f} ms"
-                  f", {cluster.world_size} rank{'s' if cluster.world_size != 1 else ''}"
-                  f"{kept}]", flush=True)
+                  f", {ranks}{kept}]", flush=True)
+            if len(reply.out_of_view) != out_of_view:
+                out_of_view = len(reply.out_of_view)
+                print(f"[{out_of_view_note(reply.out_of_view)}]", flush=True)
         return 0
     finally:
         _close(cluster, spec)
+
+
+def context_note(asked: int, used: int) -> str:
+    """Why the context is shorter than --context asked: the model's maximum."""
+    return f" (the model's maximum; --context asked {asked})" if used < asked else ""
+
+
+def out_of_view_note(out: range) -> str:
+    """The terminal's marker: which earlier messages the model no longer sees."""
+    n = len(out)
+    which = "after the first exchange" if out.start else "earlier"
+    return (f"{n} {which} message{'s are' if n != 1 else ' is'} out of the model's view "
+            "from here on")
 
 
 def cmd_split(args: Namespace) -> int:

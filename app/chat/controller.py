@@ -30,6 +30,7 @@ class _Stream:
     msg_id: int
     text: str = ""
     saved_at: float = 0.0
+    roles: tuple[str, ...] = ()  # of the history the reply answers
 
 
 def title_from(text: str) -> str:
@@ -57,6 +58,9 @@ class ChatController(QObject):
         self.queued = False  # a user message waits for the model to be ready
         self.load_error = ""  # why the last load gave no model (none is loading now)
         self.last_error = ""
+        # per conversation, where its last reply's context began (ChatView.set_out_of_view
+        # arguments): messages before it were out of the model's view
+        self.out_of_view: dict[int, tuple[int, int, bool]] = {}
         composer.submitted.connect(self.send_text)
         composer.stop_requested.connect(self.stop)
         view.regenerate_requested.connect(self.regenerate)
@@ -85,6 +89,8 @@ class ChatController(QObject):
         live = self.stream if self.stream and self.stream.conv_id == conv_id else None
         shown = [(m.role, m.content) for m in msgs if not (live and m.id == live.msg_id)]
         self.view.set_messages(shown)
+        if conv_id in self.out_of_view:
+            self.view.set_out_of_view(*self.out_of_view[conv_id])
         if live:
             self.view.begin_stream(live.text)
 
@@ -128,7 +134,8 @@ class ChatController(QObject):
         self.queued = False
         self.view.show_status("Thinking\u2026")
         msg_id = self.store.add_message(self.conv_id, "assistant", "")
-        self.stream = _Stream(self.conv_id, msg_id, saved_at=time.monotonic())
+        self.stream = _Stream(self.conv_id, msg_id, saved_at=time.monotonic(),
+                              roles=tuple(m["role"] for m in history))
         self.composer.set_busy(True)
         self.busy_changed.emit(True)
         self.engine.send(history, conv.system_prompt, self.params())
@@ -218,6 +225,7 @@ class ChatController(QObject):
         else:
             self.store.delete_message(s.msg_id)
         self.store.touch(s.conv_id)
+        self._note_out_of_view(s, stats.out_of_view)
         if s.conv_id == self.conv_id:
             self.view.end_stream(text, stats=summary,
                                  error="" if text else "The model returned an empty reply.")
@@ -225,6 +233,17 @@ class ChatController(QObject):
         self.busy_changed.emit(False)
         self.conversations_changed.emit()
         self.reply_finished.emit(stats)
+
+    def _note_out_of_view(self, s: _Stream, out: tuple[int, int]) -> None:
+        """Remember (and show) where the model's view of the conversation began."""
+        lo, hi = out
+        if hi > lo:
+            mark = (s.roles[:hi].count("user"), hi - lo, lo > 0)
+            self.out_of_view[s.conv_id] = mark
+            if s.conv_id == self.conv_id:
+                self.view.set_out_of_view(*mark)
+        elif self.out_of_view.pop(s.conv_id, None) and s.conv_id == self.conv_id:
+            self.view.clear_out_of_view()
 
     def _on_failed(self, message: str) -> None:
         self.last_error = message

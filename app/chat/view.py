@@ -8,7 +8,7 @@ not scrolled up.
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from app.chat.message_widget import MessageWidget
 from app.theme import app_icon
@@ -40,6 +40,40 @@ class _EmptyState(QWidget):
         lay.addStretch(2)
 
 
+class _OutOfViewMarker(QWidget):
+    """A rule across the column with a note: the messages above it (all, or all after the
+    first exchange) are out of the model's view."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("OutOfViewMarker")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 4, 0, 4)
+        self.label = QLabel(self)
+        self.label.setObjectName("Muted")
+        self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.label.setWordWrap(True)
+        lines = []
+        for _ in range(2):
+            line = QFrame(self)
+            line.setFrameShape(QFrame.Shape.HLine)
+            line.setObjectName("MarkerRule")
+            lines.append(line)
+        row.addWidget(lines[0], 1)
+        row.addWidget(self.label, 0)
+        row.addWidget(lines[1], 1)
+
+    def set_count(self, count: int, after_first: bool) -> None:
+        which = "after the first exchange" if after_first else "above"
+        many = count != 1
+        self.label.setText(f"\u2191 {count} message{'s' if many else ''} {which} "
+                           f"{'are' if many else 'is'} out of the model's view")
+        self.setToolTip("The conversation is longer than the model's context: it sees the "
+                        "system prompt" + (", the first exchange" if after_first else "") +
+                        " and the messages from here on. Settings \u2192 Context sets the "
+                        "length and what is dropped.")
+
+
 class ChatView(QScrollArea):
     """Shows one conversation; the main window drives it."""
 
@@ -68,6 +102,7 @@ class ChatView(QScrollArea):
 
         self.messages: list[MessageWidget] = []
         self.streaming: MessageWidget | None = None
+        self.marker: _OutOfViewMarker | None = None
         self._pending = ""
         self._stick = True
         self._render_timer = QTimer(self)
@@ -81,6 +116,7 @@ class ChatView(QScrollArea):
 
     # content -------------------------------------------------------------------------
     def clear(self) -> None:
+        self.clear_out_of_view()
         for m in self.messages:
             self.layout_.removeWidget(m)
             m.deleteLater()
@@ -117,6 +153,27 @@ class ChatView(QScrollArea):
             w.deleteLater()
         self._update_last()
         self._update_empty()
+
+    def set_out_of_view(self, before_user: int, count: int, after_first: bool) -> None:
+        """Mark that `count` messages before the `before_user`-th user message (from 0)
+        are out of the model's view (all of them, or all after the first exchange)."""
+        users = [m for m in self.messages if m.role == "user"]
+        if count <= 0 or before_user >= len(users):
+            self.clear_out_of_view()
+            return
+        if self.marker is None:
+            self.marker = _OutOfViewMarker(self.column)
+        else:
+            self.layout_.removeWidget(self.marker)
+        self.marker.set_count(count, after_first)
+        self.layout_.insertWidget(self.layout_.indexOf(users[before_user]), self.marker)
+        self.marker.show()
+
+    def clear_out_of_view(self) -> None:
+        if self.marker is not None:
+            self.layout_.removeWidget(self.marker)
+            self.marker.deleteLater()
+            self.marker = None
 
     # streaming -----------------------------------------------------------------------
     def begin_stream(self, text: str = "") -> MessageWidget:

@@ -31,6 +31,7 @@ from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from core.cluster.device_status import DeviceStatus, local_rows
 from core.cluster.worker_spec import WorkerSpec
+from core.engine.context_policy import ContextFull, ContextPolicy
 from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from core.errors import TpiError
@@ -73,6 +74,8 @@ class LoadedModel:
     current_world_size: Callable[[], int] | None = None
     recover: Callable[[], None] | None = None  # re-plan over the devices still answering
     speculator: Any = None  # core.engine.speculative.Speculator: the draft, when one runs
+    context: int = 0  # tokens the model sees at once (0: unknown)
+    max_context: int = 0  # the model's own maximum
 
 
 Loader = Callable[[str | None, RunOptions, Progress], LoadedModel]
@@ -89,6 +92,7 @@ class ReplyStats:
     ttft_ms: float
     tokens_per_s: float
     acceptance: float | None = None  # speculative decoding: share of drafts kept
+    out_of_view: tuple[int, int] = (0, 0)  # [lo, hi) of the history the model did not see
 
 
 class LoadCancelled(Exception):
@@ -102,6 +106,7 @@ def default_loader(model: str | None, opts: RunOptions, progress: Progress,
     or a cluster Session when `devices` (enrolled workers) are given."""
     from app.store.db import data_dir
     from core.cluster.open_model import model_display_name, open_model, start_cluster
+    from core.model.config import load_config
 
     model_dir, tokenizer = open_model(model, progress)
     runner = start_cluster(model_dir, opts, devices or [], data_dir=data_dir(),
@@ -120,7 +125,9 @@ def default_loader(model: str | None, opts: RunOptions, progress: Progress,
                 spec.close()
 
     loaded = LoadedModel(name=model_display_name(model), world_size=runner.world_size,
-                         close=close, tokenizer=tokenizer, runner=runner, speculator=spec)
+                         close=close, tokenizer=tokenizer, runner=runner, speculator=spec,
+                         context=runner.max_seq,
+                         max_context=load_config(model_dir).max_position_embeddings)
     if devices:  # a Session: its rows are complete and it re-plans after a failure
         loaded.device_status = runner.device_status
         loaded.current_world_size = lambda: runner.world_size
@@ -176,6 +183,7 @@ class EngineWorker(QObject):
     device_progress = Signal(str, int, int)  # device name, bytes shipped, bytes to ship
     world_size_changed = Signal(int)  # after a re-plan (a device left the cluster)
     waiting_for_api = Signal(bool)  # a reply waits for an API request to finish
+    context_info = Signal(int, int)  # after a load: context in use, the model's maximum
 
     def __init__(self, loader: Loader = default_loader):
         super().__init__()
@@ -190,6 +198,7 @@ class EngineWorker(QObject):
         self._last_tps: float | None = None
         self._timer: QTimer | None = None
         self._remote: list[WorkerSpec] = []
+        self._policy = ContextPolicy()
         self._load_id = 0  # status rows of a closed session must not reach the panel
         self._stats_error: str | None = None  # the last stats failure logged (not repeats)
         #: thread ids that ran generate / a forward step (tests assert the GUI thread is absent)
@@ -213,6 +222,11 @@ class EngineWorker(QObject):
         """The paired devices the next load may use."""
         with self._lock:
             self._remote = list(specs)
+
+    def set_context_overflow(self, overflow: str) -> None:
+        """What the next replies do when the conversation outgrows the context."""
+        with self._lock:
+            self._policy = ContextPolicy(overflow)
 
     def remote_devices(self) -> list[WorkerSpec]:
         with self._lock:
@@ -292,6 +306,8 @@ class EngineWorker(QObject):
         log.info("Loaded %s (%s) on %d ranks", loaded.name, what, loaded.world_size)
         self._serve(loaded)
         self.ready.emit(loaded.name, loaded.world_size)
+        if loaded.context:
+            self.context_info.emit(loaded.context, loaded.max_context or loaded.context)
         self._emit_stats(force=True)
 
     @Slot(list, str, object)
@@ -309,6 +325,10 @@ class EngineWorker(QObject):
         # Generator reuses the KV cache of whatever prefix is unchanged.
         session.system = system or None
         session.messages = [dict(role=m["role"], content=m["content"]) for m in messages[:-1]]
+        with self._lock:
+            policy = self._policy
+        if getattr(session, "policy", policy) != policy:
+            session.set_policy(policy)
         self._busy = True
         self._record_thread()
 
@@ -324,6 +344,11 @@ class EngineWorker(QObject):
         try:  # the model lock is held until the reply (and any re-plan) is over
             try:
                 reply = session.send(messages[-1]["content"], params, on_text, self._stop.is_set)
+            except ContextFull as e:  # the stop policy: nothing failed, the chat is full
+                self._busy = False
+                text = str(e)
+                self.failed.emit(text[:1].upper() + text[1:] + ".")
+                return
             except TpiError as e:
                 log.warning("The reply failed: %s", e)
                 self._busy = False
@@ -346,6 +371,7 @@ class EngineWorker(QObject):
             text=reply.text, stop_reason=r.stop_reason, new_tokens=len(r.token_ids),
             prompt_tokens=r.prompt_tokens, ttft_ms=r.ttft_ms, tokens_per_s=r.tokens_per_s,
             acceptance=getattr(r, "acceptance", None),
+            out_of_view=(reply.out_of_view.start, reply.out_of_view.stop),
         ))
         self._emit_stats(force=True)
         self._check_world_size()

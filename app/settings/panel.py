@@ -1,5 +1,6 @@
-"""Chat settings: the conversation's system prompt, the sampling parameters and the memory
-window (a load setting: changing it reloads the model)."""
+"""Chat settings: the conversation's system prompt, the sampling parameters, the context
+(its length reloads the model; what happens when a chat outgrows it) and the memory window
+(a load setting: changing it reloads the model)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.settings.api_setting import ApiServerSetting
+from app.settings.context_setting import ContextSetting
 from app.settings.speculate_setting import SpeculateSetting
 from app.settings.window_setting import MemoryWindowSetting
 from core.engine.sampler import SamplingParams
@@ -108,6 +110,12 @@ class SettingsPanel(QWidget):
         self.reset_button = QPushButton("Reset to defaults", self)
         self.reset_button.clicked.connect(lambda: self.set_params(DEFAULT_PARAMS))
         lay.addWidget(self.reset_button, 0, Qt.AlignmentFlag.AlignLeft)
+        lay.addSpacing(10)
+        title = QLabel("CONTEXT", self)
+        title.setObjectName("SectionTitle")
+        lay.addWidget(title)
+        self.context = ContextSetting(self)  # main_window wires its signals
+        lay.addWidget(self.context)
         lay.addSpacing(10)
         title = QLabel("MEMORY", self)
         title.setObjectName("SectionTitle")

@@ -18,11 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from core.engine.context_policy import DROP_OLDEST, OVERFLOW_POLICIES
+from core.engine.options import RunOptions
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 MAX_LOCAL_RANKS = 4  # ranks on this computer: rank 0 + up to 3 worker processes
+MIN_CONTEXT, MAX_CONTEXT = 256, 1 << 20  # tokens; the model's own maximum caps it at load
 WINDOW_AUTO, WINDOW_ALL = "auto", "all"
 
 # SamplingParams' fields as stored (asdict), with the JSON types each may hold.
@@ -122,6 +126,22 @@ def parse_geometry(value: Any) -> str | None:
     return value
 
 
+def parse_context(value: Any) -> int:
+    """The context length in tokens, MIN_CONTEXT..MAX_CONTEXT."""
+    if not isinstance(_no_bool(value), int):
+        raise TypeError(f"expected a whole number, not {type(value).__name__}")
+    if not MIN_CONTEXT <= value <= MAX_CONTEXT:
+        raise ValueError(f"expected {MIN_CONTEXT} to {MAX_CONTEXT} tokens")
+    return value
+
+
+def parse_overflow(value: Any) -> str:
+    """What happens when a conversation outgrows the context (core.engine.context_policy)."""
+    if value not in OVERFLOW_POLICIES:
+        raise ValueError(f"expected one of {', '.join(OVERFLOW_POLICIES)}")
+    return value
+
+
 def parse_flag(value: Any) -> bool:
     """A checkbox-like setting: JSON true or false only."""
     if not isinstance(value, bool):
@@ -190,6 +210,12 @@ GEOMETRY: Setting[str | None] = Setting(
     "geometry", None, parse_geometry, "The main window's size and place.")
 PANEL_VISIBLE: Setting[bool] = Setting(
     "panel_visible", True, parse_flag, "Whether the side panel (View -> Show) is shown.")
+CONTEXT: Setting[int] = Setting(
+    "context", RunOptions.context, parse_context,
+    "Context length in tokens (up to the model's maximum; a change reloads the model).")
+CONTEXT_OVERFLOW: Setting[str] = Setting(
+    "context_overflow", DROP_OLDEST, parse_overflow,
+    "When a conversation outgrows the context: drop-oldest, drop-middle or stop.")
 
 DECODE_SPEED: Setting[dict[str, float]] = Setting(
     "decode_speed", {}, parse_speed, "Measured decode speeds, for the model library.")
@@ -198,4 +224,5 @@ API_SERVER: Setting[dict[str, Any]] = Setting(
     "Settings -> Local API server: on/off, port, API key, LAN.")
 
 ALL: tuple[Setting[Any], ...] = (MODEL, SAMPLING, WINDOW, RANKS, GEOMETRY, PANEL_VISIBLE,
-                                 DECODE_SPEED, API_SERVER, SPECULATE)
+                                 DECODE_SPEED, API_SERVER, SPECULATE, CONTEXT,
+                                 CONTEXT_OVERFLOW)

@@ -2,8 +2,10 @@
 
 Every request is checked in this order: API key (401), body size (413, before parsing),
 JSON (400), fields (400), model name (404); then the front desk admits it (413 when the
-prompt fills the context, 503 when the queue is full) and the reply is streamed or
-returned whole. Errors are OpenAI's JSON error shape, unknown routes included.
+prompt does not fit the context, 503 when the queue is full) and the reply is streamed or
+returned whole; a chat's response says in X-Messages-Out-Of-View how many of its messages
+the context policy left out of the model's view. Errors are OpenAI's JSON error shape,
+unknown routes included.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from core.serve.errors import ApiError, bad_key, bad_request, too_large, unknown
 from core.serve.schemas import parse_chat, parse_completion
 from core.serve.sse import ChatShape, CompletionShape, stream
 
+OUT_OF_VIEW = "X-Messages-Out-Of-View"  # how many of a chat's messages the model did not see
 DRAIN_LIMIT = 64 * 1024 * 1024  # an oversized body up to this is read and dropped, so the
 # client gets its 413 instead of a reset connection; past it the connection is closed
 
@@ -70,9 +73,10 @@ def build_app(svc: Service) -> Starlette:
         _check_model(req.model, svc)
         job = await _admit(svc, svc.desk.admit_chat, req)
         shape = ChatShape(svc.model_name, req.include_usage)
+        headers = {OUT_OF_VIEW: str(job.out_of_view)}
         if req.stream:
-            return _sse(stream(job, shape))
-        return await _whole(job, shape, request)
+            return _sse(stream(job, shape), headers)
+        return await _whole(job, shape, request, headers=headers)
 
     async def completions(request: Request) -> Response:
         req = parse_completion(await _read_json(request, svc.max_body))
@@ -148,12 +152,14 @@ async def _admit(svc: Service, admit: Callable, req: object):
     return await loop.run_in_executor(svc.desk_thread, admit, req, loop)
 
 
-def _sse(body) -> StreamingResponse:
+def _sse(body, headers: dict[str, str] | None = None) -> StreamingResponse:
     return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                      **(headers or {})})
 
 
-async def _whole(job: Job, shape: ChatShape, request: Request, prefix: str = "") -> Response:
+async def _whole(job: Job, shape: ChatShape, request: Request, prefix: str = "",
+                 headers: dict[str, str] | None = None) -> Response:
     """Wait for the whole reply; a client that hangs up meanwhile cancels its job."""
 
     async def watch() -> None:
@@ -172,7 +178,7 @@ async def _whole(job: Job, shape: ChatShape, request: Request, prefix: str = "")
             if isinstance(ev, Text):
                 parts.append(ev.text)
             elif isinstance(ev, Finished):
-                return JSONResponse(shape.whole("".join(parts), ev))
+                return JSONResponse(shape.whole("".join(parts), ev), headers=headers)
             elif isinstance(ev, Failed):
                 return ev.error.response()
     finally:

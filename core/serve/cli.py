@@ -22,7 +22,7 @@ def cmd_serve(args: Namespace) -> int:
     if args.max_queue < 0 or not 0 <= args.port <= 65535:
         raise TpiError("--max-queue must be 0 or more and --port from 0 to 65535")
     config = ServeConfig(host=args.host, port=args.port, api_key=key,
-                         max_queue=args.max_queue)
+                         max_queue=args.max_queue, context_overflow=args.context_overflow)
     check_exposure(config.host, key)
     sock = listen_socket(config.host, config.port)  # a taken port fails before the load
     cluster = spec = None

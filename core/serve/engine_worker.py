@@ -68,6 +68,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    out_of_view: int = 0  # messages the context policy left out of the prompt
 
     def emit(self, event: Event) -> None:
         """Thread-safe: hand an event to the request's handler."""

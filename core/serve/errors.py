@@ -44,9 +44,9 @@ def too_large(limit: int) -> ApiError:
                     code="request_too_large")
 
 
-def context_full(prompt_tokens: int, context: int) -> ApiError:
-    return ApiError(413, f"The prompt ({prompt_tokens} tokens) fills the model's whole "
-                    f"context of {context} tokens; shorten it.", param="messages",
+def context_full(why: str, param: str = "messages") -> ApiError:
+    """413: the prompt does not fit the context (`why`, a clause)."""
+    return ApiError(413, f"{why[:1].upper()}{why[1:]}.", param=param,
                     code="context_length_exceeded")
 
 

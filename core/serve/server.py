@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from core.comm.endpoint import is_loopback
+from core.engine.context_policy import DROP_OLDEST, ContextPolicy
 from core.engine.generate import GenerationResult, Generator, StepRunner
 from core.errors import TpiError
 from core.model.tokenizer import ChatTokenizer
@@ -42,6 +43,7 @@ class ServeConfig:
     api_key: str | None = None
     max_queue: int = 16  # requests waiting behind the running one; more get a 503
     max_body: int = 1_000_000  # bytes of a request body; more get a 413 unparsed
+    context_overflow: str = DROP_OLDEST  # a chat longer than the context (context_policy.py)
 
 
 def check_exposure(host: str, api_key: str | None) -> None:
@@ -86,7 +88,8 @@ class ApiServer:
         self.worker = ModelWorker(tokenizer, generator, self.queue, model_lock, on_reply)
         self._desk_thread = ThreadPoolExecutor(1, thread_name_prefix="tpi-serve-desk")
         desk = FrontDesk(ChatTokenizer(tokenizer.model_dir),
-                         lambda: generator.runner.max_seq, self.queue)
+                         lambda: generator.runner.max_seq, self.queue,
+                         ContextPolicy(config.context_overflow))
         app = build_app(Service(model_name, config.api_key, config.max_body, desk,
                                 self._desk_thread))
         self._uvicorn = uvicorn.Server(uvicorn.Config(

@@ -12,6 +12,8 @@ from app.store.db import Store
 from app.store.settings_keys import (
     ALL,
     API_SERVER_DEFAULT,
+    CONTEXT,
+    CONTEXT_OVERFLOW,
     GEOMETRY,
     MODEL,
     PANEL_VISIBLE,
@@ -40,6 +42,8 @@ TODAYS_ROWS = {
     "decode_speed": '{"local": 2.5e9}',
     "api_server": '{"enabled": true, "port": 8123, "api_key": "k", "lan": false}',
     "speculate": "4",
+    "context": "2048",
+    "context_overflow": '"drop-middle"',
 }
 
 
@@ -78,7 +82,7 @@ def test_values_saved_by_todays_app_are_read_back(store):
 
 def test_nothing_saved_gives_the_defaults(store):
     assert [s.get(store) for s in ALL] == [None, {}, "auto", 1, None, True, {},
-                                           API_SERVER_DEFAULT, "auto"]
+                                           API_SERVER_DEFAULT, "auto", 4096, "drop-oldest"]
 
 
 @pytest.mark.parametrize("setting, value", [
@@ -88,6 +92,8 @@ def test_nothing_saved_gives_the_defaults(store):
     (RANKS, 1), (RANKS, 4),
     (GEOMETRY, "01d9d0cb"), (PANEL_VISIBLE, False), (PANEL_VISIBLE, True),
     (SPECULATE, "auto"), (SPECULATE, "off"), (SPECULATE, 6),
+    (CONTEXT, 256), (CONTEXT, 2048), (CONTEXT_OVERFLOW, "stop"),
+    (CONTEXT_OVERFLOW, "drop-middle"),
 ])
 def test_values_round_trip_in_todays_format(store, setting: Setting, value):
     setting.set(store, value)
@@ -103,6 +109,8 @@ def test_values_round_trip_in_todays_format(store, setting: Setting, value):
     (SAMPLING, "hot"), (SAMPLING, [1, 2]),
     (GEOMETRY, 12), (GEOMETRY, "not hex"), (GEOMETRY, "abc"),
     (PANEL_VISIBLE, "no"), (PANEL_VISIBLE, 0),
+    (CONTEXT, 100), (CONTEXT, "2048"), (CONTEXT, True), (CONTEXT, 2048.0),
+    (CONTEXT_OVERFLOW, "truncate"), (CONTEXT_OVERFLOW, 1),
 ])
 def test_garbage_falls_back_to_the_default_and_is_logged(store, caplog, setting: Setting,
                                                          garbage):
