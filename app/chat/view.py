@@ -52,7 +52,6 @@ class _OutOfViewMarker(QWidget):
         self.label = QLabel(self)
         self.label.setObjectName("Muted")
         self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.label.setWordWrap(True)
         lines = []
         for _ in range(2):
             line = QFrame(self)

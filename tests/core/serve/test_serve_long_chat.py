@@ -9,25 +9,33 @@ import time
 
 import pytest
 
-from tests.fixtures.long_chat import TURNS, check_flat, rss_mb, user_turn
+from core.engine.context_policy import reply_room
+from tests.fixtures.long_chat import (
+    SETUPS,
+    TINY,
+    TURNS,
+    Setup,
+    check_flat,
+    model_for,
+    rss_mb,
+    user_turn,
+)
 from tests.fixtures.serve import ServeProcess
-from tests.fixtures.tiny_models import make_tiny_model
 
-CONTEXT, REPLY = 512, 40
 REPLY_LINE = re.compile(r"(\d+) prompt tokens \((\d+) cached\)")
 
 
-@pytest.fixture(scope="module")
-def tiny512(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("long") / "tiny", "llama",
-                           max_position_embeddings=CONTEXT)
+def serve(setup: Setup, model, *extra: str) -> ServeProcess:
+    return ServeProcess(*(("--model", str(model)) if model else ()), "--threads", "1",
+                        "--speculate", "off", "--context", str(setup.context), *extra)
 
 
-def converse(server: ServeProcess, model: str, turns: int, reply: int):
-    """(out-of-view count, usage, RSS MB) after each turn of one growing conversation."""
+def converse(server: ServeProcess, turns: int, reply: int):
+    """(out-of-view count, choice, usage, RSS MB) after each turn of one conversation."""
     import openai
 
-    client = openai.OpenAI(base_url=server.api, api_key="none", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=server.api, api_key="none", max_retries=0, timeout=600)
+    model = client.models.list().data[0].id
     messages = [{"role": "system", "content": "You tell long stories."}]
     seen = []
     for i in range(turns):
@@ -36,7 +44,7 @@ def converse(server: ServeProcess, model: str, turns: int, reply: int):
             model=model, messages=messages, temperature=0, max_tokens=reply)
         r = raw.parse()
         messages.append({"role": "assistant", "content": r.choices[0].message.content})
-        seen.append((int(raw.headers["x-messages-out-of-view"]), r.usage,
+        seen.append((int(raw.headers["x-messages-out-of-view"]), r.choices[0], r.usage,
                      rss_mb(server.proc.pid)))
     return seen
 
@@ -51,19 +59,19 @@ def reply_log(server: ServeProcess, n: int) -> list[tuple[int, int]]:
     return [(int(p), int(c)) for p, c in found[:n]]
 
 
-def test_forty_long_turns_through_the_api(tiny512):
-    server = ServeProcess("--model", str(tiny512), "--threads", "1", "--context",
-                          str(CONTEXT))
+@pytest.mark.parametrize("setup", SETUPS)
+def test_forty_long_turns_through_the_api(setup, tmp_path_factory):
+    server = serve(setup, model_for(setup, tmp_path_factory))
     try:
-        seen = converse(server, "tiny", TURNS, REPLY)
+        seen = converse(server, TURNS, setup.reply)
         log = reply_log(server, TURNS)
     finally:
         server.close()
-    dropped = [d for d, _, _ in seen]
-    assert dropped == sorted(dropped) and dropped[0] == 0 and dropped[-1] > TURNS, dropped
-    for _, usage, _ in seen:  # every prompt left the reply its room
-        assert usage.prompt_tokens <= CONTEXT - REPLY
-        assert usage.completion_tokens == REPLY
+    dropped = [d for d, _, _, _ in seen]
+    assert dropped == sorted(dropped) and dropped[0] == 0 and dropped[-1] >= TURNS, dropped
+    for _, choice, usage, _ in seen:  # every prompt left the reply its room
+        assert usage.prompt_tokens <= setup.context - reply_room(setup.reply, setup.context)
+        assert usage.completion_tokens == setup.reply or choice.finish_reason == "stop"
     # the KV cache: a turn behind the same cut extends the last prompt and reply, so only
     # its own new tokens are computed; after a new drop, the system prompt's stays
     assert len(log) == TURNS
@@ -74,17 +82,16 @@ def test_forty_long_turns_through_the_api(tiny512):
         else:
             assert 0 < cached < prompt / 2, (i, log)
     first = next(i for i, d in enumerate(dropped) if d)
-    check_flat([r for _, _, r in seen], first)
+    print(check_flat([r for _, _, _, r in seen], first))
 
 
-def test_the_stop_policy_refuses_with_413(tiny512):
+def test_the_stop_policy_refuses_with_413(tmp_path_factory):
     import openai
 
-    server = ServeProcess("--model", str(tiny512), "--threads", "1", "--context",
-                          str(CONTEXT), "--context-overflow", "stop")
+    server = serve(TINY, model_for(TINY, tmp_path_factory), "--context-overflow", "stop")
     try:
         with pytest.raises(openai.APIStatusError) as e:
-            converse(server, "tiny", 12, REPLY)
+            converse(server, 12, TINY.reply)
         assert e.value.status_code == 413
         err = e.value.response.json()["error"]
         assert err["code"] == "context_length_exceeded"
