@@ -38,8 +38,9 @@ def serving_window(qtbot, model, **api):
     w = open_window(qtbot, default_loader, model=str(model), sampling=LONG,
                     api_server={"enabled": True, "port": port, "api_key": "", "lan": False,
                                 **api})
-    qtbot.waitUntil(lambda: bool(w.engine.api.state.url), timeout=30000)
-    assert w.status.api.isVisible() and w.status.api.text() == f"API {port}"
+    # the state is set on the server's thread, the status bar by a queued signal: wait for it
+    qtbot.waitUntil(lambda: w.status.api.text() == f"API {port}", timeout=30000)
+    assert w.status.api.isVisible() and w.engine.api.state.url
     return w, f"http://127.0.0.1:{port}/v1"
 
 
@@ -130,8 +131,8 @@ def test_the_users_reply_waits_for_an_api_request_then_off_and_port_taken(qtbot,
     # turned off, nothing listens; on again on a taken port, it says why it is off
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     w.settings.api_server.enabled.setChecked(False)
-    qtbot.waitUntil(lambda: not w.engine.api.state.enabled, timeout=10000)
-    assert not w.status.api.isVisible()
+    qtbot.waitUntil(lambda: not w.status.api.isVisible(), timeout=10000)  # (queued)
+    assert not w.engine.api.state.enabled
     with socket.socket() as s, pytest.raises(OSError):
         s.settimeout(2)
         s.connect(("127.0.0.1", port))
@@ -140,9 +141,8 @@ def test_the_users_reply_waits_for_an_api_request_then_off_and_port_taken(qtbot,
         taken.listen(1)
         w.settings.api_server.port.setValue(taken.getsockname()[1])
         w.settings.api_server.enabled.setChecked(True)
-        qtbot.waitUntil(lambda: bool(w.engine.api.state.error), timeout=10000)
+        qtbot.waitUntil(lambda: w.status.api.text() == "API off", timeout=10000)
         assert "cannot listen" in w.engine.api.state.error.lower()
-        assert w.status.api.text() == "API off"
     w.settings.api_server.lan.setChecked(True)  # the network needs a key
     qtbot.waitUntil(lambda: "needs an API key" in w.engine.api.state.error, timeout=10000)
     close_window(w)
