@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from core.engine.kv_prefix import common_prefix
 from core.engine.sampler import Sampler, SamplingParams
 from core.errors import TpiError
 
@@ -169,14 +170,3 @@ class Generator:
             logits = self.runner.step(ids, pos)
         self.cached.extend(ids)
         return logits
-
-
-def common_prefix(cached: list[int], ids: list[int]) -> int:
-    """How many leading ids the cache already holds (at least one id is left to run, so
-    the step has logits to give)."""
-    n = 0
-    for a, b in zip(cached, ids, strict=False):
-        if a != b:
-            break
-        n += 1
-    return min(n, len(ids) - 1)

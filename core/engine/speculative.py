@@ -24,7 +24,7 @@ from typing import Protocol
 
 import torch
 
-from core.engine.generate import common_prefix
+from core.engine.kv_prefix import common_prefix
 from core.engine.sampler import Sampler, SamplingParams
 from core.engine.spec_accept import accept_greedy, accept_sampled
 from core.engine.spec_control import KControl
