@@ -5,6 +5,7 @@ engine thread (EngineHost)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import shiboken6
@@ -78,6 +79,7 @@ class MainWindow(QMainWindow):
         self.library: LibraryDialog | None = None
         self.world_size = 0  # ranks of the running model (0: none)
         self.roster = DeviceRoster(store, data_dir(), self)
+        self.forced_devices: set[str] = set()  # "Use anyway" on a device the planner left out
         self._closed = False
         self._reload_pending = False  # devices changed while a reply was streaming
         self.setWindowTitle("TPI Chat")
@@ -163,6 +165,7 @@ class MainWindow(QMainWindow):
         d.add_device_requested.connect(self.open_add_device)
         d.remove_device_requested.connect(self.remove_device)
         d.retry_device_requested.connect(self.retry_device)
+        d.force_device_requested.connect(self.force_device)
         d.local_workers_changed.connect(lambda n: self.set_local_ranks(n + 1))
         self.roster.changed.connect(self._roster_changed)
         self._roster_changed()
@@ -489,6 +492,13 @@ class MainWindow(QMainWindow):
         self.status.note(f"Trying \u201c{name}\u201d again; the model reloads.")
         self.reload_when_idle()
 
+    def force_device(self, name: str) -> None:
+        """The user wants a device the planner left out: plan again with it forced in."""
+        self.forced_devices.add(name)
+        self.status.note(f"Using \u201c{name}\u201d anyway; the model reloads.")
+        self._roster_changed()
+        self.reload_when_idle()
+
     def _device_reappeared(self, name: str) -> None:
         """An enrolled device is (back) on the network: re-plan if the model left it out."""
         if self.controller.ready and self.devices.state_of(name) in ("offline", "paired"):
@@ -508,7 +518,8 @@ class MainWindow(QMainWindow):
 
     def _roster_changed(self) -> None:
         self.devices.set_enrolled(self.roster.devices())
-        self.engine.set_remote_devices(self.roster.worker_specs())
+        self.engine.set_remote_devices(
+            [replace(w, forced=w.name in self.forced_devices) for w in self.roster.worker_specs()])
 
     def _model_ready(self, name: str, world_size: int) -> None:
         self.world_size = world_size

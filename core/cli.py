@@ -39,6 +39,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link-mbps", type=float, default=None, help="emulated link bandwidth")
     p.add_argument("--devices", default="none",
                    help="paired devices to run on: all, none (default) or NAME[,NAME...]")
+    p.add_argument("--force", default="none", metavar="all|NAME[,NAME...]",
+                   help="devices of --devices to use even where the planner predicts the "
+                        "model is faster without them")
     _data_dir_arg(p)
     _dtype_arg(p)
 
@@ -102,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true",
                    help="end with one JSON line of results (with speculative decoding: "
                         "accepted_per_step, draft_k, acceptance)")
+
+    pl = sub.add_parser("plan", help="measure the devices and print the plan the model "
+                                     "would run with, and its predicted speed")
+    _model_args(pl)
+    pl.add_argument("--fresh", action="store_true", help="measure every device again first")
+    pl.add_argument("--json", action="store_true", help="one JSON line instead of text")
 
     pp = sub.add_parser("perplexity", help="perplexity of the model on a text file",
                         description="Perplexity as llama.cpp's llama-perplexity measures it: "
@@ -201,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             from core.worker import main as worker_main
 
             return worker_main(args)
+        if args.cmd == "plan":
+            from core.plan_cli import cmd_plan
+
+            return cmd_plan(args)
         if args.cmd == "perplexity":
             from core.perplexity_cli import cmd_perplexity
 

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from argparse import Namespace
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -15,6 +16,7 @@ from core.cluster.roster import Roster
 from core.cluster.session import Session
 from core.cluster.ship_term import ShipTermLine
 from core.cluster.transfer_rate import Clock
+from core.cluster.worker_spec import WorkerSpec
 from core.engine.chat import ChatSession
 from core.engine.context_policy import ContextFull, ContextPolicy
 from core.engine.generate import GenerationResult
@@ -91,20 +93,45 @@ def open_for(args: Namespace) -> tuple[Path, ChatTokenizer]:
     """--model opened (GGUF import, tokenizer), the options and --devices checked first;
     a command that vets the model before any rank starts calls this, then start_for."""
     _options(args)
-    Roster(data_dir_of(args)).worker_specs(args.devices)
+    devices_for(args)
     return open_model(args.model, _stage_progress())
+
+
+def devices_for(args: Namespace) -> list[WorkerSpec]:
+    """The devices --devices names, those --force names marked forced."""
+    devices = Roster(data_dir_of(args)).worker_specs(args.devices)
+    wanted = getattr(args, "force", "none") or "none"
+    if wanted.strip().lower() in ("", "none"):
+        return devices
+    names = ({d.name for d in devices} if wanted.strip().lower() == "all"
+             else {n.strip() for n in wanted.split(",") if n.strip()})
+    unknown = names - {d.name for d in devices}
+    if unknown:
+        raise TpiError(f"--force names {', '.join(sorted(unknown))}, not among --devices "
+                       f"({args.devices})")
+    return [replace(d, forced=d.name in names) for d in devices]
 
 
 def start_for(args: Namespace, model_dir: Path) -> LocalCluster | Session:
     """The model in `model_dir` started on this computer and the devices --devices names."""
     opts = _options(args)
     data_dir = data_dir_of(args)
-    devices = Roster(data_dir).worker_specs(args.devices)
+    devices = devices_for(args)
     cluster = start_cluster(model_dir, opts, devices, data_dir=data_dir,
                             progress=_stage_progress())
     if isinstance(cluster, Session):
         _say_left_out(cluster)
     return cluster
+
+
+def _plan_json(cluster: LocalCluster | Session) -> dict:
+    """The planner's devices and prediction, when a Session planned (`--json`)."""
+    choice = getattr(cluster, "choice", None)
+    if choice is None:
+        return {}
+    return {"devices": choice.names, "left_out": choice.left_out,
+            "predicted_ms_per_token": round(choice.prediction.ms_per_token, 3),
+            "predicted_ttft_ms": round(choice.prediction.ttft_ms, 1)}
 
 
 def _say_left_out(session: Session) -> None:
@@ -114,6 +141,9 @@ def _say_left_out(session: Session) -> None:
         if w.public_key in session.failed:
             print(f"tpi-chat: '{w.name}' left out: {session.failed[w.public_key]}",
                   file=sys.stderr)
+    for name, why in (session.choice.left_out.items() if session.choice else ()):
+        print(f"tpi-chat: '{name}' not used: {why} (--force {name} uses it anyway)",
+              file=sys.stderr)
 
 
 def _stage_progress(stream: TextIO | None = None, clock: Clock = time.monotonic) -> Progress:
@@ -164,6 +194,7 @@ def cmd_generate(args: Namespace) -> int:
                 "window": cluster.window_label,
                 "peak_rss_mb": [round(s.peak_rss_mb, 1) for s in cluster.refresh_stats()],
                 **_spec_json(result),
+                **_plan_json(cluster),
             }))
         return 0
     finally:

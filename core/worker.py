@@ -46,6 +46,7 @@ from core.cluster.shard_store import ShardStore
 from core.cluster.ship_messages import REQUEST_OPS
 from core.cluster.ship_receiver import serve_shipping
 from core.cluster.trust import TrustStore
+from core.cluster.worker_measure import DeviceMeasurer, EchoBudget
 from core.cluster.worker_ports import bind_preferring, save_ports, saved_ports
 from core.cluster.worker_protocol import TO_WORKER, RunRank, parse_size
 from core.comm.codec import CodecLimits, Message
@@ -100,6 +101,8 @@ class WorkerDaemon:
         self.bind = host or "0.0.0.0"
         self.address = host or _lan_address()
         self.budget = memory_budget
+        self.measurer = DeviceMeasurer(self.data_dir, self.data_dir / "shards")
+        self.echoes = EchoBudget()
         self.ranks = RankRunner(self.identity, self.address, self.data_dir / "logs")
         self.shards = ShardStore(self.data_dir / "shards", shard_quota, busy=self.ranks.uses)
         self.refused = 0  # bad control messages seen (strangers never get this far)
@@ -209,8 +212,10 @@ class WorkerDaemon:
             return
         ident, msg = got
         key = self.ctl.last_peer_key or ""
+        tensors: list = []
         try:
-            op, meta = self._handle(key, msg)
+            op, meta, *rest = self._handle(key, msg)
+            tensors = rest[0] if rest else []
         except (ProtocolError, RuntimeError, OSError) as e:
             self._refuse_note(f"{msg.op}: {e}")
             op, meta = "refused", {"message": str(e)[:300]}
@@ -218,7 +223,7 @@ class WorkerDaemon:
             self._refuse_note(f"{msg.op}: internal error ({type(e).__name__})", exc=True)
             op, meta = "refused", {"message": f"internal error on the worker "
                                               f"({type(e).__name__})"}
-        self._reply(ident, op, meta)
+        self._reply(ident, op, meta, tensors)
 
     def _refuse_note(self, why: str, exc: bool = False) -> None:
         """Count a refused message and log it in one line (at most LOG_EVERY_S apart, so
@@ -230,7 +235,16 @@ class WorkerDaemon:
             log.warning("refused a control message (%d so far): %s", self.refused,
                         why[:200], exc_info=exc)
 
-    def _handle(self, key: str, msg: Message) -> tuple[str, dict]:
+    def _handle(self, key: str, msg: Message) -> tuple:
+        if msg.op == "measure":
+            return "measured", self.measurer.answer(msg.meta.get("fresh") is True,
+                                                    msg.meta.get("formats"))
+        if msg.op == "echo":
+            if len(msg.tensors) != 1:
+                raise ProtocolError("echo: send one tensor")
+            self.echoes.take(msg.tensors[0].nbytes)
+            t = msg.meta.get("t")
+            return "echo", {"t": t if isinstance(t, int | float) else 0}, msg.tensors
         if msg.op == "ping":
             t = msg.meta.get("t")
             return "pong", {"t": t if isinstance(t, int | float) else 0,
@@ -263,9 +277,9 @@ class WorkerDaemon:
             return "unpaired", {}
         raise ProtocolError(f"unknown op {msg.op}")
 
-    def _reply(self, ident: bytes, op: str, meta: dict) -> None:
+    def _reply(self, ident: bytes, op: str, meta: dict, tensors: list | tuple = ()) -> None:
         try:
-            self.ctl.send(ident, op, meta)
+            self.ctl.send(ident, op, meta, tensors)
         except PeerError:
             pass  # the master left before its answer
         except Exception as e:  # e.g. a reply we could not encode: that request only

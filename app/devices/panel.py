@@ -125,6 +125,7 @@ class DeviceCard(QFrame):
 
     remove_requested = Signal(str)
     retry_requested = Signal(str)  # device name: plan the model again, with it
+    force_requested = Signal(str)  # device name: use it even though the planner left it out
 
     def __init__(self, name: str, parent: QWidget | None = None, *,
                  clock: Clock = time.monotonic):
@@ -181,6 +182,12 @@ class DeviceCard(QFrame):
         self.retry_button.clicked.connect(lambda: self.retry_requested.emit(self.name))
         self.retry_button.hide()
         lay.addWidget(self.retry_button, 0, Qt.AlignmentFlag.AlignLeft)
+        self.force_button = QPushButton("Use anyway", self)
+        self.force_button.setToolTip("Put this device in the plan even though the model is "
+                                     "predicted to be faster without it; the model reloads")
+        self.force_button.clicked.connect(lambda: self.force_requested.emit(self.name))
+        self.force_button.hide()
+        lay.addWidget(self.force_button, 0, Qt.AlignmentFlag.AlignLeft)
 
     def set_removable(self, key: str | None) -> None:
         """Offer "Remove device" for the enrolled device with public key `key` (None: not)."""
@@ -236,7 +243,8 @@ class DeviceCard(QFrame):
             return
         self.transfer.stop()
         colors = {"ready": "ok", "busy": "accent", "loading": "warn", "offline": "danger",
-                  "failed": "danger", "paired": "muted", "starting": "warn"}
+                  "failed": "danger", "paired": "muted", "starting": "warn",
+                  "standby": "muted"}
         self.dot.setStyleSheet(f"color: {theme().hex(colors.get(s.state, 'muted'))};")
         self.dot.setToolTip(tip(s.state))
         self.role.setText(f"{s.role} \u00b7 {s.state}")
@@ -264,6 +272,7 @@ class DeviceCard(QFrame):
                                                                           "failed"))
         out = s.state in ("offline", "failed")
         self.retry_button.setVisible(out and self.remove_key is not None)
+        self.force_button.setVisible(s.state == "standby")
         if s.state == "failed":
             rtt = "Left out of the model"
         elif s.state == "offline":
@@ -272,10 +281,15 @@ class DeviceCard(QFrame):
             rtt = f"Link RTT {s.rtt_ms:.2f} ms" if s.rtt_ms < 10 else f"Link RTT {s.rtt_ms:.0f} ms"
         else:
             rtt = "Link RTT \u2014 (local)"
-        if s.state == "paired":
+        if s.state in ("paired", "standby"):
             rtt = ""
         if s.tokens_per_s and rtt and not out:
             rtt += f" \u00b7 {s.tokens_per_s:.1f} tok/s"
+        if s.predicted_ms is not None:  # the plan's prediction beside what it does
+            measured = (f"{1000 / s.tokens_per_s:.0f}" if s.tokens_per_s else "\u2014")
+            rtt += (f" \u00b7 {measured} ms/token (predicted {s.predicted_ms:.0f})")
+        if s.measured:
+            rtt += ("\n" if rtt else "") + "Measured: " + s.measured
         self.rtt_label.setText(rtt)
         self.rtt_label.setVisible(bool(rtt))
         self.memory.setVisible(bool(budget))
@@ -287,12 +301,14 @@ class DevicesPanel(QWidget):
 
     Signals: `add_device_requested()`, `remove_device_requested(public_key)`,
     `retry_device_requested(name)` (a device left out or offline: try it again),
+    `force_device_requested(name)` (a device the planner left out: use it anyway),
     `local_workers_changed(n)` (extra local worker processes, 0..MAX_EXTRA_LOCAL_WORKERS).
     """
 
     add_device_requested = Signal()
     remove_device_requested = Signal(str)
     retry_device_requested = Signal(str)  # device name
+    force_device_requested = Signal(str)  # device name
     local_workers_changed = Signal(int)
 
     def __init__(self, parent: QWidget | None = None, *, clock: Clock = time.monotonic):
@@ -413,6 +429,7 @@ class DevicesPanel(QWidget):
                 card = DeviceCard(s.name, clock=self._clock)
                 card.remove_requested.connect(self.remove_device_requested)
                 card.retry_requested.connect(self.retry_device_requested)
+                card.force_requested.connect(self.force_device_requested)
                 self.cards[s.name] = card
             self.cards_layout.insertWidget(i, card)
             i += 1

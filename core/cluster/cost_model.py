@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.cluster.measures import DeviceSpeed, LinkSpeed
+from core.cluster.measures import PROBE_BYTES, DeviceSpeed, LinkSpeed
 from core.cluster.model_bytes import Bytes, ModelBytes, scaled
 from core.comm.linkemu import LinkEmulation
 from core.engine.auto_window import OVERHEAD_BYTES, window_for_budget
@@ -70,10 +70,12 @@ def send_ms(emu: LinkEmulation | None, nbytes: int) -> float:
 
 
 def wire_ms(link: LinkSpeed | None, nbytes: int) -> float:
-    """One message's time on a real link: half its round trip plus its bytes at its speed."""
+    """One message's time on a real link: half the round trip of a probe message, plus
+    the bytes beyond the probe's at the link's speed."""
     if link is None:
         return 0.0
-    rate = nbytes * 8 / (link.mbps * 1e3) if link.mbps else 0.0
+    more = max(0, nbytes - PROBE_BYTES)
+    rate = more * 8 / (link.mbps * 1e3) if link.mbps else 0.0
     return link.median_ms / 2 + rate
 
 

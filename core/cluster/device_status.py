@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.cluster.measures import DeviceSpeed, LinkSpeed
 from core.engine.rank_stats import RankStats
 
 
@@ -13,7 +14,9 @@ class DeviceStatus:
 
     name: str
     role: str = "worker"  # "master" | "worker"
-    state: str = "ready"  # "starting", "ready", "busy", "offline", "failed" (left out)
+    # "starting", "ready", "busy", "offline", "failed" (could not start: left out),
+    # "standby" (answers, but the planner predicts the model is faster without it)
+    state: str = "ready"
     share: str = ""  # e.g. "2 KV heads · 96 MLP columns"
     resident_blocks: int = 0
     budget_blocks: int = 0  # the window
@@ -23,6 +26,23 @@ class DeviceStatus:
     rtt_ms: float | None = None
     tokens_per_s: float | None = None
     rss_mb: float | None = None
+    measured: str = ""  # its measured speeds, e.g. "reads 2.2 GB/s (q4_1) · disk 0.9 GB/s"
+    predicted_ms: float | None = None  # the plan's predicted ms/token (this device's row)
+
+
+def speed_note(s: DeviceSpeed) -> str:
+    """A device's measured speeds in one line for its card."""
+    reads = " · ".join(f"{v:.1f} GB/s {k}" for k, v in sorted(s.read_gbps.items()))
+    return (f"reads {reads} · disk {s.disk_gbps:.1f} GB/s · "
+            f"{s.free_bytes / 2**30:.1f} GB free · {s.cores} core{'s' if s.cores != 1 else ''}")
+
+
+def link_note(link: LinkSpeed | None) -> str:
+    """A link's measured round trips and bandwidth ("" for this computer)."""
+    if link is None or not link.rtt_ms:
+        return ""
+    rate = f" · {link.mbps:.0f} Mbit/s" if link.mbps else ""
+    return f" · link {link.median_ms:.2f} ms (p90 {link.p90_ms:.2f}){rate}"
 
 
 def with_rank_stats(row: DeviceStatus, s: RankStats, total_kv_heads: int) -> DeviceStatus:

@@ -26,7 +26,7 @@ from pathlib import Path
 from core.cluster.measures import FORMATS, DeviceSpeed
 from core.errors import TpiError
 
-READ_BYTES = 48 * 2**20  # per format: well past the last-level cache of a home CPU
+READ_BYTES = 32 * 2**20  # per format: well past the last-level cache of a home CPU
 DISK_BYTES = 32 * 2**20
 CHILD_TIMEOUT_S = 60.0
 PROBE_FILE = ".tpi-measure.tmp"

@@ -20,6 +20,7 @@ MAX_GBPS = 1000.0
 MIN_GBPS = 1e-3
 MAX_MS = 60_000.0
 MAX_SAMPLES = 64
+PROBE_BYTES = 4096  # a link probe's echo: as big as a decode step's hidden state, about
 
 
 def _num(v: Any, lo: float, hi: float, default: float) -> float:

@@ -33,6 +33,11 @@ class ModelBytes:
         return self.config.num_layers
 
     @property
+    def formats(self) -> tuple[str, ...]:
+        """The weight formats its matrices are stored in."""
+        return tuple(sorted({*self.attn, *self.mlp, *self.head}))
+
+    @property
     def total(self) -> int:
         return sum(self.attn.values()) + sum(self.mlp.values()) + sum(self.head.values())
 

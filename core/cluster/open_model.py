@@ -19,6 +19,7 @@ import psutil
 
 from core.cluster.device_status import DeviceStatus
 from core.cluster.identity import default_data_dir, load_or_create
+from core.cluster.plan_devices import PlanPolicy
 from core.cluster.session import Session
 from core.cluster.worker_spec import WorkerSpec
 from core.engine.options import RunOptions
@@ -61,11 +62,13 @@ def start_cluster(model_dir: Path, opts: RunOptions, devices: list[WorkerSpec], 
     """This computer (plus opts.ranks - 1 local rank processes) and `devices`, started.
 
     With devices, the identity is this computer's (the one `tpi-chat pair` and the app's
-    Add device pair with); devices that do not answer or cannot start are left out."""
+    Add device pair with); devices that do not answer or cannot start are left out, and
+    so are those the planner predicts only slow the model down (unless `forced`)."""
     if not devices:
         return LocalCluster(model_dir, opts, progress=progress).start()
     identity = load_or_create(data_dir or default_data_dir())
     session = Session(model_dir, identity, devices, opts=opts,
                       local_ranks=max(0, opts.ranks - 1), master_budget=master_budget,
-                      progress=progress, on_status=on_status)
+                      progress=progress, on_status=on_status,
+                      policy=PlanPolicy(frozenset(d.name for d in devices if d.forced)))
     return session.start()

@@ -36,7 +36,9 @@ from pathlib import Path
 import psutil
 import torch
 
-from core.cluster.device_status import DeviceStatus, with_rank_stats
+from core.cluster.device_status import DeviceStatus, link_note, speed_note, with_rank_stats
+from core.cluster.plan_devices import PlanPolicy, plan_devices
+from core.cluster.planner import Choice
 from core.cluster.remote_rank import RemoteRankHost
 from core.cluster.this_machine import on_this_machine
 from core.cluster.worker_link import WorkerLink
@@ -69,7 +71,8 @@ class Session:
                  opts: RunOptions | None = None, local_ranks: int = 0,
                  master_budget: MasterBudget | None = None, host: str | None = None,
                  progress: Progress | None = None,
-                 on_status: Callable[[list[DeviceStatus]], None] | None = None):
+                 on_status: Callable[[list[DeviceStatus]], None] | None = None,
+                 policy: PlanPolicy | None = None):
         self.model_dir = Path(model_dir)
         self.identity = identity
         self.workers = list(workers)
@@ -80,6 +83,10 @@ class Session:
         self.host = host
         self.progress = progress
         self.on_status = on_status
+        # None: every device answering takes part, shares by memory budget (tests);
+        # else the planner measures them and picks (core/cluster/plan_devices.py)
+        self.policy = policy
+        self.choice: Choice | None = None
         self.links: dict[str, WorkerLink] = {}  # by public key, every worker (dead or not)
         self.silent: list[WorkerSpec] = []  # did not answer start()'s ping: left out
         self.failed: dict[str, str] = {}  # public key -> why its rank could not start
@@ -109,6 +116,17 @@ class Session:
                                                    name="session-status", daemon=True)
             self._status_thread.start()
         return self
+
+    def preview(self) -> Choice | None:
+        """The plan start() would run (devices measured, nothing shipped or started);
+        None without a policy. Closes the links: a previewed session is not started."""
+        try:
+            answering = self._contact_workers()
+            self.master_budget = self._budget_for(answering)
+            self._choose(answering)
+            return self.choice
+        finally:
+            self.close()
 
     def _contact_workers(self) -> list[WorkerSpec]:
         """Ping every worker; keep a link to each one answering (returned), note the rest."""
@@ -140,8 +158,9 @@ class Session:
         computer alone: a failing device never takes the model away."""
         while True:
             members = [w for w in self._alive() if w.public_key not in self.failed]
+            members, shares = self._choose(members)
             try:
-                return self._build_over(members)
+                return self._build_over(members, shares)
             except PeerError as e:
                 blamed = [members[r - 1 - self.local_ranks] for r in e.ranks
                           if 0 < r - self.local_ranks <= len(members)]
@@ -159,10 +178,28 @@ class Session:
         away = [host_of(w.endpoint) for w in members if not on_this_machine(w.endpoint)]
         return wildcard_for(away) if away else "127.0.0.1"
 
-    def _build_over(self, members: list[WorkerSpec]) -> None:
+    def _choose(self, members: list[WorkerSpec]) -> tuple[list[WorkerSpec], list[float] | None]:
+        """The planner's members and shares (None: by memory budget, the plan without a
+        policy, or with local ranks the planner does not price)."""
+        self.choice = None
+        if self.policy is None or self.local_ranks or not members:
+            return members, None
+        pairs = [(w, self.links[w.public_key]) for w in members]
+        self.choice = plan_devices(self.model_dir, self.opts, self.master_budget, pairs,
+                                   self.policy, self.progress)
+        chosen = set(self.choice.names)
+        for w in members:
+            if w.name not in chosen:
+                log.info("left '%s' out of the plan: %s", w.name,
+                         self.choice.left_out.get(w.name, "it could not say its speeds"))
+        return [w for w in members if w.name in chosen], list(self.choice.shares)
+
+    def _build_over(self, members: list[WorkerSpec], shares: list[float] | None = None
+                    ) -> None:
         n = 1 + self.local_ranks + len(members)
-        shares = [float(self.master_budget)] * (1 + self.local_ranks)
-        shares += [float(w.memory_budget) for w in members]
+        if shares is None:
+            shares = [float(self.master_budget)] * (1 + self.local_ranks)
+            shares += [float(w.memory_budget) for w in members]
         # this device's budget is shared by its local ranks (the shares above only weigh)
         budgets = [self.master_budget // (1 + self.local_ranks)] * (1 + self.local_ranks)
         budgets += [int(w.memory_budget) for w in members]
@@ -291,6 +328,7 @@ class Session:
         stats = {s.rank: s for s in c.rank_stats()} if c is not None else {}
         total = sum(s.kv_heads for s in stats.values())
         rows: list[DeviceStatus] = []
+        measured = {m.name: m for m in self.choice.members} if self.choice else {}
         names = (["This device"] + [f"Local rank {r}" for r in range(1, 1 + self.local_ranks)]
                  + [w.name for w in self._members])
         for rank, name in enumerate(names):
@@ -302,12 +340,21 @@ class Session:
             row = DeviceStatus(name=name, role="master" if rank == 0 else "worker",
                                state=state, tokens_per_s=self._tps,
                                rtt_ms=link.last_rtt_ms if link is not None else None)
+            m = measured.get("This device" if rank == 0 else name)
+            if m is not None:
+                row.measured = speed_note(m.speed) + link_note(m.link)
+            if rank == 0 and self.choice is not None:
+                row.predicted_ms = self.choice.prediction.ms_per_token
             rows.append(with_rank_stats(row, s, total) if s is not None else row)
         for w in self.workers:
             if w in self._members:
                 continue
             why = self.failed.get(w.public_key)
-            if why is not None:
+            spare = self.choice.left_out.get(w.name) if self.choice else None
+            if why is None and spare is not None and self.links[w.public_key].dead is None:
+                rows.append(DeviceStatus(name=w.name, state="standby",
+                                         share=f"Not used: {spare}"))
+            elif why is not None:
                 rows.append(DeviceStatus(name=w.name, state="failed",
                                          share=f"Left out: {why}"))
             else:

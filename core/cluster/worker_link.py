@@ -69,9 +69,9 @@ class WorkerLink:
     # -- commands ------------------------------------------------------------------
 
     def request(self, op: str, meta: dict[str, Any], expect: set[str],
-                timeout: float = 10.0) -> Message:
+                timeout: float = 10.0, tensors: tuple = ()) -> Message:
         with self._lock:
-            self._cmd.send(op, meta)
+            self._cmd.send(op, meta, tensors)
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
                 try:

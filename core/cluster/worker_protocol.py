@@ -6,6 +6,9 @@
     run_rank {split_id, rank, control} -> rank_started {rank} | refused {message}
     stop_rank {rank}                  -> rank_stopped {rank}
     unpair {}                         -> unpaired {}
+    measure {fresh}                   -> measured {device: DeviceSpeed dict | None, pending,
+                                                   error} (worker_measure.py: bounded)
+    echo {t} + one uint8 tensor       -> echo {t} + the same bytes (a link probe, rate-limited)
 
 The master's public key is never taken from a message: the worker uses the CURVE key
 the request arrived with (authenticated by the ZAP allow-list of trusted masters).
@@ -21,9 +24,10 @@ from core.cluster.ship_messages import REPLY_OPS, REQUEST_OPS, check_name
 from core.comm.codec import shown
 from core.errors import ProtocolError
 
-TO_WORKER = frozenset({"ping", "info", "run_rank", "stop_rank", "unpair"}) | REQUEST_OPS
+TO_WORKER = frozenset({"ping", "info", "run_rank", "stop_rank", "unpair", "measure",
+                       "echo"}) | REQUEST_OPS
 TO_MASTER = frozenset({"pong", "info", "rank_started", "rank_stopped", "unpaired",
-                       "refused"}) | REPLY_OPS
+                       "refused", "measured", "echo"}) | REPLY_OPS
 MAX_RANK = 256
 _ENDPOINT_RE = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$")
 

@@ -13,3 +13,4 @@ class WorkerSpec:
     endpoint: str  # its CURVE control port, tcp://host:port (PeerInfo.control_port)
     public_key: str
     memory_budget: int  # bytes; sets its share of the model
+    forced: bool = False  # the user wants it used even where the planner would leave it out

@@ -11,7 +11,7 @@ from collections import deque
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 
 from app.devices.panel import DevicesPanel
 from app.devices.transfer_ticker import REFRESH_MS
@@ -208,3 +208,27 @@ def test_a_real_ship_in_another_thread_fills_the_card(qtbot, themed, rank_dir, t
     assert any(t.startswith("Shipping ") and "KB/s" in t and t.endswith(" left")
                for t in texts), texts[-5:]
     assert threading.get_ident() not in shipping_threads
+
+
+def test_a_device_the_planner_left_out_says_why_and_can_be_forced_in(qtbot, themed):
+    panel = DevicesPanel()
+    qtbot.addWidget(panel)
+    panel.resize(340, 520)
+    why = "adds ~246 ms/token of link latency; not needed: the model fits here"
+    panel.update_devices([
+        DeviceStatus("This device", "master", resident_blocks=60, budget_blocks=60,
+                     tokens_per_s=20.0, predicted_ms=47.0,
+                     measured="reads 2.2 GB/s q4_1 · disk 0.9 GB/s · 20.0 GB free · 1 core"),
+        DeviceStatus("mini-pc", state="standby", share=f"Not used: {why}")])
+    panel.show()
+    me, card = panel.cards["This device"], panel.cards["mini-pc"]
+    assert "50 ms/token (predicted 47)" in me.rtt_label.text()
+    assert "Measured: reads 2.2 GB/s q4_1" in me.rtt_label.text()
+    assert why in card.share.text() and card.retry_button.isHidden()
+    assert not card.force_button.isHidden()
+    with qtbot.waitSignal(panel.force_device_requested) as got:
+        qtbot.mouseClick(card.force_button, Qt.MouseButton.LeftButton)
+    assert got.args == ["mini-pc"]
+    panel.update_devices([DeviceStatus("This device", "master"),
+                          DeviceStatus("mini-pc", state="ready", rtt_ms=0.4)])
+    assert card.force_button.isHidden()

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from scripts import home_lan as lan_script
 from tests.fixtures import home_lan
 from tests.fixtures.cli import ChatProcess, run_cli
 from tests.fixtures.tiny_models import make_tiny_model
@@ -98,8 +99,8 @@ def test_pair_and_generate_across_two_networks(tiny, one_rank_tokens, lan, tmp_p
 
     # this computer's address on the Wi-Fi changes (a new DHCP lease): the next run
     # tells the device the new one
-    home_lan._ip("addr", "flush", "dev", wifi.bridge)
-    home_lan._ip("addr", "add", f"{wifi.subnet}.77/24", "dev", wifi.bridge)
+    lan_script._ip("addr", "flush", "dev", wifi.bridge)
+    lan_script._ip("addr", "add", f"{wifi.subnet}.77/24", "dev", wifi.bridge)
     run = master_cli(master, "generate", "--model", str(tiny), "--prompt", PROMPT, *GEN,
                      "--devices", "minipc")
     assert run.returncode == 0, run.stderr

@@ -1,0 +1,189 @@
+"""The planner on an emulated home network: predicted vs measured ms/token, its choice vs
+every device subset, and whether adding a device ever slows decode down.
+
+This computer (the master, pinned to core 0) and two `tpi-chat worker` devices, "dev-b"
+and "dev-c", each in its own network namespace on a bridge capped with `tc tbf`
+(scripts/home_lan.py); link latency comes from the comm layer's emulation
+(--link-delay-ms, on every data-plane send). With 2 cores, dev-b and dev-c share core 1.
+So that each device's measured speed is the one it runs at, the runs go in three phases,
+each starting with `tpi-chat plan --fresh` over the devices of that phase (measured at
+once: two devices on one core each measure half of it):
+  1. alone, and dev-b: --devices none; dev-b forced; dev-b offered (the planner decides)
+  2. dev-c forced
+  3. dev-b + dev-c forced; both offered (the planner decides)
+each at 0, 2 and 5 ms per send, greedy, the default model. Medians over repetitions.
+
+    .venv/bin/python benchmarks/bench_planner.py [--reps 2] [--tokens 24] [--mbit 300]
+
+Needs root (network namespaces); otherwise writes a JSON saying why it did not run.
+Writes benchmarks/out/planner.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from common import PY, ROOT, bench_env, log, machine, median, write_json  # noqa: E402
+
+PROMPT = "Write a short story about a robot who learns to paint."
+DELAYS = (0.0, 2.0, 5.0)
+DEVICES = ("dev-b", "dev-c")
+# (label, --devices, --force, phase)
+CONFIGS = (
+    ("alone", "none", "none", 1),
+    ("b forced", "dev-b", "all", 1),
+    ("b offered", "dev-b", "none", 1),
+    ("c forced", "dev-c", "all", 2),
+    ("b+c forced", "dev-b,dev-c", "all", 3),
+    ("b+c offered", "dev-b,dev-c", "none", 3),
+)
+PHASE_DEVICES = {1: "dev-b", 2: "dev-c", 3: "dev-b,dev-c"}
+MEASURE_GAP_S = 62  # a worker measures afresh at most once a minute (worker_measure.py)
+
+
+def tpi(master: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**bench_env(), "TPI_CHAT_DATA": str(master)}
+    return subprocess.run(["taskset", "-c", "0", PY, "-m", "core.cli", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def last_json(r: subprocess.CompletedProcess) -> dict:
+    if r.returncode != 0:
+        raise RuntimeError(f"exit {r.returncode}: {r.stderr.strip()[-600:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_config(master: Path, label: str, devices: str, force: str, delay: float,
+               tokens: int) -> dict:
+    common = ["--devices", devices, "--force", force, "--link-delay-ms", f"{delay:g}"]
+    out = last_json(tpi(master, "generate", "--prompt", PROMPT, "--max-new-tokens",
+                        str(tokens), "--temperature", "0", "--json", *common))
+    if "predicted_ms_per_token" not in out:  # this computer alone: no Session, ask plan
+        plan = last_json(tpi(master, "plan", "--json", *common))
+        out["predicted_ms_per_token"] = plan["prediction"]["ms_per_token"]
+        out["devices"] = plan["devices"]
+    out.pop("text", None)
+    return {"label": label, "delay_ms": delay, **out}
+
+
+def setup_devices(lan, tmp: Path, mbit: float, master: Path) -> list:
+    from scripts.home_lan import assign_cores
+    from tests.fixtures.home_lan import RemoteWorkers
+
+    remote = RemoteWorkers(lan)
+    cores = assign_cores(len(DEVICES))
+    workers = [remote.start(name, tmp / name, "2GB", mbit=mbit, cores=c)
+               for name, c in zip(DEVICES, cores[1:], strict=True)]
+    for w in workers:
+        last = tpi(master, "pair", f"{w.host}:{w.port}", "--code", w.current_code())
+        if last.returncode != 0:
+            raise RuntimeError(f"pairing {w.name} failed: {last.stderr or last.stdout}")
+    return workers
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Medians per (label, delay) and the three checks of issue 14."""
+    out: dict = {"by_config": {}, "checks": {}}
+    for label, *_ in CONFIGS:
+        for d in DELAYS:
+            rs = [r for r in runs if r["label"] == label and r["delay_ms"] == d]
+            if not rs:
+                continue
+            meas = median([r["decode_ms_per_token"] for r in rs])
+            pred = median([r["predicted_ms_per_token"] for r in rs])
+            out["by_config"][f"{label} @{d:g}"] = {
+                "measured": meas, "predicted": pred, "error": pred / meas - 1,
+                "devices": rs[-1].get("devices"), "ranks": rs[-1].get("ranks"),
+                "runs": [round(r["decode_ms_per_token"], 1) for r in rs]}
+    c = out["by_config"]
+    for d in DELAYS:
+        k = f"@{d:g}"
+        for n, label in ((1, "alone"), (2, "b forced"), (3, "b+c forced")):
+            row = c.get(f"{label} {k}")
+            if row:
+                out["checks"][f"prediction {n} device{'s' if n > 1 else ''} {k}"] = {
+                    "value": row["error"], "pass": abs(row["error"]) <= 0.25}
+        subsets = [c.get(f"{x} {k}") for x in ("alone", "b forced", "c forced", "b+c forced")]
+        chosen = c.get(f"b+c offered {k}")
+        if chosen and all(subsets):
+            best = min(s["measured"] for s in subsets)
+            ratio = chosen["measured"] / best
+            out["checks"][f"choice vs best subset {k}"] = {"value": ratio, "pass": ratio <= 1.1}
+        steps = [c.get(f"{x} {k}") for x in ("alone", "b offered", "b+c offered")]
+        if all(steps):
+            worst = max(steps[i + 1]["measured"] / steps[i]["measured"] for i in range(2))
+            out["checks"][f"adding a device {k}"] = {"value": worst, "pass": worst <= 1.1}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--mbit", type=float, default=300.0, help="each device's link cap")
+    args = ap.parse_args(argv)
+    from scripts import home_lan
+
+    data = {"machine": machine(), "reps": args.reps, "tokens": args.tokens,
+            "mbit": args.mbit, "delays": list(DELAYS), "cores": os.cpu_count()}
+    why = home_lan.available()
+    if why is not None:
+        data["skipped"] = why
+        write_json("planner.json", data)
+        log(f"planner: not run ({why})")
+        return 0
+    tmp = Path(tempfile.mkdtemp(prefix="bench-planner-"))
+    master = tmp / "master"
+    runs: list[dict] = []
+    measured_at: dict[str, float] = {}
+    with home_lan.HomeLan() as lan:
+        workers = setup_devices(lan, tmp, args.mbit, master)
+        try:
+            for rep in range(args.reps):
+                for phase in (1, 2, 3):
+                    names = PHASE_DEVICES[phase].split(",")
+                    wait = max(0.0, max(measured_at.get(n, 0.0) + MEASURE_GAP_S
+                                        for n in names) - time.monotonic())
+                    log(f"planner rep {rep + 1}: phase {phase}, measuring "
+                        f"{PHASE_DEVICES[phase]} afresh (after {wait:.0f} s)")
+                    time.sleep(wait)
+                    measured_at.update({n: time.monotonic() for n in names})
+                    plan = last_json(tpi(master, "plan", "--json", "--fresh", "--devices",
+                                         PHASE_DEVICES[phase], "--force", "all"))
+                    data.setdefault("measured", []).append(
+                        {"rep": rep, "phase": phase, **plan["measured"]})
+                    for label, devices, force, ph in CONFIGS:
+                        if ph != phase:
+                            continue
+                        for d in DELAYS:
+                            log(f"planner rep {rep + 1}: {label} at {d:g} ms")
+                            r = run_config(master, label, devices, force, d, args.tokens)
+                            runs.append({"rep": rep, **r})
+                            log(f"  -> {r['decode_ms_per_token']:.1f} ms/token measured, "
+                                f"{r['predicted_ms_per_token']:.1f} predicted, on "
+                                f"{r.get('devices')}")
+                    data["runs"] = runs
+                    write_json("planner.json", data)
+        finally:
+            for w in workers:
+                w.stop()
+    data["summary"] = summarise(runs)
+    data["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = write_json("planner.json", data)
+    log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

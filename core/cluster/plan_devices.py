@@ -1,0 +1,93 @@
+"""Measure the devices answering and let the planner choose: what a Session runs (and what
+`tpi-chat plan` prints) before anything is shipped.
+
+    policy = PlanPolicy(forced={"mini-pc"})
+    choice = plan_devices(model_dir, opts, master_budget, [(spec, link), ...], policy)
+
+Every device is measured at once (its own cached numbers, or a measurement it runs now),
+so devices that share cores, as emulated devices on one small machine do, measure the
+speed they will have while they all compute.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.cluster.cost_model import Member
+from core.cluster.measures import FORMATS
+from core.cluster.model_bytes import ModelBytes
+from core.cluster.planner import Choice, choose
+from core.cluster.speeds import link_speed, local_speed, worker_speed
+from core.cluster.worker_link import WorkerLink
+from core.cluster.worker_spec import WorkerSpec
+from core.comm.linkemu import LinkEmulation
+from core.engine.options import RunOptions
+from core.model.cache import cache_dir
+from core.model.config import load_config
+from core.model.model_dir import model_hash
+from core.progress import Progress
+from core.shard.manifest import load_manifest
+from core.shard.plan import make_plan
+from core.shard.splitter import split_model
+
+THIS_DEVICE = "This device"
+
+
+@dataclass(frozen=True)
+class PlanPolicy:
+    """How a Session picks its devices: by the planner (default), with `forced` device
+    names always in; `fresh` re-measures every device first."""
+
+    forced: frozenset[str] = field(default_factory=frozenset)
+    fresh: bool = False
+
+
+def model_bytes(model_dir: Path, opts: RunOptions, progress: Progress | None = None
+                ) -> ModelBytes:
+    """Weight bytes by format, from the one-rank split (cached; made here if missing)."""
+    report = progress or (lambda stage, done, total: None)
+    split = split_model(model_dir, make_plan(load_config(model_dir), [1.0]),
+                        cache_dir() / "shards", opts.dtype, model_hash=model_hash(model_dir),
+                        progress=lambda d, t: report("splitting model", d, t))
+    return ModelBytes.from_manifest(load_manifest(split.rank_dirs[0]))
+
+
+def emulation(opts: RunOptions) -> LinkEmulation | None:
+    if opts.link_delay_ms or opts.link_mbps:
+        return LinkEmulation(opts.link_delay_ms, opts.link_mbps)
+    return None
+
+
+def measure_members(master_budget: int, workers: list[tuple[WorkerSpec, WorkerLink]],
+                    fresh: bool = False, progress: Progress | None = None,
+                    formats: tuple[str, ...] = FORMATS) -> tuple[Member, list[Member]]:
+    """This computer and every worker measured in parallel; a worker that cannot say its
+    speeds is left out (planned without)."""
+    report = progress or (lambda stage, done, total: None)
+    report("measuring devices", 0, 1 + len(workers))
+
+    def one_worker(pair: tuple[WorkerSpec, WorkerLink]) -> Member | None:
+        spec, link = pair
+        speed = worker_speed(link, fresh, formats)
+        if speed is None:
+            return None
+        return Member(spec.name, speed, link_speed(link), int(spec.memory_budget))
+
+    with ThreadPoolExecutor(max_workers=1 + len(workers)) as pool:
+        mine = pool.submit(local_speed, fresh, formats)
+        theirs = list(pool.map(one_worker, workers))
+        me = Member(THIS_DEVICE, mine.result(), None, int(master_budget))
+    report("measuring devices", 1 + len(workers), 1 + len(workers))
+    return me, [m for m in theirs if m is not None]
+
+
+def plan_devices(model_dir: Path, opts: RunOptions, master_budget: int,
+                 workers: list[tuple[WorkerSpec, WorkerLink]], policy: PlanPolicy,
+                 progress: Progress | None = None) -> Choice:
+    """The planner's choice over this computer and `workers` (specs with their links)."""
+    mb = model_bytes(model_dir, opts, progress)
+    me, others = measure_members(master_budget, workers, policy.fresh, progress, mb.formats)
+    forced = policy.forced & {m.name for m in others}
+    return choose(mb, me, others, forced, emulation(opts), opts.window)

@@ -1,0 +1,99 @@
+"""The master's side of measuring: this computer's speeds (cached), a worker's (asked on
+its control port), and a link's round trips and bandwidth (echoes on that port).
+
+The link probe rides the worker's CURVE control port: ZeroMQ + CURVE over TCP on the same
+route as the device's data-plane link to rank 0 (no ICMP). Link emulation, where a run
+asks for it, sits in the data plane's sends and is priced by the cost model itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import torch
+
+from core.cluster.measure_device import measure
+from core.cluster.measures import FORMATS, PROBE_BYTES, DeviceSpeed, LinkSpeed
+from core.cluster.worker_link import WorkerLink
+from core.cluster.worker_measure import STALE_S
+from core.errors import PeerError, ProtocolError, TpiError
+from core.model.cache import cache_dir
+
+log = logging.getLogger(__name__)
+CACHE_FILE = "device_speed.json"
+RTT_SAMPLES = 20
+BIG_BYTES = 512 * 1024
+BIG_SAMPLES = 3
+
+
+def local_speed(fresh: bool = False, formats: tuple[str, ...] = FORMATS) -> DeviceSpeed:
+    """This computer's speeds: cached in the cache folder, measured when missing, older
+    than an hour, lacking one of `formats`, or `fresh` asked."""
+    path = cache_dir() / CACHE_FILE
+    if not fresh:
+        try:
+            got = DeviceSpeed.from_dict(json.loads(path.read_text()))
+            if time.time() - got.measured_at < STALE_S and set(formats) <= set(got.read_gbps):
+                return got
+        except (OSError, ValueError):
+            pass
+    speed = measure(cache_dir() / "shards", formats)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(speed.to_dict()))
+    tmp.replace(path)
+    return speed
+
+
+def worker_speed(link: WorkerLink, fresh: bool = False, formats: tuple[str, ...] = FORMATS,
+                 timeout: float = 60.0) -> DeviceSpeed | None:
+    """A worker's speeds (None if it cannot say in `timeout`): its cached numbers, or
+    the ones it measures now when it has none (or `fresh` asked)."""
+    deadline = time.monotonic() + timeout
+    asked_fresh = fresh
+    while time.monotonic() < deadline:
+        try:
+            msg = link.request("measure", {"fresh": asked_fresh, "formats": list(formats)},
+                               {"measured"}, timeout=5.0)
+        except (PeerError, ProtocolError) as e:
+            log.warning("'%s' did not say its speeds: %s", link.name, e)
+            return None
+        asked_fresh = False  # asked once; then wait for that measurement
+        device, pending = msg.meta.get("device"), msg.meta.get("pending") is True
+        if device is not None and not pending:
+            got = DeviceSpeed.from_dict(device)
+            if set(formats) <= set(got.read_gbps) or not fresh:
+                return got
+        if not pending and device is None:
+            return None  # it tried and failed (its `error` is in its log)
+        time.sleep(0.25)
+    return None
+
+
+def link_speed(link: WorkerLink, nbytes: int = PROBE_BYTES) -> LinkSpeed:
+    """Round trips of `nbytes` echoes, then bandwidth from a few big ones."""
+    small = torch.zeros(nbytes, dtype=torch.uint8)
+    rtts = [_echo(link, small) for _ in range(RTT_SAMPLES)]
+    rtts = [r for r in rtts if r is not None]
+    if not rtts:
+        return LinkSpeed()
+    big = torch.zeros(BIG_BYTES, dtype=torch.uint8)
+    bigs = [r for r in (_echo(link, big) for _ in range(BIG_SAMPLES)) if r is not None]
+    mbps = None
+    if bigs:
+        extra_ms = max(1e-3, min(bigs) - min(rtts))
+        mbps = 2 * (BIG_BYTES - nbytes) * 8 / (extra_ms * 1e3)
+    return LinkSpeed(tuple(rtts), mbps)
+
+
+def _echo(link: WorkerLink, t: torch.Tensor) -> float | None:
+    """One echo's round trip (ms); None if it failed or came back wrong."""
+    t0 = time.perf_counter()
+    try:
+        msg = link.request("echo", {"t": t0}, {"echo"}, timeout=5.0, tensors=(t,))
+    except (PeerError, ProtocolError, TpiError):
+        return None
+    ms = (time.perf_counter() - t0) * 1e3
+    ok = msg.meta.get("t") == t0 and len(msg.tensors) == 1 and msg.tensors[0].numel() == t.numel()
+    return ms if ok else None
