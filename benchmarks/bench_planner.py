@@ -11,7 +11,8 @@ once: two devices on one core each measure half of it):
   1. alone, and dev-b: --devices none; dev-b forced; dev-b offered (the planner decides)
   2. dev-c forced
   3. dev-b + dev-c forced; both offered (the planner decides)
-each at 0, 2 and 5 ms per send, greedy, the default model. Medians over repetitions.
+each at 0, 2 and 5 ms per send (alone: one run, it has no link), greedy, plain decoding
+(--speculate off), the default model. Medians over repetitions.
 
     .venv/bin/python benchmarks/bench_planner.py [--reps 2] [--tokens 24] [--mbit 300]
 
@@ -67,8 +68,10 @@ def last_json(r: subprocess.CompletedProcess) -> dict:
 def run_config(master: Path, label: str, devices: str, force: str, delay: float,
                tokens: int) -> dict:
     common = ["--devices", devices, "--force", force, "--link-delay-ms", f"{delay:g}"]
+    # plain decoding: the planner predicts one token a step (speculation is its own bench)
     out = last_json(tpi(master, "generate", "--prompt", PROMPT, "--max-new-tokens",
-                        str(tokens), "--temperature", "0", "--json", *common))
+                        str(tokens), "--temperature", "0", "--speculate", "off", "--json",
+                        *common))
     if "predicted_ms_per_token" not in out:  # this computer alone: no Session, ask plan
         plan = last_json(tpi(master, "plan", "--json", *common))
         out["predicted_ms_per_token"] = plan["prediction"]["ms_per_token"]
@@ -130,7 +133,7 @@ def summarise(runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--mbit", type=float, default=300.0, help="each device's link cap")
     args = ap.parse_args(argv)
     from scripts import home_lan
@@ -166,10 +169,12 @@ def main(argv: list[str] | None = None) -> int:
                     for label, devices, force, ph in CONFIGS:
                         if ph != phase:
                             continue
-                        for d in DELAYS:
+                        for d in DELAYS if label != "alone" else (0.0,):
                             log(f"planner rep {rep + 1}: {label} at {d:g} ms")
                             r = run_config(master, label, devices, force, d, args.tokens)
                             runs.append({"rep": rep, **r})
+                            if label == "alone":  # no link: the same run at every delay
+                                runs += [{**runs[-1], "delay_ms": x} for x in DELAYS[1:]]
                             log(f"  -> {r['decode_ms_per_token']:.1f} ms/token measured, "
                                 f"{r['predicted_ms_per_token']:.1f} predicted, on "
                                 f"{r.get('devices')}")

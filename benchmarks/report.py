@@ -8,6 +8,7 @@ from pathlib import Path
 from cells import fmt, verdict
 from llama70b_report import llama70b_section
 from llamacpp_report import llamacpp_section, perplexity_section, ratio_verdict
+from planner_report import planner_section
 from speculative_report import speculative_section, speculative_targets
 from streaming_report import streaming_section
 
@@ -192,6 +193,7 @@ def render(out_dir: Path, extra: dict) -> str:
     ppl = _load(out_dir / "perplexity.json")
     l70 = _load(out_dir / "llama70b.json")
     spec = _load(out_dir / "speculative.json")
+    planner = _load(out_dir / "planner.json")
     mach = next((d["machine"] for d in (engine, memory, l70, ppl, *llama)
                  if d and d.get("machine")), None)
     lines = ["# Benchmark results", "",
@@ -217,6 +219,8 @@ def render(out_dir: Path, extra: dict) -> str:
         lines += collectives_section(col)
     if l70:
         lines += llama70b_section(l70)
+    if planner:
+        lines += planner_section(planner)
     for d in llama:
         lines += llamacpp_section(d)
     if ppl:

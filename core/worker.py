@@ -101,9 +101,10 @@ class WorkerDaemon:
         self.bind = host or "0.0.0.0"
         self.address = host or _lan_address()
         self.budget = memory_budget
-        self.measurer = DeviceMeasurer(self.data_dir, self.data_dir / "shards")
-        self.echoes = EchoBudget()
         self.ranks = RankRunner(self.identity, self.address, self.data_dir / "logs")
+        self.measurer = DeviceMeasurer(self.data_dir, self.data_dir / "shards",
+                                       busy=lambda: bool(self.ranks.procs))
+        self.echoes = EchoBudget()
         self.shards = ShardStore(self.data_dir / "shards", shard_quota, busy=self.ranks.uses)
         self.refused = 0  # bad control messages seen (strangers never get this far)
         self._last_note = -LOG_EVERY_S
@@ -238,7 +239,8 @@ class WorkerDaemon:
     def _handle(self, key: str, msg: Message) -> tuple:
         if msg.op == "measure":
             return "measured", self.measurer.answer(msg.meta.get("fresh") is True,
-                                                    msg.meta.get("formats"))
+                                                    msg.meta.get("formats"),
+                                                    msg.meta.get("start") is not False)
         if msg.op == "echo":
             if len(msg.tensors) != 1:
                 raise ProtocolError("echo: send one tensor")

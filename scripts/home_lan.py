@@ -137,6 +137,9 @@ class Network:
         ip = f"{self.subnet}.{len(self.devices) + 2}"
         _ip("netns", "add", netns)
         self.lan.netns.append(netns)
+        # an earlier HomeLan of this process used these names; its links may still be
+        # going away (namespace deletion is asynchronous)
+        subprocess.run(["ip", "link", "del", outer], capture_output=True)
         _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
         _ip("link", "set", inner, "netns", netns)
         _ip("link", "set", outer, "master", self.bridge, "up")

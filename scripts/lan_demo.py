@@ -70,7 +70,7 @@ def main() -> int:
         r = cli(master, "devices")
         print(r.stdout, end="")
         alone = cli(master, "generate", *gen, "--devices", "none")
-        spread = cli(master, "generate", *gen, "--devices", "all")
+        spread = cli(master, "generate", *gen, "--devices", "all", "--force", "all")
         a = json.loads(alone.stdout.strip().splitlines()[-1]) if alone.returncode == 0 else {}
         b = json.loads(spread.stdout.strip().splitlines()[-1]) if spread.returncode == 0 else {}
         check(b.get("ranks") == 3, f"generate --devices all ran on {b.get('ranks')} ranks "
@@ -78,8 +78,8 @@ def main() -> int:
         check(bool(a) and a.get("token_ids") == b.get("token_ids"),
               f"same greedy tokens as one rank: {b.get('text', spread.stderr)!r}", failures)
 
-        chat = ChatProcess(master, *model, "--devices", "all", "--max-new-tokens", "200",
-                           "--link-delay-ms", "5")
+        chat = ChatProcess(master, *model, "--devices", "all", "--force", "all",
+                           "--max-new-tokens", "200", "--link-delay-ms", "5")
         try:
             chat.wait_for(r"Empty line, /quit", timeout=900)
             chat.wait_for(r"\d ranks?\]", chat.say("Hello!"), timeout=300)

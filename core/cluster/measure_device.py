@@ -4,7 +4,7 @@ GEMM speed, disk read speed of the shard folder, free memory.
 Runs in a child process (`python -m core.cluster.measure_device FOLDER`, one JSON line
 out), so the worker daemon never imports torch or holds the test buffers, and the child
 sees exactly the cores the device's ranks get (its affinity). `measure(folder)` starts
-the child and reads its answer; it takes ~2-4 s on a small CPU and at most
+the child and reads its answer; it takes ~3-10 s on a small CPU and at most
 CHILD_TIMEOUT_S. The buffers are fixed sizes (READ_BYTES per format, DISK_BYTES on
 disk), whatever a master asks.
 
@@ -26,9 +26,9 @@ from pathlib import Path
 from core.cluster.measures import FORMATS, DeviceSpeed
 from core.errors import TpiError
 
-READ_BYTES = 32 * 2**20  # per format: well past the last-level cache of a home CPU
+READ_BYTES = 24 * 2**20  # per format: well past the last-level cache of a home CPU
 DISK_BYTES = 32 * 2**20
-CHILD_TIMEOUT_S = 60.0
+CHILD_TIMEOUT_S = 120.0  # a busy 2-core box took over 60 s
 PROBE_FILE = ".tpi-measure.tmp"
 
 
@@ -67,7 +67,7 @@ def _best_s(fn, repeat: int, budget_s: float = 0.6) -> float:
     return best
 
 
-def _matrices(fmt: str, rows: int = 1024, cols: int = 2048):
+def _matrices(fmt: str, rows: int = 512, cols: int = 2048):
     """(blocks for engine.linear, total weight bytes): READ_BYTES of `fmt` in matrices of
     [rows, cols], each its own memory so nothing is read from cache."""
     import torch

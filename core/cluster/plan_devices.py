@@ -11,12 +11,13 @@ speed they will have while they all compute.
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.cluster.cost_model import Member
-from core.cluster.measures import FORMATS
+from core.cluster.measures import FORMATS, DeviceSpeed
 from core.cluster.model_bytes import ModelBytes
 from core.cluster.planner import Choice, choose
 from core.cluster.speeds import link_speed, local_speed, worker_speed
@@ -24,6 +25,7 @@ from core.cluster.worker_link import WorkerLink
 from core.cluster.worker_spec import WorkerSpec
 from core.comm.linkemu import LinkEmulation
 from core.engine.options import RunOptions
+from core.errors import TpiError
 from core.model.cache import cache_dir
 from core.model.config import load_config
 from core.model.model_dir import model_hash
@@ -33,6 +35,7 @@ from core.shard.plan import make_plan
 from core.shard.splitter import split_model
 
 THIS_DEVICE = "This device"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,25 +65,34 @@ def emulation(opts: RunOptions) -> LinkEmulation | None:
 
 def measure_members(master_budget: int, workers: list[tuple[WorkerSpec, WorkerLink]],
                     fresh: bool = False, progress: Progress | None = None,
-                    formats: tuple[str, ...] = FORMATS) -> tuple[Member, list[Member]]:
-    """This computer and every worker measured in parallel; a worker that cannot say its
-    speeds is left out (planned without)."""
+                    formats: tuple[str, ...] = FORMATS, wait: bool = True
+                    ) -> tuple[Member, list[Member]]:
+    """This computer and every worker measured in parallel. Without `wait` (nothing to
+    decide: every device is forced in), cached numbers or cautious defaults: measuring
+    now would only slow the ranks starting."""
     report = progress or (lambda stage, done, total: None)
     report("measuring devices", 0, 1 + len(workers))
 
-    def one_worker(pair: tuple[WorkerSpec, WorkerLink]) -> Member | None:
+    def one_worker(pair: tuple[WorkerSpec, WorkerLink]) -> Member:
         spec, link = pair
-        speed = worker_speed(link, fresh, formats)
-        if speed is None:
-            return None
+        # a device that cannot say (an old version, a measurement that failed or took too
+        # long) is priced with cautious defaults rather than dropped
+        speed = worker_speed(link, fresh, formats, wait=wait) or DeviceSpeed.from_dict({})
         return Member(spec.name, speed, link_speed(link), int(spec.memory_budget))
 
+    def mine() -> DeviceSpeed:
+        try:
+            return local_speed(fresh, formats, wait)
+        except TpiError as e:  # a planner short of numbers must not keep the model away
+            log.warning("%s; planning with cautious guesses for this device", e)
+            return DeviceSpeed.from_dict({})
+
     with ThreadPoolExecutor(max_workers=1 + len(workers)) as pool:
-        mine = pool.submit(local_speed, fresh, formats)
+        here = pool.submit(mine)
         theirs = list(pool.map(one_worker, workers))
-        me = Member(THIS_DEVICE, mine.result(), None, int(master_budget))
+        me = Member(THIS_DEVICE, here.result(), None, int(master_budget))
     report("measuring devices", 1 + len(workers), 1 + len(workers))
-    return me, [m for m in theirs if m is not None]
+    return me, theirs
 
 
 def plan_devices(model_dir: Path, opts: RunOptions, master_budget: int,
@@ -88,6 +100,8 @@ def plan_devices(model_dir: Path, opts: RunOptions, master_budget: int,
                  progress: Progress | None = None) -> Choice:
     """The planner's choice over this computer and `workers` (specs with their links)."""
     mb = model_bytes(model_dir, opts, progress)
-    me, others = measure_members(master_budget, workers, policy.fresh, progress, mb.formats)
+    everyone = {w.name for w, _ in workers} <= policy.forced
+    me, others = measure_members(master_budget, workers, policy.fresh, progress, mb.formats,
+                                 wait=policy.fresh or not everyone)
     forced = policy.forced & {m.name for m in others}
     return choose(mb, me, others, forced, emulation(opts), opts.window)

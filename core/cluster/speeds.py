@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 import torch
@@ -28,39 +29,48 @@ BIG_BYTES = 512 * 1024
 BIG_SAMPLES = 3
 
 
-def local_speed(fresh: bool = False, formats: tuple[str, ...] = FORMATS) -> DeviceSpeed:
+def local_speed(fresh: bool = False, formats: tuple[str, ...] = FORMATS,
+                wait: bool = True) -> DeviceSpeed:
     """This computer's speeds: cached in the cache folder, measured when missing, older
-    than an hour, lacking one of `formats`, or `fresh` asked."""
+    than an hour, lacking one of `formats`, or `fresh` asked. Without `wait`, the cached
+    numbers (or cautious defaults) at once and nothing measured: a measurement now would
+    compete with the ranks starting."""
     path = cache_dir() / CACHE_FILE
-    if not fresh:
-        try:
-            got = DeviceSpeed.from_dict(json.loads(path.read_text()))
-            if time.time() - got.measured_at < STALE_S and set(formats) <= set(got.read_gbps):
-                return got
-        except (OSError, ValueError):
-            pass
+    try:
+        got: DeviceSpeed | None = DeviceSpeed.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        got = None
+    due = (fresh or got is None or time.time() - got.measured_at >= STALE_S
+           or not set(formats) <= set(got.read_gbps))
+    if not due:
+        return got
+    if not wait:
+        return got or DeviceSpeed.from_dict({})
     speed = measure(cache_dir() / "shards", formats)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(speed.to_dict()))
     tmp.replace(path)
     return speed
 
 
 def worker_speed(link: WorkerLink, fresh: bool = False, formats: tuple[str, ...] = FORMATS,
-                 timeout: float = 60.0) -> DeviceSpeed | None:
+                 timeout: float = 150.0, wait: bool = True) -> DeviceSpeed | None:
     """A worker's speeds (None if it cannot say in `timeout`): its cached numbers, or
-    the ones it measures now when it has none (or `fresh` asked)."""
+    the ones it measures now when it has none (or `fresh` asked). Without `wait`, what it
+    has cached at once (None if nothing), and it starts no measurement."""
     deadline = time.monotonic() + timeout
     asked_fresh = fresh
     while time.monotonic() < deadline:
         try:
-            msg = link.request("measure", {"fresh": asked_fresh, "formats": list(formats)},
-                               {"measured"}, timeout=5.0)
+            msg = link.request("measure", {"fresh": asked_fresh, "formats": list(formats),
+                                           "start": wait}, {"measured"}, timeout=5.0)
         except (PeerError, ProtocolError) as e:
             log.warning("'%s' did not say its speeds: %s", link.name, e)
             return None
         asked_fresh = False  # asked once; then wait for that measurement
         device, pending = msg.meta.get("device"), msg.meta.get("pending") is True
+        if not wait:
+            return DeviceSpeed.from_dict(device) if device is not None else None
         if device is not None and not pending:
             got = DeviceSpeed.from_dict(device)
             if set(formats) <= set(got.read_gbps) or not fresh:

@@ -3,6 +3,7 @@ link probe. What a paired master can make the worker do with them is bounded:
 
 - `measure` answers the cached numbers at once (the control loop, and so every master's
   heartbeat, never waits); a measurement runs in a child process in the background
+  (never while ranks run here, nor when the master asks `start: false`)
   (core/cluster/measure_device.py: fixed buffer sizes, ~3 s of CPU), when none is cached,
   when the cache is older than STALE_S, or when a master asks `fresh` and the last one is
   older than MIN_GAP_S. Never two at once: at most one measurement a MIN_GAP_S, whatever
@@ -38,10 +39,12 @@ CACHE_FILE = "device_speed.json"
 class DeviceMeasurer:
     """This device's cached speeds (`DATA_DIR/device_speed.json`) and their refresh."""
 
-    def __init__(self, data_dir: Path, folder: Path, measure_fn=measure):
+    def __init__(self, data_dir: Path, folder: Path, measure_fn=measure,
+                 busy=lambda: False):
         self.path = Path(data_dir) / CACHE_FILE
         self.folder = Path(folder)
         self._measure = measure_fn
+        self._busy = busy  # ranks run here: a measurement would slow them and be wrong
         self._lock = threading.Lock()
         self._running = False
         self._started_at = -MIN_GAP_S  # monotonic, of the last measurement started
@@ -54,10 +57,12 @@ class DeviceMeasurer:
         except (OSError, ValueError):
             return None
 
-    def answer(self, fresh: bool = False, formats: Any = None) -> dict[str, Any]:
+    def answer(self, fresh: bool = False, formats: Any = None, start: bool = True
+               ) -> dict[str, Any]:
         """{device: cached numbers or None, pending: a measurement is running}; starts one
-        in the background when due (see the module docstring). `formats`: the weight
-        formats wanted (a list of FORMATS names; others are ignored; None: all)."""
+        in the background when due (see the module docstring), unless `start` is False or
+        ranks run here. `formats`: the weight formats wanted (a list of FORMATS names;
+        others are ignored; None: all)."""
         fmts = tuple(f for f in FORMATS if not isinstance(formats, list) or f in formats)
         now = time.monotonic()
         with self._lock:
@@ -65,7 +70,7 @@ class DeviceMeasurer:
             stale = (cached is None or time.time() - cached.measured_at > STALE_S
                      or not set(fmts) <= set(cached.read_gbps))
             due = (stale or fresh) and now - self._started_at >= MIN_GAP_S
-            if due and not self._running:
+            if due and start and not self._running and not self._busy():
                 self._running, self._started_at = True, now
                 threading.Thread(target=self._run, args=(fmts or FORMATS,),
                                  name="measure-device", daemon=True).start()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 import threading
 import uuid
+from dataclasses import replace
 
 import pytest
 from PySide6.QtCore import Qt
 
 from app.devices.roster import GB, DeviceRoster
-from app.engine.worker import default_loader
+from app.engine.worker import default_loader as app_loader
 from app.store.db import Store, data_dir
 from tests.app.conftest import close_window, open_window, send
 from tests.app.thread_guard import GuiThreadGuard
@@ -24,6 +25,14 @@ from tests.app.worker_process import enroll_in_app
 pytestmark = pytest.mark.slow
 
 LOAD_MS = 120_000
+
+
+def default_loader(model, opts, progress, devices=None, **kw):
+    """The app's loader with every device forced in: these tests are about a device taking
+    part, which the planner would rightly skip for a tiny model (test_session_planner.py
+    covers that)."""
+    forced = [replace(d, forced=True) for d in devices] if devices else devices
+    return app_loader(model, opts, progress, devices=forced, **kw)
 REPLY_MS = 60_000
 GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8,
           "repetition_penalty": 1.0}

@@ -85,7 +85,7 @@ def test_pair_and_generate_across_two_networks(tiny, one_rank_tokens, lan, tmp_p
     assert re.search(r"board .* answers", listed.stdout), listed.stdout
 
     run = master_cli(master, "generate", "--model", str(tiny), "--prompt", PROMPT, *GEN,
-                     "--devices", "all")
+                     "--devices", "all", "--force", "all")
     assert run.returncode == 0, run.stderr + "\n".join(w1.lines + w2.lines)
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["ranks"] == 3, run.stderr
@@ -102,7 +102,7 @@ def test_pair_and_generate_across_two_networks(tiny, one_rank_tokens, lan, tmp_p
     lan_script._ip("addr", "flush", "dev", wifi.bridge)
     lan_script._ip("addr", "add", f"{wifi.subnet}.77/24", "dev", wifi.bridge)
     run = master_cli(master, "generate", "--model", str(tiny), "--prompt", PROMPT, *GEN,
-                     "--devices", "minipc")
+                     "--devices", "minipc", "--force", "all")
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["ranks"] == 2 and got["token_ids"] == one_rank_tokens
@@ -121,7 +121,7 @@ def test_a_device_that_cannot_reach_this_computer_is_left_out(tiny, one_rank_tok
     pair(master, w)
     dev.firewall(net.host_ip, answer_from_ports=[w.control_port, w.port])
     run = master_cli(master, "generate", "--model", str(tiny), "--prompt", PROMPT, *GEN,
-                     "--devices", "walled")
+                     "--devices", "walled", "--force", "all")
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["ranks"] == 1 and got["token_ids"] == one_rank_tokens
@@ -142,8 +142,9 @@ def test_chat_goes_on_when_a_device_is_killed_mid_reply_and_it_rejoins(lan, tmp_
     pair(master, w1)
     pair(master, w2)
     # 10 ms per send (emulated link): slow enough to kill a device in the middle of a reply
-    chat = ChatProcess(master, "--model", str(tiny), "--devices", "all", "--threads", "1",
-                "--context", "4096", "--max-new-tokens", "40", "--link-delay-ms", "10")
+    chat = ChatProcess(master, "--model", str(tiny), "--devices", "all", "--force", "all",
+                       "--threads", "1", "--context", "4096", "--max-new-tokens", "40",
+                       "--link-delay-ms", "10")
     try:
         chat.wait_for(r"Empty line, /quit")
         chat.wait_for(r"3 ranks\]", chat.say("hello"))

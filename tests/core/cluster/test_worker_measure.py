@@ -136,3 +136,19 @@ def test_measure_runs_once_in_the_background_whatever_a_master_asks(worker):
         assert junk.op == "measured" and junk.meta["pending"] is False
     finally:
         s.close()
+
+
+def test_no_measurement_while_ranks_run_or_when_the_master_says_not_to(tmp_path):
+    calls: list = []
+    busy = [True]
+
+    def fake(folder, formats):
+        calls.append(formats)
+        return SPEED
+
+    m = DeviceMeasurer(tmp_path, tmp_path / "shards", measure_fn=fake, busy=lambda: busy[0])
+    assert m.answer(fresh=True) == {"device": None, "pending": False, "error": None}
+    busy[0] = False
+    assert m.answer(start=False)["pending"] is False and calls == []
+    m.answer()
+    _wait(lambda: len(calls) == 1)

@@ -1,0 +1,45 @@
+"""The "planner on a home network" section of RESULTS.md, from benchmarks/out/planner.json."""
+
+from __future__ import annotations
+
+from cells import code_of, fmt
+
+LABELS = ("alone", "b forced", "c forced", "b+c forced", "b offered", "b+c offered")
+
+
+def planner_section(d: dict) -> list[str]:
+    m = d["machine"]
+    head = ["## Planner on an emulated home network (benchmarks/bench_planner.py)", ""]
+    if d.get("skipped"):
+        return head + [f"Not run: {d['skipped']}.", ""]
+    s = d.get("summary") or {}
+    lines = head + [
+        f"Started {m['date']}{code_of(m)}, load average then {m['load_avg_at_start']}, at end "
+        f"{d.get('load_avg_at_end')} ({d['cores']} cores). Default model (GGUF, q4_1 layers, "
+        f"q8_0 head), greedy, {d['tokens']} new tokens, {d['reps']} repetitions, medians. "
+        "This computer (pinned to core 0) and two `tpi-chat worker` devices in network "
+        f"namespaces on a bridge, {fmt(d['mbit'], 0)} Mbit/s each (`tc tbf`, "
+        "scripts/home_lan.py); the link latency is the comm layer's emulation, per send. "
+        "With 2 cores, dev-b and dev-c share core 1: the runs come in three phases (b; c; "
+        "b and c), each after `tpi-chat plan --fresh` over its devices, so two devices on "
+        "one core measure half of it at once, as they will compute; a device alone has the "
+        "core to itself and is measured alone. 'forced': `--force all`; 'offered': the "
+        "devices are offered and the planner decides. 'alone' has no link: one run stands "
+        "for every delay.", "",
+        "| check | value | limit | result |", "|---|---|---|---|"]
+    for name, c in (s.get("checks") or {}).items():
+        limit = "+-25%" if name.startswith("prediction") else "<= 1.1"
+        value = (f"{c['value'] * 100:+.0f}%" if name.startswith("prediction")
+                 else fmt(c["value"], 2))
+        lines.append(f"| {name} | {value} | {limit} | {'PASS' if c['pass'] else 'MISS'} |")
+    lines += ["", "| configuration | delay ms | devices used | measured ms/token | predicted "
+              "| error | runs |", "|---|---|---|---|---|---|---|"]
+    rows = s.get("by_config") or {}
+    for label in LABELS:
+        for delay in d["delays"]:
+            r = rows.get(f"{label} @{delay:g}")
+            if r:
+                lines.append(f"| {label} | {delay:g} | {', '.join(r.get('devices') or [])} | "
+                             f"{fmt(r['measured'])} | {fmt(r['predicted'])} | "
+                             f"{r['error'] * 100:+.0f}% | {', '.join(map(str, r['runs']))} |")
+    return lines + [""]
