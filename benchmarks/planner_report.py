@@ -26,7 +26,7 @@ def planner_section(d: dict) -> list[str]:
         "core to itself and is measured alone. 'forced': `--force all`; 'offered': the "
         "devices are offered and the planner decides. 'alone' has no link: one run stands "
         "for every delay.", "",
-        "| check | value | limit | result |", "|---|---|---|---|"]
+        *_load_note(d), "| check | value | limit | result |", "|---|---|---|---|"]
     for name, c in (s.get("checks") or {}).items():
         limit = "+-25%" if name.startswith("prediction") else "<= 1.1"
         value = (f"{c['value'] * 100:+.0f}%" if name.startswith("prediction")
@@ -43,3 +43,22 @@ def planner_section(d: dict) -> list[str]:
                              f"{fmt(r['measured'])} | {fmt(r['predicted'])} | "
                              f"{r['error'] * 100:+.0f}% | {', '.join(map(str, r['runs']))} |")
     return lines + [""]
+
+
+def _load_note(d: dict) -> list[str]:
+    """A warning when the machine was busy with other work: say how far apart runs of
+    one configuration landed, so the checks are read for what they are."""
+    loads = [*(d["machine"].get("load_avg_at_start") or [0]), *(d.get("load_avg_at_end") or [0])]
+    if max(loads) <= 2 * (d.get("cores") or 1):
+        return []
+    spreads = []
+    for label in ("alone", "b offered", "b+c offered"):
+        xs = [r["decode_ms_per_token"] for r in d.get("runs", []) if r["label"] == label]
+        if len(xs) > 1:
+            spreads.append(f"{label} {min(xs):.0f}-{max(xs):.0f}")
+    return [f"**The machine was loaded** (load average up to {max(loads):.1f} on "
+            f"{d.get('cores')} cores, from other work): one configuration's runs landed "
+            f"far apart ({'; '.join(spreads) or 'one run each'} ms/token; every run that "
+            "chose 'This device' alone is the same computation), and the speeds measured "
+            "before each phase moved as much. Read the checks as a measure of that noise "
+            "as much as of the planner.", ""]
