@@ -10,11 +10,15 @@ the sender is this user before it answers, whatever the directory's mode.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
+import psutil
 import zmq
 
 SCHEME = "ipc://"
+_PREFIX = "tpi-ranks-"
 
 
 def usable() -> bool:
@@ -23,8 +27,22 @@ def usable() -> bool:
 
 
 def private_dir() -> str:
-    """A new directory only this user can enter, for one cluster's sockets."""
-    return tempfile.mkdtemp(prefix="tpi-ranks-")
+    """A new directory only this user can enter, for one cluster's sockets. Its name
+    carries our pid: directories left by a process of ours that was killed before it
+    could remove them are removed here."""
+    _remove_stale()
+    return tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
+
+
+def _remove_stale() -> None:
+    for d in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        pid = d.name[len(_PREFIX):].split("-")[0]
+        try:
+            if (pid.isdigit() and d.stat().st_uid == os.geteuid()
+                    and not psutil.pid_exists(int(pid))):
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass  # gone meanwhile, or not ours to look at
 
 
 def endpoint(directory: str, name: str) -> str:

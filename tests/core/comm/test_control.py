@@ -114,3 +114,22 @@ def test_ipc_control_channel_takes_nothing_from_another_user():
                 assert msg.op == "hello"
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_private_dirs_of_killed_processes_are_removed_at_the_next_start():
+    if not local_socket.usable():
+        pytest.skip("no ipc:// here")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = Path(local_socket.tempfile.gettempdir()) / f"tpi-ranks-{dead}-x"
+    stale.mkdir(mode=0o700)
+    (stale / "control").write_text("")
+    ours = local_socket.private_dir()
+    try:
+        assert not stale.exists()
+        assert Path(ours).exists() and (Path(ours).stat().st_mode & 0o777) == 0o700
+        assert local_socket.private_dir() and Path(ours).exists()  # a live process's stays
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        for d in Path(ours).parent.glob(f"tpi-ranks-{os.getpid()}-*"):
+            shutil.rmtree(d)
