@@ -8,6 +8,8 @@ the server is started or stopped on a thread of its own, so the GUI never waits)
 `attach(model)` from the engine thread after each load (and `attach(None)` before the model
 closes: that one stops the server before returning, as ApiServer needs stopping before
 its runner closes). `changed(ApiState)` says what runs, for the status bar and settings.
+`set_context_overflow` gives the API's chats the app's context policy (Settings ->
+Context); a running server restarts with it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import shiboken6
 from PySide6.QtCore import QObject, Signal
 
+from core.engine.context_policy import DROP_OLDEST
 from core.engine.generate import GenerationResult, Generator
 from core.errors import TpiError
 from core.serve.fair_lock import FairLock
@@ -67,12 +70,21 @@ class ApiServerHost(QObject):
         self._server = None  # core.serve.server.ApiServer
         self._served: tuple | None = None  # (settings, model) the server runs with
         self._requests = 0
+        self._overflow = DROP_OLDEST  # what a chat longer than the context drops
         self.state = ApiState(False)
 
     def configure(self, settings: dict) -> None:
         """The user's settings (from any thread, returns at once)."""
         with self._state_lock:
             self._settings = dict(settings)
+        threading.Thread(target=self._reconcile, name="tpi-api-config", daemon=True).start()
+
+    def set_context_overflow(self, overflow: str) -> None:
+        """The app's context policy, for the API's chats too (from any thread)."""
+        with self._state_lock:
+            if overflow == self._overflow:
+                return
+            self._overflow = overflow
         threading.Thread(target=self._reconcile, name="tpi-api-config", daemon=True).start()
 
     def attach(self, model: ServedModel | None) -> None:
@@ -90,9 +102,10 @@ class ApiServerHost(QObject):
     def _reconcile(self) -> None:
         with self._reconcile_lock:
             with self._state_lock:
-                settings, model = self._settings, self._model
+                settings, model, overflow = self._settings, self._model, self._overflow
             enabled = bool(settings and settings.get("enabled"))
-            wanted = (tuple(sorted(settings.items())), id(model)) if enabled and model else None
+            wanted = ((tuple(sorted(settings.items())), id(model), overflow)
+                      if enabled and model else None)
             if self._server is not None and self._served != wanted:
                 self._server.stop()
                 self._server, self._served = None, None
@@ -112,7 +125,8 @@ class ApiServerHost(QObject):
             self._set(ApiState(True, error="Listening on the network needs an API key"))
             return
         config = ServeConfig(host="0.0.0.0" if settings.get("lan") else "127.0.0.1",
-                             port=int(settings.get("port", 8080)), api_key=key)
+                             port=int(settings.get("port", 8080)), api_key=key,
+                             context_overflow=wanted[2])
         try:
             server = ApiServer(model.tokenizer, None, model.name, config,
                                generator=model.generator, model_lock=self.model_lock,

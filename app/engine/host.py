@@ -54,8 +54,10 @@ class EngineHost(QObject):
         self.worker.set_remote_devices(specs)
 
     def set_context_overflow(self, overflow: str) -> None:
-        """What later replies do when a conversation outgrows the context (never waits)."""
+        """What later replies (the API's too) do when a conversation outgrows the context
+        (never waits)."""
         self.worker.set_context_overflow(overflow)
+        self.api.set_context_overflow(overflow)
 
     def send(self, messages: list[dict], system: str, params: SamplingParams) -> None:
         self._send_requested.emit(messages, system, params)

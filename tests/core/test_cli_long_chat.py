@@ -10,6 +10,7 @@ import pytest
 from tests.fixtures.cli import ChatProcess
 from tests.fixtures.long_chat import (
     SETUPS,
+    START_S,
     TINY,
     TURNS,
     check_flat,
@@ -29,7 +30,7 @@ def tiny(tmp_path_factory):
 
 def converse(chat: ChatProcess, turns: int) -> tuple[list[str], list[float]]:
     """Each turn's output and the process's RSS (MB) after it."""
-    chat.wait_for(r"you> ", timeout=300)
+    chat.wait_for(r"you> ", timeout=START_S)
     outputs, rss = [], []
     for i in range(turns):
         mark = chat.say(user_turn(i))

@@ -12,6 +12,7 @@ import pytest
 from core.engine.context_policy import reply_room
 from tests.fixtures.long_chat import (
     SETUPS,
+    START_S,
     TINY,
     TURNS,
     Setup,
@@ -27,7 +28,8 @@ REPLY_LINE = re.compile(r"(\d+) prompt tokens \((\d+) cached\)")
 
 def serve(setup: Setup, model, *extra: str) -> ServeProcess:
     return ServeProcess(*(("--model", str(model)) if model else ()), "--threads", "1",
-                        "--speculate", "off", "--context", str(setup.context), *extra)
+                        "--speculate", "off", "--context", str(setup.context), *extra,
+                        timeout=START_S)
 
 
 def converse(server: ServeProcess, turns: int, reply: int):
