@@ -26,7 +26,8 @@ def worker(tmp_path_factory):
 def test_fuzz_worker_pairing_port(worker):
     fuzz_port(PairingPortTarget(worker), seeds.pairing_requests(), examples("port"),
               tally(TARGET, "port"))
-    assert not [x for x in worker.lines if "Traceback" in x], worker.lines[-30:]
+    bugs = [i for i, x in enumerate(worker.lines) if "Traceback" in x]
+    assert not bugs, "\n".join(worker.lines[max(0, bugs[0] - 2):bugs[0] + 40])  # in full
 
 
 test_fuzz_worker_pairing_port.fuzz_target = TARGET
