@@ -219,14 +219,17 @@ def _close(cluster: LocalCluster | Session, spec: Speculator | None) -> None:
 QUIT_COMMANDS = ("/quit", "/exit", "/q")
 
 
+def _ranks(cluster: LocalCluster | Session) -> str:
+    return f"{cluster.world_size} rank{'s' if cluster.world_size != 1 else ''}"
+
+
 def cmd_chat(args: Namespace) -> int:
     params = _sampling(args)
     cluster, tok, spec = _start(args)
     session = ChatSession(tok, cluster, system=args.system,
                           policy=ContextPolicy(args.context_overflow))
     session.generator.speculator = spec
-    ranks = f"{cluster.world_size} rank{'s' if cluster.world_size != 1 else ''}"
-    print(f"TPI Chat on {ranks}, context {cluster.max_seq} tokens"
+    print(f"TPI Chat on {_ranks(cluster)}, context {cluster.max_seq} tokens"
           f"{context_note(args.context, cluster.max_seq)}. Empty line, /quit or Ctrl-D "
           "quits; /new starts a new chat.", flush=True)
     out_of_view = 0
@@ -256,7 +259,7 @@ def cmd_chat(args: Namespace) -> int:
             r = reply.result
             kept = "" if r.acceptance is None else f", {r.acceptance:.0%} of drafts kept"
             print(f"\n[{r.tokens_per_s:.1f} tokens/s, first token after {r.ttft_ms:.0f} ms"
-                  f", {ranks}{kept}]", flush=True)
+                  f", {_ranks(cluster)}{kept}]", flush=True)  # devices come and go
             if len(reply.out_of_view) != out_of_view:
                 out_of_view = len(reply.out_of_view)
                 print(f"[{out_of_view_note(reply.out_of_view)}]", flush=True)

@@ -141,10 +141,11 @@ def test_chat_goes_on_when_a_device_is_killed_mid_reply_and_it_rejoins(lan, tmp_
     master = tmp_path / "master"
     pair(master, w1)
     pair(master, w2)
-    # 10 ms per send (emulated link): slow enough to kill a device in the middle of a reply
+    # 10 ms per send (emulated link): slow enough to kill a device in the middle of a reply;
+    # plain decoding, so the reply line is "[... N ranks]" and a step is one token
     chat = ChatProcess(master, "--model", str(tiny), "--devices", "all", "--force", "all",
                        "--threads", "1", "--context", "4096", "--max-new-tokens", "40",
-                       "--link-delay-ms", "10")
+                       "--link-delay-ms", "10", "--speculate", "off")
     try:
         chat.wait_for(r"Empty line, /quit")
         chat.wait_for(r"3 ranks\]", chat.say("hello"))
