@@ -118,7 +118,7 @@ def test_truncated_shard_mid_stream_is_reported_and_nothing_hangs(tiny):
         data = victim.read_bytes()
         victim.write_bytes(data[: len(data) // 2])
         t0 = time.monotonic()
-        with pytest.raises(TpiError, match="truncated or corrupt") as err:
+        with pytest.raises(TpiError, match="is corrupt|truncated or corrupt") as err:
             cluster.step([5, 6, 7], 0)
         assert time.monotonic() - t0 < 20
         assert "rank 1" in str(err.value)
