@@ -22,9 +22,11 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def slow(tiny):
-    """No --api-key: on 127.0.0.1 none is needed, and any key a client sends is fine."""
+    """No --api-key: on 127.0.0.1 none is needed, and any key a client sends is fine.
+    The emulated link makes a token slow; --speculate off keeps it one token a step (a
+    draft would answer within the queue's first half second)."""
     s = ServeProcess("--model", str(tiny), "--ranks", "2", "--link-delay-ms", "10",
-                     "--max-queue", "2")
+                     "--max-queue", "2", "--speculate", "off")
     yield s
     s.close()
 
