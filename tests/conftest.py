@@ -1,10 +1,19 @@
-"""Test-wide set-up: no hub access, and a cache dir of the test session's own."""
+"""Test-wide set-up: no hub access, a cache dir of the test session's own, and Ctrl-C
+delivered to the processes tests start."""
 
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
+
+# A suite started from a background job of a non-interactive shell (CI scripts, `cmd &`)
+# inherits SIGINT ignored, and so would every process it starts: a test pressing Ctrl-C
+# on `tpi-chat perplexity` then watched it run on. A handler here (not SIG_IGN) makes
+# children start with the default action again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
