@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from core.comm.codec import PROTOCOL_VERSION
+from core.comm.codec import PROTOCOL_VERSION, shown
 from core.errors import ProtocolError
 
 MAX_FRAME = 4096  # a hello is ~100 bytes, an info answer ~400
@@ -116,7 +116,9 @@ def unpack(body: bytes, ops: frozenset[str]) -> Message:
     if not set(header) <= _HEADER_KEYS:
         raise WireError("malformed pairing message (unknown fields)")
     if not isinstance(op, str) or op not in ops:
-        raise WireError(f"unexpected pairing message {str(op)[:40]!r}")
+        # Quoted through shown(): str() of an op nested ~1000 lists deep (msgpack decodes
+        # up to 1024) raised RecursionError past every handler but the server's last one.
+        raise WireError(f"unexpected pairing message {shown(op)}")
     if not isinstance(meta, dict) or not _plain(meta):
         raise WireError("malformed pairing message (its fields are not plain data)")
     return Message(op, meta)

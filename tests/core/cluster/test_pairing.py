@@ -4,6 +4,7 @@ test_pairing_attacks.py; the wire format and its limits in test_pairing_wire.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import socket
@@ -440,6 +441,30 @@ def test_garbage_and_pickles_leave_the_server_up(server: PairingServer, master: 
 
 def _frame(body: bytes) -> bytes:
     return LENGTH.pack(len(body)) + body
+
+
+@pytest.mark.parametrize("field", ["op", "v", "meta"])
+def test_an_op_nested_a_thousand_lists_deep_is_refused(server: PairingServer, field: str,
+                                                       caplog) -> None:
+    """Found by the pairing port's long fuzz run: an `op` that is a list nested 995 to
+    1023 deep (msgpack decodes up to 1024) made the refusal's str(op) raise
+    RecursionError in the server thread; its catch-all logged a traceback and the
+    stranger got no answer. Every depth is now one `refused`, and nothing is logged."""
+    server.gate.open()
+    header = {"v": msgpack.packb(PROTOCOL_VERSION), "op": msgpack.packb("info"),
+              "meta": b"\x80"}
+    for i, depth in enumerate((900, 990, 995, 1000, 1010, 1023, 1024)):
+        header[field] = b"\x91" * depth + b"\xc0"  # [[[...[None]...]]], packed by hand
+        body = b"\x83" + b"".join(msgpack.packb(k) + v for k, v in header.items())
+        r = Raw(server.port, source=f"127.0.9.{i + 1}")
+        reply = r.ask(_frame(body))
+        assert reply.op == "refused" and reply.meta["reason"] == "bad_request", reply.meta
+        assert len(reply.meta["detail"]) <= 200
+        assert r.closed()
+        r.close()
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR], \
+        caplog.records[0].getMessage()
+    assert query_info(server.endpoint, 3.0)["name"] == "mini-pc"
 
 
 def test_a_worker_that_does_not_know_the_code_is_not_trusted(master: Device) -> None:
