@@ -8,12 +8,18 @@ then face a real process in test_fuzz_worker.py.
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 
+from core.cluster.identity import is_public_key
+from core.cluster.pairing import OPS_TO_WORKER, valid_name, valid_pake
+from core.cluster.pairing_code import mac_ok
+from core.cluster.pairing_wire import FrameParser, WireError, unpack
 from core.cluster.shard_cache import ShardCache
 from core.cluster.ship_messages import REPLY_OPS, REQUEST_OPS, parse_reply
 from core.cluster.ship_receiver import serve_shipping
@@ -53,6 +59,26 @@ def bugs():
     root.removeHandler(h)
 
 
+SERVER_HEADROOM = 980  # frames a receiving thread has left under CPython's default 1000
+
+
+@contextmanager
+def _server_stack():
+    """Hypothesis raises the recursion limit to the test's depth + 2000 while it runs,
+    which hid a RecursionError (str() of a 1000-deep list) that a real receiving thread,
+    a few frames deep under the default limit, raises: give the check what it would
+    have there."""
+    depth, f = 0, sys._getframe()
+    while f is not None:
+        depth, f = depth + 1, f.f_back
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + SERVER_HEADROOM)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
 def _fuzz(target: str, strategy, check, bugs: _Bugs) -> None:
     """Run `check(frames)` on `examples("decoder")` mutated messages; it returns True
     when the message was taken as valid, False when refused (a ship_error reply, say),
@@ -65,7 +91,8 @@ def _fuzz(target: str, strategy, check, bugs: _Bugs) -> None:
         _name, frames = case
         t.frames += 1
         try:
-            ok = check(frames)
+            with _server_stack():
+                ok = check(frames)
         except ProtocolError as e:
             assert str(e) and len(str(e)) < 1000, f"unreadable refusal: {str(e)[:200]}"
             ok = False
@@ -189,3 +216,39 @@ def test_data_plane_set_up_and_steps(bugs):
         return True
 
     _fuzz("data plane: hello/welcome/step", mutated(seeds.data_plane()), check, bugs)
+
+
+@_target("pairing port: frames")
+def test_pairing_frames_decode_or_refuse(bugs):
+    """The worker's pairing port before any key is trusted: its frame parser on the
+    joined wire bytes (raw seeds carry their own length prefixes) and `unpack` on each
+    frame, then the checks the server runs on a hello's and a confirm's fields. In a
+    real process in test_fuzz_pairing_port.py, ~100x slower; this is where a decoder
+    bug (such as str() of a deeply nested op) shows at once."""
+
+    def check(frames):
+        bodies, data, parser = list(frames), b"".join(frames), FrameParser()
+        try:
+            while data:
+                n = parser.want()
+                body = parser.feed(data[:n])
+                data = data[n:]
+                if body is not None:
+                    bodies.append(body)
+        except WireError:
+            pass  # refused framing; the bodies read before it are still decoded
+        valid = True
+        for body in bodies:
+            try:
+                msg = unpack(body, OPS_TO_WORKER)
+            except WireError:
+                valid = False
+                continue
+            if msg.op == "hello":
+                valid &= valid_name(msg.meta.get("name")) and valid_pake(msg.meta.get("pake"))
+            elif msg.op == "confirm":
+                valid &= (is_public_key(msg.meta.get("public_key"))
+                          and mac_ok(b"\0" * 32, msg.meta.get("mac")))
+        return valid
+
+    _fuzz("pairing port: frames", mutated(seeds.pairing_requests()), check, bugs)
