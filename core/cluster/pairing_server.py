@@ -177,7 +177,7 @@ class PairingServer:
             if key.data is None:
                 self._accept()
             elif key.data.sock in self._conns:
-                self._read(key.data)
+                self._read_guarded(key.data)
         now = self.clock()
         due = [d for d in self._delayed if d[0] <= now]
         self._delayed = [d for d in self._delayed if d[0] > now]
@@ -266,6 +266,18 @@ class PairingServer:
                                                           "connection"))
             return
         self._handle(conn, body)
+
+    def _read_guarded(self, conn: _Conn) -> None:
+        """_read, with a bug costing only that connection: it is logged with its
+        traceback (a bug all the same) and the stranger gets `refused error` at once,
+        rather than silence until the idle timeout and a stall of every other one."""
+        try:
+            self._read(conn)
+        except Exception:
+            log.exception("pairing server: unexpected error on a connection from %s",
+                          conn.peer)
+            if conn.sock in self._conns:
+                self._finish(conn, self._refusal(ERROR, "it hit a bug, see its console"))
 
     def _send(self, conn: _Conn, frame: bytes) -> bool:
         """Send a whole frame or drop the connection (a peer that does not read)."""

@@ -467,6 +467,32 @@ def test_an_op_nested_a_thousand_lists_deep_is_refused(server: PairingServer, fi
     assert query_info(server.endpoint, 3.0)["name"] == "mini-pc"
 
 
+def test_a_bug_costs_only_its_connection(server: PairingServer, caplog,
+                                        monkeypatch) -> None:
+    """Whatever a future bug raises while a frame is handled: that stranger gets
+    `refused error` at once (not silence until the idle timeout), the traceback is
+    logged, and a connection open beside it is served."""
+    waiting = Raw(server.port, source="127.0.8.1")
+    real = server._handle
+
+    def buggy(conn, body):
+        if conn.peer == "127.0.8.2":
+            raise KeyError("a bug")
+        real(conn, body)
+
+    monkeypatch.setattr(server, "_handle", buggy)
+    r = Raw(server.port, source="127.0.8.2")
+    start = time.monotonic()
+    reply = r.ask(pack("info"))
+    assert reply.op == "refused" and reply.meta["reason"] == "error", reply.meta
+    assert r.closed(1.0) and time.monotonic() - start < 2.0
+    r.close()
+    bugs = [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert len(bugs) == 1 and "127.0.8.2" in bugs[0].getMessage() and bugs[0].exc_info
+    assert waiting.ask(pack("info")).op == "info"
+    waiting.close()
+
+
 def test_a_worker_that_does_not_know_the_code_is_not_trusted(master: Device) -> None:
     """Mutual authentication: a fake worker answering 'paired' with its own MAC fails."""
     lst = socket.create_server(("127.0.0.1", 0))
