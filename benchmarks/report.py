@@ -9,6 +9,7 @@ from cells import fmt, verdict
 from llama70b_report import llama70b_section
 from llamacpp_report import llamacpp_section, perplexity_section, ratio_verdict
 from planner_report import planner_section
+from serve_report import serve_section, serve_targets
 from speculative_report import speculative_section, speculative_targets
 from streaming_report import streaming_section
 
@@ -194,7 +195,8 @@ def render(out_dir: Path, extra: dict) -> str:
     l70 = _load(out_dir / "llama70b.json")
     spec = _load(out_dir / "speculative.json")
     planner = _load(out_dir / "planner.json")
-    mach = next((d["machine"] for d in (engine, memory, l70, ppl, *llama)
+    serve = _load(out_dir / "serve.json")
+    mach = next((d["machine"] for d in (engine, memory, l70, ppl, *llama, serve)
                  if d and d.get("machine")), None)
     lines = ["# Benchmark results", "",
              "Written by `make bench` (benchmarks/run_all.py); raw numbers in "
@@ -202,7 +204,8 @@ def render(out_dir: Path, extra: dict) -> str:
     if mach:
         lines += machine_section(mach, extra)
     lines += targets_section(engine, memory,
-                             same_file_targets(llama, ppl) + speculative_targets(spec))
+                             same_file_targets(llama, ppl) + speculative_targets(spec)
+                             + serve_targets(serve))
     if extra.get("notes"):
         lines += ["## Notes on this run", "", *[f"- {n}" for n in extra["notes"]], ""]
     if engine:
@@ -215,6 +218,8 @@ def render(out_dir: Path, extra: dict) -> str:
         lines += streaming_section(streaming)
     if spec:
         lines += speculative_section(spec)
+    if serve:
+        lines += serve_section(serve)
     if col:
         lines += collectives_section(col)
     if l70:
