@@ -6,6 +6,7 @@
      benchmarks/bench_streaming.py    window 2 vs all decode speed: warm, cold, link latency
      benchmarks/bench_70b.py          Llama 2-70B-shaped layers at 8 ranks, q4
      benchmarks/bench_speculative.py  speculative vs plain decoding at 0, 2, 5 ms per send
+     benchmarks/bench_serve.py        the API (`tpi-chat serve`, streamed) vs the engine
      benchmarks/bench_planner.py      the planner on an emulated home network (needs root)
   4. benchmarks/bench_llamacpp.py     only with LLAMA_CPP=1: ours vs llama.cpp vs transformers
      benchmarks/bench_perplexity.py   only with LLAMA_CPP=1: perplexity on the same GGUFs
@@ -61,6 +62,10 @@ def plan(quick: bool, llama: bool | None = None) -> list[tuple[str, list[str], s
     steps.append(("speculative", [str(HERE / "bench_speculative.py"),
                                   *(["--reps", "1", "--tokens", "24"] if quick else [])],
                   "speculative.json"))
+    # --cli-reps: fresh `generate` processes, shown beside the targets for reference
+    steps.append(("serve", [str(HERE / "bench_serve.py"),
+                            *(["--reps", "2", "--new-tokens", "24"] if quick
+                              else ["--cli-reps", "3"])], "serve.json"))
     if not quick:
         steps.append(("planner", [str(HERE / "bench_planner.py")], "planner.json"))
     if llama:  # builds llama-cpp-python if missing (minutes)
@@ -130,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="rewrite RESULTS.md from the JSON already in benchmarks/out")
     ap.add_argument("--only", default=None, metavar="STEP,...",
                     help="run these steps only (collectives, engine, memory, streaming, 70b, "
-                         "speculative, planner, llama.cpp, perplexity) and re-render RESULTS.md "
-                         "with the others' last JSON")
+                         "speculative, serve, planner, llama.cpp, perplexity) and re-render "
+                         "RESULTS.md with the others' last JSON")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

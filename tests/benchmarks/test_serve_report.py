@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))  # the benchmark modules import each other as top-level names
 
 import report  # noqa: E402
+import run_all  # noqa: E402
 import serve_report  # noqa: E402
 
 # As bench_serve.py writes it: 3 repetitions, engine and API alternating.
@@ -96,6 +97,14 @@ def test_a_smoke_run_says_so():
     assert "2 repetitions (a smoke run);" in "\n".join(serve_report.serve_section(d))
     assert all("(smoke run: 2 repetitions)" in r for r in serve_report.serve_targets(d))
     assert serve_report.serve_targets(None) == []
+
+
+def test_run_all_plans_the_serve_step():
+    full = {name: cmd for name, cmd, _ in run_all.plan(quick=False, llama=False)}
+    assert full["serve"][0].endswith("bench_serve.py") and "--cli-reps" in full["serve"]
+    quick = run_all.select("serve", quick=True)
+    assert [(n, j) for n, _, j in quick] == [("serve", "serve.json")]
+    assert quick[0][1][1:] == ["--reps", "2", "--new-tokens", "24"]
 
 
 def test_a_repetition_exactly_at_its_limits_is_within():
