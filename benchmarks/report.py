@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cells import fmt, verdict
+from kept_sections import Previous, merge_items
 from llama70b_report import llama70b_section
 from llamacpp_report import llamacpp_section, perplexity_section, ratio_verdict
 from planner_report import planner_section
@@ -20,6 +23,9 @@ ENGINE_TARGETS = (
     ("default", "ours r2 wall", "decode_vs_1rank", 1.5,
      "default model, 2 ranks vs 1 rank (window all): decode ms/token"),
 )
+
+# The steps whose JSON the Machine section is taken from, in render's order.
+MACHINE_FROM = ("engine", "memory", "70b", "perplexity", "llama.cpp", "serve")
 
 
 def _load(path: Path) -> dict | None:
@@ -42,7 +48,7 @@ def machine_section(m: dict, extra: dict) -> list[str]:
     ]
 
 
-def same_file_targets(llama: list[dict], ppl: dict | None) -> list[str]:
+def same_file_targets(llama: list[dict]) -> list[str]:
     """Rows of the Targets table for ours vs llama.cpp on the same GGUF files."""
     lines = []
     for d in llama:
@@ -53,34 +59,41 @@ def same_file_targets(llama: list[dict], ppl: dict | None) -> list[str]:
             lines.append(f"| {r['ours']} / {r['theirs']}, same file, {d['threads']} threads: "
                          f"decode ms/token | <= {r['limit']} | {fmt(r['ratio'], 3)} | "
                          f"{fmt(r.get('paired'), 3)} | {result} |")
-    if ppl:
-        for q, r in ppl["by_variant"].items():
-            lines.append(f"| perplexity, ours / llama.cpp - 1 on the {q} file | "
-                         f"<= {ppl['limit'] * 100:g}% | {r['rel_diff'] * 100:+.2f}% | - | "
-                         f"{'PASS' if r['pass'] else 'MISS'} |")
     return lines
 
 
-def targets_section(engine: dict | None, memory: dict | None,
-                    extra_rows: list[str] | None = None) -> list[str]:
-    lines = ["## Targets", "", "| target | limit | measured (ratio of medians) | paired "
-             "median | result |", "|---|---|---|---|---|"]
+def perplexity_targets(ppl: dict | None) -> list[str]:
+    """Rows of the Targets table for perplexity, ours vs llama.cpp on the same files."""
+    return [f"| perplexity, ours / llama.cpp - 1 on the {q} file | "
+            f"<= {ppl['limit'] * 100:g}% | {r['rel_diff'] * 100:+.2f}% | - | "
+            f"{'PASS' if r['pass'] else 'MISS'} |"
+            for q, r in (ppl or {}).get("by_variant", {}).items()]
+
+
+def engine_targets(engine: dict | None) -> list[str]:
+    lines = []
     for model, cfg, key, limit, what in ENGINE_TARGETS:
         row = ((engine or {}).get("models", {}).get(model, {}).get("summary", {}).get(cfg, {}))
         paired = row.get("decode_vs_hf_paired") if key == "decode_vs_hf" else None
         lines.append(f"| {what} | <= {limit} | {fmt(row.get(key), 3)} | {fmt(paired, 3)} | "
                      f"{verdict(row.get(key), limit)} |")
-    if memory:
-        s = memory["summary"]
-        ok = s["ratio"] <= s["target"] and s["same_tokens"]
-        lines.append(
-            f"| 64-layer Llama, 2 ranks: peak RSS of all processes, window 2 / window all, "
+    return lines
+
+
+def memory_targets(memory: dict | None) -> list[str]:
+    if not memory:
+        return ["| 64-layer Llama, window 2 / all peak RSS | <= 0.4 | - | - | not measured |"]
+    s = memory["summary"]
+    ok = s["ratio"] <= s["target"] and s["same_tokens"]
+    return [f"| 64-layer Llama, 2 ranks: peak RSS of all processes, window 2 / window all, "
             f"same tokens ({'yes' if s['same_tokens'] else 'NO'}) | <= {s['target']} | "
             f"{fmt(s['ratio'], 3)} | psutil: {fmt(s['ratio_psutil'], 3)} | "
-            f"{'PASS' if ok else 'MISS'} |")
-    else:
-        lines.append("| 64-layer Llama, window 2 / all peak RSS | <= 0.4 | - | - | not measured |")
-    return lines + (extra_rows or []) + [""]
+            f"{'PASS' if ok else 'MISS'} |"]
+
+
+def targets_section(rows: list[str]) -> list[str]:
+    return ["## Targets", "", "| target | limit | measured (ratio of medians) | paired "
+            "median | result |", "|---|---|---|---|---|", *rows, ""]
 
 
 def engine_section(name: str, m: dict) -> list[str]:
@@ -184,8 +197,9 @@ NOTES = [
 ]
 
 
-def render(out_dir: Path, extra: dict) -> str:
-    """The whole RESULTS.md from the JSON files present in `out_dir`."""
+def render(out_dir: Path, extra: dict, previous: Previous | None = None) -> str:
+    """The whole RESULTS.md from the JSON files present in `out_dir`; a step whose JSON is
+    missing keeps its part of `previous` (the RESULTS.md being replaced) as it was."""
     engine = _load(out_dir / "engine.json")
     memory = _load(out_dir / "memory.json")
     col = _load(out_dir / "collectives.json")
@@ -196,41 +210,52 @@ def render(out_dir: Path, extra: dict) -> str:
     spec = _load(out_dir / "speculative.json")
     planner = _load(out_dir / "planner.json")
     serve = _load(out_dir / "serve.json")
-    mach = next((d["machine"] for d in (engine, memory, l70, ppl, *llama, serve)
-                 if d and d.get("machine")), None)
+    data = {"collectives": col, "engine": engine, "memory": memory, "streaming": streaming,
+            "70b": l70, "speculative": spec, "serve": serve, "planner": planner,
+            "llama.cpp": llama, "perplexity": ppl}
+    prev = previous or Previous()
+    kept = {step for step, d in data.items() if not d}
+
+    def part(step: str, build: Callable[[Any], list[str]]) -> list[str]:
+        if data[step]:
+            return build(data[step])
+        return prev.sections.get(step, [])
+
+    def rows(step: str, fresh: list[str]) -> list[str]:
+        return prev.rows[step] if step in kept and prev.rows.get(step) else fresh
+
     lines = ["# Benchmark results", "",
              "Written by `make bench` (benchmarks/run_all.py); raw numbers in "
              "benchmarks/out/*.json.", ""]
-    if mach:
+    # The machine line describes the first of these steps' runs; a kept one keeps its line.
+    source = next((s for s in MACHINE_FROM if data[s] or s in prev.sections), None)
+    mach = next((d["machine"] for d in (engine, memory, l70, ppl, *llama, serve)
+                 if d and d.get("machine")), None)
+    if source in kept and prev.machine:
+        lines += prev.machine
+    elif mach:
         lines += machine_section(mach, extra)
-    lines += targets_section(engine, memory,
-                             same_file_targets(llama, ppl) + speculative_targets(spec)
-                             + serve_targets(serve))
-    if extra.get("notes"):
-        lines += ["## Notes on this run", "", *[f"- {n}" for n in extra["notes"]], ""]
-    if engine:
-        lines += ["## Engine: ours vs transformers", "", _when(engine), ""]
-        for name, m in engine["models"].items():
-            lines += engine_section(name, m)
-    if memory:
-        lines += memory_section(memory)
-    if streaming:
-        lines += streaming_section(streaming)
-    if spec:
-        lines += speculative_section(spec)
-    if serve:
-        lines += serve_section(serve)
-    if col:
-        lines += collectives_section(col)
-    if l70:
-        lines += llama70b_section(l70)
-    if planner:
-        lines += planner_section(planner)
-    for d in llama:
-        lines += llamacpp_section(d)
-    if ppl:
-        lines += perplexity_section(ppl)
-    if extra.get("errors"):
-        lines += ["## Errors", "", *[f"- {e}" for e in extra["errors"]], ""]
+    lines += targets_section(
+        rows("engine", engine_targets(engine)) + rows("memory", memory_targets(memory))
+        + rows("llama.cpp", same_file_targets(llama)) + rows("perplexity", perplexity_targets(ppl))
+        + rows("speculative", speculative_targets(spec)) + rows("serve", serve_targets(serve)))
+    notes = merge_items(prev.notes, extra.get("notes") or [], kept)
+    if notes:
+        lines += ["## Notes on this run", "", *[f"- {n}" for n in notes], ""]
+    lines += part("engine", lambda e: ["## Engine: ours vs transformers", "", _when(e), "",
+                                       *(x for name, m in e["models"].items()
+                                         for x in engine_section(name, m))])
+    lines += part("memory", memory_section)
+    lines += part("streaming", streaming_section)
+    lines += part("speculative", speculative_section)
+    lines += part("serve", serve_section)
+    lines += part("collectives", collectives_section)
+    lines += part("70b", llama70b_section)
+    lines += part("planner", planner_section)
+    lines += part("llama.cpp", lambda ds: [x for d in ds for x in llamacpp_section(d)])
+    lines += part("perplexity", perplexity_section)
+    errors = merge_items(prev.errors, extra.get("errors") or [], kept)
+    if errors:
+        lines += ["## Errors", "", *[f"- {e}" for e in errors], ""]
     lines += NOTES
     return "\n".join(x for x in lines if x is not None) + "\n"

@@ -12,7 +12,9 @@
      benchmarks/bench_perplexity.py   only with LLAMA_CPP=1: perplexity on the same GGUFs
 
 Each is its own subprocess writing benchmarks/out/<name>.json; a failing benchmark is
-reported in RESULTS.md and the others still run.
+reported in RESULTS.md and the others still run. A step whose JSON is not in benchmarks/out
+(and that did not run now) keeps its section, Targets rows and notes from the RESULTS.md
+being replaced, verbatim (benchmarks/kept_sections.py).
 
     .venv/bin/python benchmarks/run_all.py            # full run, rewrites RESULTS.md (~21 min
                                                       # without LLAMA_CPP=1, ~40 with it)
@@ -20,7 +22,8 @@ reported in RESULTS.md and the others still run.
                                                       # writes benchmarks/out/RESULTS.quick.md
     .venv/bin/python benchmarks/run_all.py --only llama.cpp,perplexity,70b
                                                       # these steps only; RESULTS.md re-rendered
-                                                      # with the other steps' last JSON
+                                                      # with the other steps' last JSON (or
+                                                      # their part of the current RESULTS.md)
     .venv/bin/python benchmarks/run_all.py --render-only  # RESULTS.md from benchmarks/out/*.json
 
 `make bench BENCH_ARGS="--only llama.cpp,perplexity"` passes arguments through.
@@ -40,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import OUT, PY, bench_env, log  # noqa: E402
+from kept_sections import Previous, parse  # noqa: E402
 from report import render  # noqa: E402
 
 
@@ -128,6 +132,14 @@ def hand_run_sections(path: Path) -> str:
     return "\n".join(kept).strip() + "\n" if kept else ""
 
 
+def previous_results(path: Path, ran: set[str]) -> Previous | None:
+    """The step parts of the RESULTS.md being replaced, less those of the steps run now."""
+    try:
+        return parse(path.read_text(), exclude=ran)
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fast smoke run; RESULTS.md untouched")
@@ -163,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
              "errors": errors,
              "notes": notes, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}
     extra = _keep_run_notes(extra, args, {name for name, _, _ in steps})
-    md = render(OUT, extra)
+    # A step with no JSON in OUT keeps its part of the RESULTS.md being replaced, unless it
+    # ran now (then its failure is the news); a smoke run starts from nothing.
+    previous = None if args.quick else previous_results(HERE / "RESULTS.md",
+                                                        {name for name, _, _ in steps})
+    md = render(OUT, extra, previous)
     target = OUT / "RESULTS.quick.md" if args.quick else HERE / "RESULTS.md"
     by_hand = hand_run_sections(HERE / "RESULTS.md")
     target.write_text(md + ("\n" + by_hand if by_hand else ""))
