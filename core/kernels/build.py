@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 SOURCES = [HERE / name for name in ("matvec.c", "decode_ops.c", "decode_layer.c", "quant.c",
-                                    "quant_x86.c", "quant_neon.c")]
+                                    "quant_x86.c", "quant_vnni.c", "quant_neon.c")]
 HEADERS = [HERE / "quant.h", HERE / "decode_ops.h"]
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
 COMPILE_TIMEOUT_S = 120

@@ -3,7 +3,7 @@
  * tpi_qmatmul sums x per 32-block once per call, then threads split the rows of w, so each
  * weight byte is read once per call, whatever M. The loops are chosen once per process: the
  * best this CPU runs among quant_x86.c (AVX-512, AVX2), quant_neon.c (NEON) and the plain C
- * below; TPI_CHAT_KERNEL_ISA=plain|avx2|neon caps the choice so tests can run every loop.
+ * below; TPI_CHAT_KERNEL_ISA=plain|avx2|avx512|neon caps the choice so tests can run every loop.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -100,11 +100,68 @@ static void block_sums(const float *x, int64_t nblocks, float *pairs) {
     }
 }
 
-int64_t tpi_acts_floats(int64_t M, int64_t K) { return 2 * M * (K / QK) + 1; }
+static const qisa *chosen(void);
+
+/* One block of x (32 floats, their sum) rounded to int16 into quad slot k (0..3). */
+static void round_block(const float *x, float sum, qquad16 *p, int k) {
+    float amax = 0.0f;
+    for (int i = 0; i < QK; i++) amax = fmaxf(amax, fabsf(x[i]));
+    const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
+    /* a NaN or infinity in the block shows in its sum: keep it in the product */
+    const float s = isfinite(sum) ? amax / 32767.0f : NAN;
+    for (int i = 0; i < QK; i++) {
+        long q = lrintf(x[i] * inv);
+        q = q > 32767 ? 32767 : q < -32767 ? -32767 : q;
+        const int at = 16 * k + i % 16;
+        const uint8_t lo = (uint8_t)(q & 0xff);
+        const int8_t hi = (int8_t)((q - lo) / 256); /* floor(q / 256), in -128..127 */
+        if (i < 16) p->lo1[at] = lo, p->hi1[at] = hi;
+        else p->lo2[at] = lo, p->hi2[at] = hi;
+    }
+    for (int l = 4 * k; l < 4 * k + 4; l++) {
+        p->s[l] = s;
+        p->sum4[l] = sum / 4.0f;
+        p->nsum[l] = -2.0f * sum;
+    }
+}
+
+/* qquad16s of x [M, K] (sums: its block sums as pairs) into out [M, nq]. */
+static void round_quads(const float *x, const float *sums, int64_t M, int64_t nb,
+                        qquad16 *out) {
+    const int64_t nq = (nb + 3) / 4;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t j = 0; j < nq; j++) {
+            qquad16 *p = out + m * nq + j;
+            memset(p, 0, sizeof *p);
+            for (int k = 0; k < 4 && 4 * j + k < nb; k++) {
+                const int64_t b = m * nb + 4 * j + k;
+                round_block(x + b * QK, sums[2 * b + 1], p, k);
+            }
+            for (int l = 0; l < 16; l++) {
+                int32_t hs = 0;
+                for (int i = 0; i < 4; i++) hs += p->hi1[4 * l + i] + p->hi2[4 * l + i];
+                p->corr[l] = -128 * hs;
+            }
+        }
+}
+
+#define QUAD_FLOATS ((int64_t)(sizeof(qquad16) / sizeof(float)))
+
+int64_t tpi_acts_floats(int64_t M, int64_t K) {
+    const int64_t nb = K / QK;
+    return 2 * M * nb + 1 + 16 + M * ((nb + 3) / 4) * QUAD_FLOATS;
+}
 
 void tpi_acts(const float *x, int64_t M, int64_t K, float *scratch, qacts *out) {
-    block_sums(x, M * (K / QK), scratch);
-    *out = (qacts){x, scratch, K / QK};
+    const int64_t nb = K / QK, nq = (nb + 3) / 4;
+    block_sums(x, M * nb, scratch);
+    qquad16 *x16 = NULL;
+    if (chosen()->x16) {
+        const uintptr_t end = (uintptr_t)(scratch + 2 * M * nb);
+        x16 = (qquad16 *)((end + 63) & ~(uintptr_t)63);
+        round_quads(x, scratch, M, nb, x16);
+    }
+    *out = (qacts){x, scratch, nb, x16, nq};
 }
 
 /* Activations of x [M, K] in this thread's buffer. 0, or -1 when out of memory. */
@@ -125,7 +182,8 @@ static int thread_acts(const float *x, int64_t M, int64_t K, qacts *out) {
 static const qisa *pick(void) {
     const char *cap = getenv("TPI_CHAT_KERNEL_ISA");
     if (cap && !strcmp(cap, "plain")) return &TPI_QUANT_PLAIN;
-    const qisa *isa = tpi_quant_x86(cap);
+    const qisa *isa = tpi_quant_vnni(cap);
+    if (!isa) isa = tpi_quant_x86(cap);
     if (!isa) isa = tpi_quant_neon(cap);
     return isa ? isa : &TPI_QUANT_PLAIN;
 }

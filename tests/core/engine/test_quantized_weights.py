@@ -1,8 +1,11 @@
 """Block-quantized shards (q8_0, q4_0, q4_1, a GGUF's own mix) through the whole engine.
 
 The reference for a quantized model is transformers running the same weights dequantized:
-the kernels keep activations in float32 (core/kernels/quant.h), so the logits agree up to
-float summation order, as the fp32 contract does. Splitting over ranks changes nothing else.
+the float kernels keep activations in float32 (core/kernels/quant.h), so the logits agree up
+to float summation order, as the fp32 contract does (1e-4). The integer kernels (AVX-512
+VNNI) round each 32-block of activations to int16 first, 2^-16 of its largest value:
+measured up to 1.3e-4 on these logits, so they get 5e-4. Splitting over ranks changes
+nothing else.
 """
 
 from __future__ import annotations
@@ -13,38 +16,14 @@ import torch
 from core.engine.qweight import GEMV_MAX_ROWS
 from core.kernels import library
 from core.model.config import load_config
-from core.model.gguf_import import import_gguf
 from core.model.gguf_weights import open_weights
 from core.shard.plan import make_plan
-from tests.core.model.conftest import write_gguf
+from tests.core.kernels import quant_cases as qc
 from tests.fixtures.thread_cluster import ThreadCluster
-from tests.fixtures.tiny_models import make_tiny_model
 
-# Dims that every block format can split: head_dim 32, 256-wide rows for Q4_K.
-ALIGNED = dict(hidden_size=256, intermediate_size=512, num_attention_heads=8,
-               num_key_value_heads=4, num_hidden_layers=2)
+_KERN = library.kernels()
+TOL = 5e-4 if _KERN and _KERN.quant_isa in qc.ROUNDED_ISAS else 1e-4
 IDS = list(range(7, 47))  # 40 tokens: a prefill above GEMV_MAX_ROWS, then decode steps
-
-
-@pytest.fixture(scope="module")
-def hf_model(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("aligned"), "llama", **ALIGNED)
-
-
-@pytest.fixture(scope="module")
-def gguf_models(hf_model, tmp_path_factory, request):
-    """{gguf dtype: imported model dir}, in a module cache of their own."""
-    import os
-
-    root = tmp_path_factory.mktemp("gguf")
-    old = os.environ.get("TPI_CHAT_CACHE")
-    os.environ["TPI_CHAT_CACHE"] = str(root / "cache")
-    try:
-        return {d: import_gguf(write_gguf(hf_model, root / f"{d}.gguf", dtype=d))
-                for d in ("q8_0", "q4_0", "q4_1", "mixed")}
-    finally:
-        if old is not None:
-            os.environ["TPI_CHAT_CACHE"] = old
 
 
 def _logits(model_dir, shares, dtype, out):
@@ -79,8 +58,8 @@ def test_gguf_blocks_run_close_to_transformers_on_the_same_weights(gguf_models, 
     model = gguf_models[dtype]
     one = _logits(model, [1], "auto", tmp_path / "1")
     two = _logits(model, [1, 1], "auto", tmp_path / "2")
-    torch.testing.assert_close(one, two, rtol=1e-4, atol=1e-4)  # ranks: summation order only
-    torch.testing.assert_close(one, _reference(model), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(one, two, rtol=TOL, atol=TOL)  # ranks: summation order only
+    torch.testing.assert_close(one, _reference(model), rtol=TOL, atol=TOL)
 
 
 def test_a_q4_k_m_style_mix_runs(gguf_models, tmp_path):
@@ -109,7 +88,7 @@ def test_without_compiled_kernels_the_same_numbers_come_from_torch(gguf_models, 
     with_kernels = _logits(model, [1], "auto", tmp_path / "k")
     monkeypatch.setattr(library, "kernels", lambda: None)
     without = _logits(model, [1], "auto", tmp_path / "t")
-    torch.testing.assert_close(with_kernels, without, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(with_kernels, without, rtol=TOL, atol=TOL)
 
 
 def test_gguf_weights_read_back_the_files_tensors(gguf_models, hf_model):

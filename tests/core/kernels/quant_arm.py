@@ -34,7 +34,8 @@ def missing_tools() -> list[str]:
 
 
 def build_driver(exe: Path) -> Path:
-    sources = [KERNELS / n for n in ("quant.c", "quant_x86.c", "quant_neon.c")] + [DRIVER]
+    names = ("quant.c", "quant_x86.c", "quant_vnni.c", "quant_neon.c")
+    sources = [KERNELS / n for n in names] + [DRIVER]
     # libgomp's warning about dlopen in a static program is expected
     done = subprocess.run([CC, "-O3", "-fopenmp", "-static", f"-I{KERNELS}", "-o", str(exe),
                            *map(str, sources), "-lm"], capture_output=True, text=True,

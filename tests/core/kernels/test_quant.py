@@ -66,6 +66,8 @@ def expected_isa(cap: str | None) -> str:
         if cap == "neon" or not {"avx2", "fma"} <= flags:
             return "plain C"
         avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+        if avx512 and "avx512_vnni" in flags and cap in (None, "vnni"):
+            return "AVX-512 VNNI"
         return "AVX-512" if avx512 and cap != "avx2" else "AVX2"
     if machine in ("aarch64", "arm64"):
         return "NEON" if "asimd" in flags else "plain C"
@@ -86,7 +88,7 @@ def cases(tmp_path_factory) -> tuple[list[qc.Case], Path]:
 
 
 @pytest.mark.slow  # a process per loop, each importing torch: ~4 s apiece
-@pytest.mark.parametrize("cap", ["plain", "avx2", "neon", None])
+@pytest.mark.parametrize("cap", ["plain", "avx2", "avx512", "neon", None])
 def test_every_loop_matches_the_reference(cases, tmp_path, cap):
     cases, inp = cases
     env = {k: v for k, v in os.environ.items() if k != "TPI_CHAT_KERNEL_ISA"}
