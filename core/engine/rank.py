@@ -17,6 +17,8 @@ from core.engine.linear import prepare_block
 from core.engine.page_cache import evict
 from core.engine.rope import rope_tables
 from core.engine.scheduler import MemoryScheduler
+from core.engine.stack_decode import StackDecode, build_stack
+from core.kernels import library
 from core.shard.blocks import attn_block, block_order, mlp_block
 from core.shard.manifest import Manifest, verify_rank
 from core.shard.verified_read import VerifiedReader
@@ -52,6 +54,7 @@ class RankRuntime:
         self.cache = KVCache(cfg.num_layers, share.num_kv_heads, cfg.head_dim, self.max_seq)
         self.cos, self.sin = rope_tables(cfg, self.max_seq)  # [S, hd] each
         self.threads = torch.get_num_threads()  # as the caller set it for this rank
+        self._stack: StackDecode | None | bool = None  # not looked at yet
         # Every block is checked against the manifest's sha256 before use (hashed at its
         # first read, re-hashed when its file changes): shards come from other devices.
         self.reader = VerifiedReader(self.rank_dir, self.manifest)
@@ -71,6 +74,11 @@ class RankRuntime:
         if torch.get_num_threads() != self.threads:  # first step on this thread, or the
             torch.set_num_threads(self.threads)  # prefetch thread lowered the default
         cos, sin = self.cos[pos : pos + T, None], self.sin[pos : pos + T, None]  # [T, 1, hd]
+        if T == 1 and self._whole_stack() is not None:
+            st, sh = self._stack, self.shapes
+            return library.kernels().stack_decode(
+                x, st.layers, sh.eps, cos[0, 0], sin[0, 0], pos, sh.n_q, sh.n_kv,
+                sh.head_dim, self.max_seq, st.inter)
         sched = self.scheduler
         for i in range(self.cfg.num_layers):
             name = attn_block(i)
@@ -82,6 +90,21 @@ class RankRuntime:
             sched.release(name)
             x = x + self.group.allreduce_(h)
         return x
+
+    def _whole_stack(self) -> StackDecode | None:
+        """The one-call decode of every layer (stack_decode.py), made on first use, when
+        this rank is the whole model with every block resident; else None."""
+        if self._stack is None:
+            self._stack = False
+            kern = library.kernels()
+            if kern and len(self.manifest.plan.ranks) == 1 and self.scheduler.keep_all:
+                blocks = []
+                for i in range(self.cfg.num_layers):
+                    pair = (self.scheduler.acquire(attn_block(i)),
+                            self.scheduler.acquire(mlp_block(i)))
+                    blocks.append(pair)  # keep_all: acquired blocks are never freed
+                self._stack = build_stack(kern, blocks, self.cache, self.shapes) or False
+        return self._stack or None
 
     def _evict(self, name: str) -> None:
         """Streamed block `name` used: drop its file from the page cache (cold reads)."""

@@ -38,6 +38,18 @@ def qparts(parts: list[tuple[int, torch.Tensor]]) -> ctypes.Array:
     return (QPart * len(parts))(*(QPart(fmt, w.data_ptr(), w.shape[0]) for fmt, w in parts))
 
 
+class QLayer(ctypes.Structure):
+    """One layer as tpi_stack_decode reads it (decode_layer.c's qlayer)."""
+
+    _fields_ = [("attn_norm", ctypes.c_void_p), ("wqkv", ctypes.c_void_p),
+                ("n_qkv", ctypes.c_int32), ("bqkv", ctypes.c_void_p),
+                ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p),
+                ("wo", ctypes.c_void_p), ("n_wo", ctypes.c_int32),
+                ("mlp_norm", ctypes.c_void_p), ("w_gate_up", ctypes.c_void_p),
+                ("n_gu", ctypes.c_int32), ("w_down", ctypes.c_void_p),
+                ("n_down", ctypes.c_int32)]
+
+
 class Kernels:
     """The loaded library. Tensors must be contiguous and of the dtypes named."""
 
@@ -75,6 +87,9 @@ class Kernels:
         self._mlp = lib.tpi_mlp_decode
         self._mlp.argtypes = [_P, _P, ctypes.c_float, _P, _INT, _P, _INT, _P, _I64, _I64, _INT]
         self._mlp.restype = _INT
+        self._stack = lib.tpi_stack_decode
+        self._stack.argtypes = ([_P, _P, _INT, ctypes.c_float, _P, _P] + [_I64] * 7 + [_INT])
+        self._stack.restype = _INT
         lib.tpi_quant_isa.restype = ctypes.c_char_p
         self.quant_isa = lib.tpi_quant_isa().decode()
 
@@ -175,6 +190,19 @@ class Kernels:
                        len(w_down), out.data_ptr(), D, C, torch.get_num_threads())
         _check(rc, "MLP")
         return out
+
+
+    def stack_decode(self, x: torch.Tensor, layers: ctypes.Array, eps: float,
+                     cos: torch.Tensor, sin: torch.Tensor, pos: int, n_q: int, n_kv: int,
+                     hd: int, max_seq: int, C: int) -> torch.Tensor:
+        """x [1, D] -> x after every layer of `layers` (a QLayer array) for one position,
+        when this rank holds the whole model. cos, sin [hd] at `pos`."""
+        x = x.contiguous().clone()
+        rc = self._stack(x.data_ptr(), layers, len(layers), eps, cos.data_ptr(),
+                         sin.data_ptr(), n_q, n_kv, hd, max_seq, pos, x.shape[1], C,
+                         torch.get_num_threads())
+        _check(rc, "layer stack")
+        return x
 
 
 def _check(rc: int, what: str) -> None:
