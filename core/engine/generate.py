@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from core.engine.heap_trim import trim_heap
 from core.engine.kv_prefix import common_prefix
 from core.engine.sampler import Sampler, SamplingParams
 from core.errors import TpiError
@@ -125,6 +126,7 @@ class Generator:
             pending = self._decode_step(prompt_ids + out, sampler, max_new - len(out))
             step_ms.append((time.perf_counter() - ts) * 1000)
         t_last = time.perf_counter()
+        trim_heap()  # the prefill's temporaries, so a long chat's memory stays flat
         n_dec = len(out) - 1
         decode_ms = (t_last - t_first) * 1000 / n_dec if n_dec else 0.0
         return GenerationResult(
