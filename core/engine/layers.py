@@ -45,8 +45,7 @@ def attention(
     if s.n_kv == 0:
         return torch.zeros_like(x)
     kern = library.kernels()
-    if T == 1 and kern and _fusable(w, "wqkv", "wo") and "q_norm" not in w \
-            and cache.k[layer].dtype == torch.float32:
+    if T == 1 and kern and attention_fusable(w, cache, layer):
         # the whole half-layer in one compiled call (decode_layer.c), same numbers
         D, q_out = x.shape[1], (s.n_q + 2 * s.n_kv) * hd
         return kern.attn_decode(x, w["norm"], s.eps, w["wqkv"].c_parts(q_out, D),
@@ -94,6 +93,18 @@ def _attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return torch.bmm(scores.softmax(-1), values).view(s.n_q, 1, hd)
 
 
+def attention_fusable(w: dict[str, torch.Tensor], cache: KVCache, layer: int) -> bool:
+    """Can decode_layer.c's tpi_attn_decode run this attention block: block-quantized
+    matrices, no per-head norm (Qwen3), a float32 KV cache."""
+    return _fusable(w, "wqkv", "wo") and "q_norm" not in w \
+        and cache.k[layer].dtype == torch.float32
+
+
+def mlp_fusable(w: dict[str, torch.Tensor]) -> bool:
+    """Can decode_layer.c's tpi_mlp_decode run this MLP block."""
+    return _fusable(w, "w_gate_up", "w_down")
+
+
 def _fusable(w: dict[str, torch.Tensor], *matrices: str) -> bool:
     """Can decode_layer.c run this half-layer: block-quantized matrices, fp32 vectors."""
     vectors = [w["norm"]] + ([w["bqkv"]] if "bqkv" in w else [])
@@ -116,7 +127,7 @@ def mlp(x: torch.Tensor, w: dict[str, torch.Tensor], eps: float) -> torch.Tensor
     if w_down is None or w_down.numel() == 0:
         return torch.zeros_like(x)
     kern = library.kernels()
-    if x.shape[0] == 1 and kern and _fusable(w, "w_gate_up", "w_down"):
+    if x.shape[0] == 1 and kern and mlp_fusable(w):
         D, C = x.shape[1], w["w_down"].in_features
         return kern.mlp_decode(x, w["norm"], eps, w["w_gate_up"].c_parts(2 * C, D),
                                w["w_down"].c_parts(D, C), C)  # one compiled call

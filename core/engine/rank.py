@@ -74,8 +74,8 @@ class RankRuntime:
         if torch.get_num_threads() != self.threads:  # first step on this thread, or the
             torch.set_num_threads(self.threads)  # prefetch thread lowered the default
         cos, sin = self.cos[pos : pos + T, None], self.sin[pos : pos + T, None]  # [T, 1, hd]
-        if T == 1 and self._whole_stack() is not None:
-            st, sh = self._stack, self.shapes
+        if T == 1 and (st := self._whole_stack()) is not None:
+            sh = self.shapes
             return library.kernels().stack_decode(
                 x, st.layers, sh.eps, cos[0, 0], sin[0, 0], pos, sh.n_q, sh.n_kv,
                 sh.head_dim, self.max_seq, st.inter)

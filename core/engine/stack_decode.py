@@ -16,10 +16,8 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
-import torch
-
 from core.engine.kv_cache import KVCache
-from core.engine.layers import LayerShapes, _fusable
+from core.engine.layers import LayerShapes, attention_fusable, mlp_fusable
 from core.kernels.library import Kernels, QLayer
 
 
@@ -41,8 +39,7 @@ def build_stack(kern: Kernels, blocks: list[tuple[dict, dict]], cache: KVCache,
     hd, keep, rows = s.head_dim, [], []
     inter = None
     for i, (a, m) in enumerate(blocks):
-        if not (_fusable(a, "wqkv", "wo") and _fusable(m, "w_gate_up", "w_down")) \
-                or "q_norm" in a or cache.k[i].dtype != torch.float32:
+        if not (attention_fusable(a, cache, i) and mlp_fusable(m)):
             return None
         D, C = a["wo"].out_features, m["w_down"].in_features
         if inter not in (None, C):

@@ -191,7 +191,6 @@ class Kernels:
         _check(rc, "MLP")
         return out
 
-
     def stack_decode(self, x: torch.Tensor, layers: ctypes.Array, eps: float,
                      cos: torch.Tensor, sin: torch.Tensor, pos: int, n_q: int, n_kv: int,
                      hd: int, max_seq: int, C: int) -> torch.Tensor:

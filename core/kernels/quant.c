@@ -2,8 +2,9 @@
  *
  * tpi_qmatmul sums x per 32-block once per call, then threads split the rows of w, so each
  * weight byte is read once per call, whatever M. The loops are chosen once per process: the
- * best this CPU runs among quant_x86.c (AVX-512, AVX2), quant_neon.c (NEON) and the plain C
- * below; TPI_CHAT_KERNEL_ISA=plain|avx2|avx512|neon caps the choice so tests can run every loop.
+ * best this CPU runs among quant_vnni.c (AVX-512 VNNI, integer), quant_x86.c (AVX-512,
+ * AVX2), quant_neon.c (NEON) and the plain C below; TPI_CHAT_KERNEL_ISA=plain|avx2|avx512|
+ * neon caps the choice so tests can run every loop.
  */
 #include <math.h>
 #include <stdlib.h>

@@ -53,6 +53,12 @@ VNNI static inline void unpack(int fmt, const uint8_t *const k[4], __m512i u[2],
     u[1] = s[1] = _mm512_and_si512(_mm512_srli_epi16(z, 4), low);
 }
 
+/* The blocks of quad q of a row: past the row's end, its last block (whose x is zero). */
+static inline void quad_blocks(const uint8_t *row, int64_t q, int64_t nb, int64_t bb,
+                               const uint8_t *k[4]) {
+    for (int i = 0; i < 4; i++) k[i] = row + (4 * q + i < nb ? 4 * q + i : nb - 1) * bb;
+}
+
 /* The blocks' scales per lane, [dA x4, dB x4, dC x4, dD x4], and Q4_1's mins likewise. */
 VNNI static inline void scales(int fmt, const uint8_t *const k[4], __m512 *d, __m512 *m) {
     uint32_t h[4];
@@ -109,9 +115,8 @@ VNNI static inline int64_t rows_m1(int fmt, const uint8_t *w, const qacts *x, fl
         for (int64_t q = 0; q < nq; q++) {
             const qquad16 *p = x->x16 + q;
             for (int r = 0; r < R; r++) {
-                const uint8_t *row = w + (n + r) * rb, *k[4];
-                for (int i = 0; i < 4; i++)
-                    k[i] = row + (4 * q + i < nb ? 4 * q + i : nb - 1) * bb;
+                const uint8_t *k[4];
+                quad_blocks(w + (n + r) * rb, q, nb, bb, k);
                 for (int64_t at = 0; at < 4 * bb; at += 64)  /* the quad, R rows on */
                     _mm_prefetch((const char *)k[0] + pf + at, _MM_HINT_T0);
                 __m512i u[2], s[2];
@@ -141,8 +146,7 @@ VNNI static inline void rows_vnni(int fmt, const uint8_t *w, const qacts *x, flo
             for (int j = 0; j < MT; j++) acc[j] = macc[j] = _mm512_setzero_ps();
             for (int64_t q = 0; q < nq; q++) {
                 const uint8_t *k[4];
-                for (int i = 0; i < 4; i++) /* past the row's end: its last block, x zero */
-                    k[i] = row + (4 * q + i < nb ? 4 * q + i : nb - 1) * bb;
+                quad_blocks(row, q, nb, bb, k);
                 __m512i u[2], s[2];
                 __m512 d, m;
                 unpack(fmt, k, u, s);
