@@ -3,9 +3,26 @@
 An address is an IPv4 address, or the /64 prefix of an IPv6 one (a host picks freely
 inside its /64, so counting single IPv6 addresses would count nothing). The guard
 tracks open connections per address, new connections and pairing attempts per address
-in a sliding window, and pairing attempts overall. It remembers at most
-`limits.max_addresses` addresses: when that many are active, new ones are turned away
-until old entries expire, so its own memory stays bounded too.
+in a sliding window, and pairing attempts overall.
+
+It remembers about `limits.max_addresses` addresses, least recently seen first (an
+OrderedDict: a lookup, a refresh and an eviction are O(1)). A new address is never
+turned away because the table is full: the least recently seen address is forgotten
+instead, unless it still holds something a stranger could gain by making us forget it:
+
+- an open connection (its per-address connection cap), or
+- a pairing attempt inside the attempt window (its attempt count: forgetting it would
+  hand it fresh attempts).
+
+Those entries are kept and skipped. There are few of them, whatever the table's size:
+open connections are capped overall (`max_conns`), and every attempt an address holds
+is also one of the at most `hellos_total` counted overall, so an eviction looks at no
+more than `max_conns + hellos_total + 1` entries, and the table never holds more than
+`max_addresses` plus that many. What churning the table can reset is the count of new
+connections of an address nobody has seen in `max_addresses` connections: a stranger
+with that many addresses has that many fresh counts anyway. The limits that stop code
+guessing are not here at all: the wrong-code lock-out belongs to the pairing window
+(pairing_window.py, one count for everyone) and the overall attempt rate is one deque.
 
 Not thread-safe: the pairing server's thread alone uses it.
 """
@@ -14,7 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,7 +62,7 @@ def _allow(times: deque[float], cap: int, window: float, now: float) -> bool:
     return True
 
 
-@dataclass
+@dataclass(slots=True)
 class _Address:
     open: int = 0
     conns: deque[float] = field(default_factory=deque)
@@ -56,7 +73,7 @@ class AddressGuard:
     def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.clock = clock
-        self._addrs: dict[str, _Address] = {}
+        self._addrs: OrderedDict[str, _Address] = OrderedDict()  # least recently seen first
         self._hellos: deque[float] = deque()
 
     def admit(self, key: str) -> str | None:
@@ -66,10 +83,10 @@ class AddressGuard:
         a = self._addrs.get(key)
         if a is None:
             if len(self._addrs) >= lim.max_addresses:
-                self._prune(now)
-            if len(self._addrs) >= lim.max_addresses:
-                return "busy"
+                self._evict(now)
             a = self._addrs[key] = _Address()
+        else:
+            self._addrs.move_to_end(key)
         if a.open >= lim.max_conns_per_addr:
             return "busy"
         if not _allow(a.conns, lim.conns_per_addr, lim.conn_window, now):
@@ -106,16 +123,20 @@ class AddressGuard:
                  if times and len(times) >= cap]
         return max(1, int(max(waits, default=0) + 1))
 
-    def _prune(self, now: float) -> None:
-        lim = self.limits
+    def _keep(self, a: _Address, now: float) -> bool:
+        """Whether forgetting `a` would give its address something back (see above)."""
+        return a.open > 0 or bool(a.hellos) and now - a.hellos[-1] < self.limits.hello_window
 
-        def stale(a: _Address) -> bool:
-            return a.open == 0 and all(
-                now - times[-1] >= window for times, window in
-                ((a.conns, lim.conn_window), (a.hellos, lim.hello_window)) if times)
-
-        for key in [k for k, a in self._addrs.items() if stale(a)]:
-            del self._addrs[key]
+    def _evict(self, now: float) -> None:
+        """Forget the least recently seen address that holds nothing worth keeping; the
+        kept ones it passes go to the back. When every entry is to be kept (only with
+        max_addresses under max_conns + hellos_total) the table grows past its size by
+        those few rather than turn a new address away."""
+        for _ in range(len(self._addrs)):
+            key, a = self._addrs.popitem(last=False)
+            if not self._keep(a, now):
+                return
+            self._addrs[key] = a
 
     def tracked(self) -> int:
         return len(self._addrs)

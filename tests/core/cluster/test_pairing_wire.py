@@ -1,7 +1,8 @@
 """The pairing port's frames and limits: the parser never holds more than a frame, a
 connection is cut at its byte, frame, idle and lifetime limits, addresses are counted
-(IPv6 by /64) and capped. Small limits, an in-process server; the same attacks on a real
-worker with the real limits are in test_pairing_attacks.py."""
+(IPv6 by /64) and capped (the per-address counters alone: test_pairing_guard.py). Small
+limits, an in-process server; the same attacks on a real worker with the real limits are
+in test_pairing_attacks.py and test_pairing_crowd.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cluster.pairing_guard import AddressGuard, address_key
+from core.cluster.pairing_guard import address_key
 from core.cluster.pairing_server import PairingServer
 from core.cluster.pairing_wire import (
     LENGTH,
@@ -117,29 +118,6 @@ def test_address_keys() -> None:
     assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::9") \
         == "2001:db8:1:2::/64"
     assert address_key("fe80::1%eth0") == "fe80::/64"
-
-
-def test_the_guard_counts_per_address_and_forgets_old_ones() -> None:
-    now = [0.0]
-    lim = Limits(max_conns_per_addr=2, conns_per_addr=3, hellos_per_addr=2, hellos_total=3,
-                 conn_window=10, hello_window=10, max_addresses=2)
-    g = AddressGuard(lim, clock=lambda: now[0])
-    assert g.admit("a") is None and g.admit("a") is None
-    assert g.admit("a") == "busy"  # two open
-    g.release("a")
-    assert g.admit("a") is None
-    g.release("a")
-    assert g.admit("a") == "slow_down"  # three new ones within the window
-    assert 1 <= g.retry_after("a") <= 11
-    assert g.hello("a") and g.hello("a") and not g.hello("a")
-    assert g.admit("b") is None and g.hello("b") and not g.hello("b")  # 3 overall
-    assert g.admit("c") == "busy"  # remembers at most 2 addresses while they are active
-    g.release("a")
-    g.release("a")
-    g.release("b")
-    now[0] = 11.0
-    assert g.admit("c") is None and g.tracked() <= 2  # old entries pruned
-    assert g.admit("a") is None and g.hello("a")  # its window passed
 
 
 # ---------------------------------------------------------------- a server with small limits
