@@ -4,11 +4,11 @@ are), then our side shut for writing so a cut frame is not left waiting for the 
 timeout; the answer is the op of the first frame back.
 
 Connections come from a pool of addresses in 127.1.0.0/16, as many strangers would. The
-pool is smaller than the addresses the worker remembers (Limits.max_addresses): with a
-new address per frame the guard's table filled within seconds and from then on half of
-the frames were turned away `busy` before a byte was parsed (each turn-away also costs
-the worker a scan of the full table). Each address comes back every POOL frames, under
-its rate of new connections at the rates reached here, so frames reach the decoders;
+pool was made smaller than the addresses the worker remembers (Limits.max_addresses)
+when a full table turned every new address away `busy` (half of the frames, with a new
+address per frame); the table now forgets its least recently seen address instead, and
+the pool size stands for its other reason: each address comes back every POOL frames,
+under its rate of new connections at the rates reached here, so frames reach the decoders;
 the overall rate of pairing attempts still turns most hellos away (that is the port as
 it faces a stranger). Pairing is kept open: P is pressed again after a window closed
 (three wrong codes lock it, and it lasts 5 minutes), so the hellos that pass the
