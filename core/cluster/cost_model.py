@@ -4,7 +4,9 @@ A decode step, as the engine runs it (core/engine/rank.py, core/comm/allreduce.p
 - every layer, each rank reads its share of the attention weights, then all ranks meet in
   an allreduce; then the same for the MLP. The ranks wait for each other twice a layer,
   so each half costs the slowest rank's time: its weight bytes over its read speed for
-  that format, plus its fixed per-layer cost (norms, rope, attention, Python);
+  that format, plus its fixed per-layer cost (norms, rope, attention, Python). One rank
+  alone with block-quantized layers all resident runs every layer in one compiled call
+  (core/engine/stack_decode.py): it pays the reads but no per-layer Python;
 - a rank whose window is smaller than its share reads the rest from disk each token,
   behind compute (prefetch): its half costs the longer of the two;
 - an allreduce is a star through rank 0: each worker sends its partial, rank 0 sends the
@@ -25,6 +27,7 @@ from core.comm.linkemu import LinkEmulation
 from core.engine.auto_window import OVERHEAD_BYTES, window_for_budget
 from core.engine.options import Window
 from core.shard.plan import Plan
+from core.shard.qformats import FORMATS as QFORMATS
 
 HEADER_BYTES = 16  # the data plane's hot header (core/comm/wire.py)
 STEP_HEADER_BYTES = 96  # a step broadcast's msgpack header, about
@@ -89,6 +92,13 @@ def allreduce_ms(members: list[Member], emu: LinkEmulation | None, nbytes: int) 
     return n * sent + 2 * up
 
 
+def stackable(model: ModelBytes) -> bool:
+    """Can one rank run this model's decode as one compiled call (stack_decode.py)? Only
+    with block-quantized layers: the fused kernels take no float matrices."""
+    layer_formats = {*model.attn, *model.mlp}
+    return bool(layer_formats) and layer_formats <= set(QFORMATS)
+
+
 @dataclass(frozen=True)
 class _RankLoad:
     attn: Bytes
@@ -128,13 +138,17 @@ def predict(model: ModelBytes, plan: Plan, members: list[Member],
     loads = _loads(model, plan)
     head_bytes = sum(model.head.values())
     att, mlp, stream_extra, windows, fits = [], [], 0.0, [], True
+    one_call = len(members) == 1 and stackable(model)
     for r, (m, load) in enumerate(zip(members, loads, strict=True)):
         fixed = head_bytes if r == 0 else 0
         w = _window(window, m.budget, load, L, fixed)
         windows.append(w)
         fits = fits and load.share_bytes + fixed + OVERHEAD_BYTES <= m.budget
-        a = read_ms(load.attn, m.speed) / L + m.speed.layer_ms / 2
-        f = read_ms(load.mlp, m.speed) / L + m.speed.layer_ms / 2
+        # one rank with every block resident runs all layers in one compiled call
+        # (core/engine/stack_decode.py): no per-layer Python for `layer_ms` to price
+        per_layer = 0.0 if one_call and (w is None or w >= blocks) else m.speed.layer_ms
+        a = read_ms(load.attn, m.speed) / L + per_layer / 2
+        f = read_ms(load.mlp, m.speed) / L + per_layer / 2
         if w is not None and w < blocks:  # the rest comes from disk, behind compute
             disk = load.share_bytes * (blocks - w) / blocks / (m.speed.disk_gbps * 1e6) / L
             slow = max(1.0, disk / max(1e-9, a + f))

@@ -39,11 +39,31 @@ def member(name: str, gbps: float = 2.0, rtt: float | None = 0.3, budget: int = 
 ME = member("me", rtt=None)
 
 
-def test_one_rank_is_weight_reads_plus_layer_costs_plus_head():
+def test_one_rank_of_quantized_layers_is_weight_reads_plus_head_in_one_call():
+    # stack_decode.py: every layer in one compiled call, no per-layer Python to price
     p = predict(MODEL, make_plan(CFG, [1.0]), [ME])
     reads = 66_000_000 / 2e6 + 30_000_000 / 2.4e6  # ms
-    assert p.ms_per_token == pytest.approx(reads + 30 * 0.1)
+    assert p.ms_per_token == pytest.approx(reads)
     assert p.link_ms == 0 and p.fits and p.windows == (None,)
+
+
+def test_the_per_layer_cost_is_paid_wherever_layers_run_one_by_one():
+    reads = 66_000_000 / 2e6 + 30_000_000 / 2.4e6
+    one = make_plan(CFG, [1.0])
+    # float layers: the fused kernels do not take them, so layers.py's per-layer path
+    floats = ModelBytes(CFG, attn={"float32": 16_000_000}, mlp={"float32": 50_000_000},
+                        head={"q8_0": 30_000_000}, block_bytes=1_700_000)
+    fme = Member("me", DeviceSpeed(read_gbps={"float32": 2.0, "q8_0": 2.4}, layer_ms=0.1,
+                                   gflops=50.0, disk_gbps=1.0, free_bytes=8 * GB, cores=1),
+                 None, 4 * GB)
+    assert predict(floats, one, [fme]).ms_per_token == pytest.approx(reads + 30 * 0.1)
+    # a window smaller than the model: the scheduler streams, the stack is not built
+    tight = Member("me", speed(disk=1e3), None, budget=420 * 2**20)
+    p = predict(MODEL, one, [tight], window=10)
+    assert p.compute_ms == pytest.approx(reads + 30 * 0.1)
+    # two ranks: an allreduce after every half-layer, so Python between them
+    two = predict(MODEL, make_plan(CFG, [1.0, 1.0]), [ME, member("b", rtt=0.0)])
+    assert two.compute_ms > 30 * 0.1
 
 
 def test_emulated_latency_costs_two_allreduces_a_layer_of_n_sends_each():
