@@ -72,14 +72,29 @@ def send_ms(emu: LinkEmulation | None, nbytes: int) -> float:
     return emu.cost_s(nbytes) * 1e3 if emu is not None else 0.0
 
 
-def wire_ms(link: LinkSpeed | None, nbytes: int) -> float:
-    """One message's time on a real link: half the round trip of a probe message, plus
-    the bytes beyond the probe's at the link's speed."""
+def round_trip_ms(link: LinkSpeed | None, here: DeviceSpeed, there: DeviceSpeed) -> float:
+    """A data-plane message's round trip over `link` between devices `here` and `there`.
+
+    The link was probed with control-port echoes, which also pay the control software on
+    both ends; the data plane does not (core/cluster/measure_messaging.py). So the two
+    ends' `msg_ms` come off the echo's median, but the result is never below what the
+    two ends' data-plane frames cost on loopback (`frame_ms`), nor above the echo."""
+    if link is None:
+        return 0.0
+    echo = link.median_ms
+    bare = echo - here.msg_ms - there.msg_ms
+    return min(echo, max(bare, here.frame_ms + there.frame_ms))
+
+
+def wire_ms(link: LinkSpeed | None, nbytes: int, here: DeviceSpeed, there: DeviceSpeed
+            ) -> float:
+    """One data-plane message's time on a real link: half its round trip, plus the bytes
+    beyond the probe's at the link's speed."""
     if link is None:
         return 0.0
     more = max(0, nbytes - PROBE_BYTES)
     rate = more * 8 / (link.mbps * 1e3) if link.mbps else 0.0
-    return link.median_ms / 2 + rate
+    return round_trip_ms(link, here, there) / 2 + rate
 
 
 def allreduce_ms(members: list[Member], emu: LinkEmulation | None, nbytes: int) -> float:
@@ -88,7 +103,8 @@ def allreduce_ms(members: list[Member], emu: LinkEmulation | None, nbytes: int) 
     if n == 1:
         return 0.0
     sent = send_ms(emu, nbytes + HEADER_BYTES)
-    up = max(wire_ms(m.link, nbytes) for m in members[1:])
+    here = members[0].speed
+    up = max(wire_ms(m.link, nbytes, here, m.speed) for m in members[1:])
     return n * sent + 2 * up
 
 
@@ -159,7 +175,8 @@ def predict(model: ModelBytes, plan: Plan, members: list[Member],
     hidden = cfg.hidden_size * 4
     ar = allreduce_ms(members, emu, hidden)
     step = ((len(members) - 1) * send_ms(emu, hidden + STEP_HEADER_BYTES)
-            + max((wire_ms(m.link, hidden) for m in members[1:]), default=0.0))
+            + max((wire_ms(m.link, hidden, members[0].speed, m.speed) for m in members[1:]),
+                  default=0.0))
     head = read_ms(model.head, members[0].speed)
     compute = L * (max(att) + max(mlp)) + head
     link = 2 * L * ar + step

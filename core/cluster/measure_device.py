@@ -1,5 +1,6 @@
 """Measure this device for the planner: weight-read speed per format, layer overhead,
-GEMM speed, disk read speed of the shard folder, free memory.
+GEMM speed, disk read speed of the shard folder, free memory, and what its control-port
+messages cost over data-plane ones (measure_messaging.py).
 
 Runs in a child process (`python -m core.cluster.measure_device FOLDER`, one JSON line
 out), so the worker daemon never imports torch or holds the test buffers, and the child
@@ -177,15 +178,17 @@ def run_child(folder: Path, formats: list[str]) -> dict:
     import psutil
     import torch
 
+    from core.cluster.measure_messaging import per_end_ms
     from core.cpu import usable_cores
 
     cores = usable_cores()
     torch.set_num_threads(cores)
+    msg_ms, frame_ms = per_end_ms()
     speed = DeviceSpeed(
         read_gbps={f: read_gbps(f) for f in formats if f in FORMATS},
         layer_ms=layer_ms(), gflops=gflops(), disk_gbps=disk_gbps(folder),
         free_bytes=int(psutil.virtual_memory().available), cores=cores,
-        measured_at=time.time())
+        measured_at=time.time(), msg_ms=msg_ms, frame_ms=frame_ms)
     return speed.to_dict()
 
 

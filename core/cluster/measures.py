@@ -20,6 +20,7 @@ MAX_GBPS = 1000.0
 MIN_GBPS = 1e-3
 MAX_MS = 60_000.0
 MAX_SAMPLES = 64
+MAX_MSG_MS = 5.0  # one end's control software per echo: ~0.07 ms measured on the test machine
 PROBE_BYTES = 4096  # a link probe's echo: as big as a decode step's hidden state, about
 
 
@@ -40,6 +41,11 @@ class DeviceSpeed:
     free_bytes: int  # memory available when measured
     cores: int
     measured_at: float = 0.0  # time.time() of the measurement
+    # what one end's control-port software adds to an echo's round trip over a data-plane
+    # frame, and half a data-plane frame's round trip on loopback (measure_messaging.py);
+    # 0: not measured (an older device), then echoes are priced as they are
+    msg_ms: float = 0.0
+    frame_ms: float = 0.0
 
     def gbps(self, fmt: str) -> float:
         """Read speed of `fmt`, else of the slowest format measured (a cautious guess)."""
@@ -52,7 +58,8 @@ class DeviceSpeed:
         return {"read_gbps": {k: round(v, 3) for k, v in self.read_gbps.items()},
                 "layer_ms": round(self.layer_ms, 4), "gflops": round(self.gflops, 2),
                 "disk_gbps": round(self.disk_gbps, 3), "free_bytes": int(self.free_bytes),
-                "cores": int(self.cores), "measured_at": round(self.measured_at, 1)}
+                "cores": int(self.cores), "measured_at": round(self.measured_at, 1),
+                "msg_ms": round(self.msg_ms, 4), "frame_ms": round(self.frame_ms, 4)}
 
     @classmethod
     def from_dict(cls, d: Any) -> DeviceSpeed:
@@ -68,7 +75,9 @@ class DeviceSpeed:
                    disk_gbps=_num(d.get("disk_gbps"), MIN_GBPS, MAX_GBPS, 0.1),
                    free_bytes=int(_num(d.get("free_bytes"), 0, 2**50, 0)),
                    cores=int(_num(d.get("cores"), 1, 4096, 1)),
-                   measured_at=_num(d.get("measured_at"), 0, 1e11, 0.0))
+                   measured_at=_num(d.get("measured_at"), 0, 1e11, 0.0),
+                   msg_ms=_num(d.get("msg_ms"), 0.0, MAX_MSG_MS, 0.0),
+                   frame_ms=_num(d.get("frame_ms"), 0.0, MAX_MSG_MS, 0.0))
 
 
 @dataclass(frozen=True)

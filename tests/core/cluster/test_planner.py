@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.cluster.cost_model import Member, allreduce_ms, predict
+from core.cluster.cost_model import Member, allreduce_ms, predict, round_trip_ms
 from core.cluster.measures import DeviceSpeed, LinkSpeed
 from core.cluster.model_bytes import ModelBytes
 from core.cluster.planner import choose
@@ -64,6 +64,27 @@ def test_the_per_layer_cost_is_paid_wherever_layers_run_one_by_one():
     # two ranks: an allreduce after every half-layer, so Python between them
     two = predict(MODEL, make_plan(CFG, [1.0, 1.0]), [ME, member("b", rtt=0.0)])
     assert two.compute_ms > 30 * 0.1
+
+
+def test_a_link_costs_the_echo_less_the_control_software_on_both_ends():
+    fast = DeviceSpeed(read_gbps={"q4_1": 2.0}, layer_ms=0.1, gflops=50.0, disk_gbps=1.0,
+                       free_bytes=GB, cores=1, msg_ms=0.07, frame_ms=0.05)
+    old = speed()  # a device that did not measure its messaging: msg_ms = frame_ms = 0
+    link = LinkSpeed(rtt_ms=(0.4, 0.5, 0.45), mbps=900.0)
+    assert round_trip_ms(link, old, old) == pytest.approx(0.45)  # priced as before
+    assert round_trip_ms(link, fast, old) == pytest.approx(0.38)
+    assert round_trip_ms(link, fast, fast) == pytest.approx(0.31)
+    # never below what the two ends' data-plane frames cost, nor above the echo itself
+    quick = LinkSpeed(rtt_ms=(0.15,))
+    assert round_trip_ms(quick, fast, fast) == pytest.approx(0.10)
+    odd = DeviceSpeed.from_dict({**fast.to_dict(), "frame_ms": 50})
+    assert round_trip_ms(quick, odd, odd) == pytest.approx(0.15)
+    assert round_trip_ms(None, fast, fast) == 0.0
+    # at 0 ms, 60 allreduces and the step pay it: 61 x 0.14 ms less than priced before
+    plan = make_plan(CFG, [1.0, 1.0])
+    before = predict(MODEL, plan, [Member("me", old, None, GB), Member("b", old, link, GB)])
+    after = predict(MODEL, plan, [Member("me", fast, None, GB), Member("b", fast, link, GB)])
+    assert before.link_ms - after.link_ms == pytest.approx(60.5 * 0.14, rel=0.01)
 
 
 def test_emulated_latency_costs_two_allreduces_a_layer_of_n_sends_each():
@@ -146,6 +167,10 @@ def test_a_hostile_measurement_is_clipped_not_trusted():
     assert d.read_gbps["q4_1"] > 0 and d.read_gbps["q8_0"] == 1.0
     assert d.layer_ms == 0 and d.gflops == 10.0 and d.disk_gbps <= 1000
     assert d.free_bytes == 0 and d.cores == 4096
+    assert d.msg_ms == 0 and d.frame_ms == 0  # not sent: links priced by their echoes
+    lying = DeviceSpeed.from_dict({"msg_ms": 1e9, "frame_ms": -1})
+    assert lying.msg_ms == 5.0 and lying.frame_ms == 0
+    assert DeviceSpeed.from_dict({"msg_ms": "fast"}).msg_ms == 0
     assert DeviceSpeed.from_dict("not a dict").read_gbps == {}
     m = Member("x", d, LinkSpeed((0.1,)), GB)
     assert predict(MODEL, make_plan(CFG, [1.0, 1.0]), [ME, m]).ms_per_token > 0

@@ -128,6 +128,7 @@ def test_measure_runs_once_in_the_background_whatever_a_master_asks(worker):
             time.sleep(0.2)
         speed = DeviceSpeed.from_dict(got.meta["device"])
         assert speed.read_gbps["q8_0"] > 0.01 and speed.cores >= 1
+        assert speed.msg_ms > 0 and speed.frame_ms > 0  # its messaging (measure_messaging)
         for _ in range(20):  # a hostile master asking again and again: nothing new runs
             again = _ask(worker, s, "measure", {"fresh": True, "formats": ["q4_0"]})
             assert again.meta["pending"] is False
