@@ -76,6 +76,9 @@ def run_config(master: Path, label: str, devices: str, force: str, delay: float,
         plan = last_json(tpi(master, "plan", "--json", *common))
         out["predicted_ms_per_token"] = plan["prediction"]["ms_per_token"]
         out["devices"] = plan["devices"]
+        # the terms and the numbers behind them (generate --json has them too), so
+        # benchmarks/repredict_planner.py can re-price every run with another cost model
+        out["prediction"], out["measured"] = plan["prediction"], plan["measured"]
     out.pop("text", None)
     return {"label": label, "delay_ms": delay, **out}
 

@@ -131,7 +131,10 @@ def _plan_json(cluster: LocalCluster | Session) -> dict:
         return {}
     return {"devices": choice.names, "left_out": choice.left_out,
             "predicted_ms_per_token": round(choice.prediction.ms_per_token, 3),
-            "predicted_ttft_ms": round(choice.prediction.ttft_ms, 1)}
+            "predicted_ttft_ms": round(choice.prediction.ttft_ms, 1),
+            # the terms and the numbers behind them, so a benchmark can re-predict
+            "prediction": choice.prediction.to_dict(),
+            "measured": {m.name: m.to_dict() for m in choice.members}}
 
 
 def _say_left_out(session: Session) -> None:

@@ -11,7 +11,6 @@ import sys
 from argparse import Namespace
 
 from core.cli_commands import _options, _stage_progress, devices_for
-from core.cluster.cost_model import Member
 from core.cluster.device_status import link_note, speed_note
 from core.cluster.devices_cli import data_dir_of
 from core.cluster.identity import load_or_create
@@ -47,15 +46,10 @@ def cmd_plan(args: Namespace) -> int:
         print(json.dumps({"devices": choice.names, "shares": list(choice.shares),
                           "plan": choice.plan.to_dict(), "left_out": choice.left_out,
                           "silent": silent, "prediction": choice.prediction.to_dict(),
-                          "measured": {m.name: _measured(m) for m in choice.members}}))
+                          "measured": {m.name: m.to_dict() for m in choice.members}}))
     else:
         print_plan(model_display_name(args.model), choice, silent, opts.link_delay_ms)
     return 0
-
-
-def _measured(m: Member) -> dict:
-    return {"device": m.speed.to_dict(), "link": m.link.to_dict() if m.link else None,
-            "budget": m.budget}
 
 
 def print_plan(model: str, c: Choice, silent: list[str], delay_ms: float,

@@ -43,6 +43,11 @@ class Member:
     link: LinkSpeed | None
     budget: int
 
+    def to_dict(self) -> dict:
+        """What the planner knew of it, as `plan --json` and `generate --json` report."""
+        return {"device": self.speed.to_dict(),
+                "link": self.link.to_dict() if self.link else None, "budget": self.budget}
+
 
 @dataclass(frozen=True)
 class Prediction:

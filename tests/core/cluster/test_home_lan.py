@@ -90,6 +90,10 @@ def test_pair_and_generate_across_two_networks(tiny, one_rank_tokens, lan, tmp_p
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["ranks"] == 3, run.stderr
     assert got["token_ids"] == one_rank_tokens
+    # what the plan was priced from, for benchmarks/repredict_planner.py: each device's
+    # numbers and its link's echoes, and the prediction's terms
+    assert set(got["measured"]) == {"This device", "minipc", "board"}
+    assert got["measured"]["board"]["link"]["rtt_ms"] and got["prediction"]["link_ms"] > 0
     # each worker ran its rank, reached over its own network
     assert any("running rank" in x for x in w1.lines)
     assert any("running rank" in x for x in w2.lines)
