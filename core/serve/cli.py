@@ -35,22 +35,30 @@ def cmd_serve(args: Namespace) -> int:
         if cluster is not None:
             cluster.close()
         raise
-    server = None
+    server: ApiServer | None = None
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+
+    def on_term(*_) -> None:
+        done.set()
+        if server is not None:
+            server.worker.cancel_current()
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         name = model_display_name(args.model)
         generator = Generator(cluster, tokenizer.eos_ids, speculator=spec)
+        # The replies run on this thread, which loaded the model: one OpenMP team, as in
+        # `tpi-chat generate` (core/serve/engine_worker.py says why).
         server = ApiServer(tokenizer, None, name, config, generator=generator,
-                           on_reply=_log_reply).start(sock)
+                           on_reply=_log_reply).start(sock, model_thread=False)
         ranks = cluster.world_size
         print(f"TPI Chat serving '{name}' on {ranks} rank{'s' if ranks != 1 else ''} at "
               f"{server.url}/v1{' (API key required)' if key else ''}. Ctrl-C stops.",
               flush=True)
-        while not done.wait(0.5):
-            if not server.serving:
-                print("tpi-chat: the HTTP server stopped", file=sys.stderr)
-                return 1
+        server.worker.serve_here(lambda: done.is_set() or not server.serving)
+        if not done.is_set():
+            print("tpi-chat: the HTTP server stopped", file=sys.stderr)
+            return 1
         return 0
     except KeyboardInterrupt:
         return 0

@@ -113,11 +113,15 @@ class ApiServer:
     def serving(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, sock: socket.socket | None = None) -> ApiServer:
+    def start(self, sock: socket.socket | None = None, model_thread: bool = True
+              ) -> ApiServer:
         """Listen (on `sock` if given, e.g. bound before the model was loaded) and serve;
-        returns once requests are answered, or raises TpiError."""
+        returns once requests are answered, or raises TpiError. model_thread=False: the
+        caller runs the replies itself with `self.worker.serve_here(...)`, on the thread
+        that loaded the model (engine_worker.py says why that is faster)."""
         self._sock = sock or listen_socket(self.config.host, self.config.port)
-        self.worker.start()
+        if model_thread:
+            self.worker.start()
         self._thread = threading.Thread(target=self._uvicorn.run,
                                         kwargs={"sockets": [self._sock]},
                                         name="tpi-serve-http", daemon=True)

@@ -60,3 +60,68 @@ def test_close_wakes_the_worker_and_refuses_new_jobs(loop):
     with pytest.raises(ApiError) as e:
         q.put(_job(loop))
     assert e.value.status == 503
+
+
+class _Tokenizer:
+    eos_ids = {0}
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(96 + i) for i in ids)
+
+
+class _Generator:
+    """Replies 'ab' and notes the thread it ran on; `interrupt` raises as Ctrl-C would."""
+
+    def __init__(self, interrupt: bool = False):
+        self.threads: list[int] = []
+        self.interrupt = interrupt
+
+    def generate(self, prompt_ids, params, on_token, should_stop):
+        from core.engine.generate import GenerationResult
+
+        self.threads.append(threading.get_ident())
+        if self.interrupt:
+            raise KeyboardInterrupt
+        for tok in (1, 2, 0):
+            on_token(tok)
+        return GenerationResult([1, 2, 0], len(prompt_ids), 0, "eos", 1.0, 1.0, 1.0)
+
+
+def _events(loop, job) -> list:
+    loop.run_until_complete(asyncio.sleep(0))  # run the call_soon_threadsafe callbacks
+    out = []
+    while not job.events.empty():
+        out.append(job.events.get_nowait())
+    return out
+
+
+def test_serve_here_runs_the_replies_on_the_calling_thread_until_stopped(loop):
+    """`tpi-chat serve` runs them on the thread that loaded the model (one OpenMP team)."""
+    from core.serve.engine_worker import Finished, ModelWorker, Started, Text
+
+    q, gen = JobQueue(4), _Generator()
+    worker = ModelWorker(_Tokenizer(), gen, q)
+    a, b = _job(loop), _job(loop)
+    q.put(a)
+    q.put(b)
+    worker.serve_here(lambda: len(gen.threads) == 2 and q.waiting() == 0, poll_s=0.01)
+    assert gen.threads == [threading.get_ident()] * 2
+    for job in (a, b):
+        ev = _events(loop, job)
+        assert isinstance(ev[0], Started) and isinstance(ev[-1], Finished)
+        assert "".join(e.text for e in ev if isinstance(e, Text)) == "ab"
+    q.close()
+    worker.serve_here(lambda: False, poll_s=0.01)  # a closed queue ends it too
+
+
+def test_serve_here_interrupted_tells_the_running_client_and_reraises(loop):
+    from core.serve.engine_worker import Failed, ModelWorker
+
+    q = JobQueue(4)
+    worker = ModelWorker(_Tokenizer(), _Generator(interrupt=True), q)
+    job = _job(loop)
+    q.put(job)
+    with pytest.raises(KeyboardInterrupt):
+        worker.serve_here(lambda: False, poll_s=0.01)
+    ev = _events(loop, job)
+    assert isinstance(ev[-1], Failed) and ev[-1].error.status == 503
