@@ -10,8 +10,12 @@ streaming the same greedy request: time to first token from sending the request 
 first chunk with text, streamed tokens/s from the first to the last text chunk
 (usage's completion_tokens - 1 intervals). Engine and API repetitions alternate, so both
 see the same load. Every repetition's system prompt differs at its start, so the
-server's KV reuse cannot skip the prefill the engine pays. The engine's replies run on a
-thread of their own, as the server's do (--main: on the main thread, as `generate`).
+server's KV reuse cannot skip the prefill the engine pays. The engine's replies run on the
+thread that loaded the model, as in `generate` and `serve` (core/serve/engine_worker.py:
+a second thread stepping the model gives libgomp a second OpenMP team, and then every
+team sleeps between parallel regions, at about half the speed on 2 cores; --thread
+measures that). On a loaded machine the spinning teams of this default lose far more to
+other processes than sleeping ones do: run it quiet.
 `--cli-reps N` adds N fresh `tpi-chat generate` processes (a process's first reply pays
 its cold start). Medians printed, and written to benchmarks/out/serve.json, which
 benchmarks/serve_report.py renders in RESULTS.md (`make bench BENCH_ARGS="--only serve"`).
@@ -59,9 +63,8 @@ class Engine:
         self.cluster = start_for(gen_args, model_dir)
 
     def run(self, rep: int, args) -> dict:
-        """One reply on a thread of its own, as the server's model thread runs it (on this
-        loaded 2-core machine the main thread's replies ran ~10x slower: see --main)."""
-        if args.main:
+        """One reply on the thread that loaded the model (--thread: on another one)."""
+        if not args.thread:
             return self._reply(rep, args)
         from concurrent.futures import ThreadPoolExecutor
 
@@ -143,8 +146,9 @@ def main() -> int:
     ap.add_argument("--cli-reps", type=int, default=0)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--ranks", type=int, default=1)
-    ap.add_argument("--main", action="store_true",
-                    help="run the engine's replies on the main thread, as `generate` does")
+    ap.add_argument("--thread", action="store_true",
+                    help="run the engine's replies on a thread other than the one that "
+                         "loaded the model (a second OpenMP team: both sleep between regions)")
     args = ap.parse_args()
     import os
 
@@ -176,6 +180,7 @@ def main() -> int:
            "cli_fresh_process": {k: median([r[k] for r in cli]) for k in keys},
            "runs": {"engine": eng, "api": api, "cli": cli}, "load_per_rep": loads,
            "reps": args.reps, "new_tokens": args.new_tokens, "ranks": args.ranks,
+           "engine_thread": "another thread" if args.thread else "the loading thread",
            "machine": started, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}
     e, a = res["engine"], res["api"]
     t_lim, s_lim = ttft_limit(e["ttft_ms"]), tps_limit(e["tokens_per_s"])
