@@ -5,8 +5,9 @@
     server.stop()                # before runner.close()
 
 Threads: uvicorn's event loop (HTTP), the front desk (tokenize and admit, in arrival
-order) and the model worker (the only one that steps the runner). `tpi-chat serve` runs
-one over the model it opened. The app can run one from its engine thread over the model it
+order) and the model worker (the only one that steps the runner; `tpi-chat serve` runs its
+jobs on the main thread, which loaded the model: start(model_thread=False) and
+worker.serve_here). The app can run one from its engine thread over the model it
 has loaded: pass its ChatSession's `generator` (so the KV bookkeeping of the app's chat and
 of the API stay one) and a `model_lock` it also holds around its own replies; start() and
 stop() return promptly and may be called from any thread but the server's own.
