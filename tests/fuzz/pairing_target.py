@@ -43,6 +43,7 @@ class PairingPortTarget:
         self.timeout = reply_timeout
         self.n = 0
         self.checks = 0
+        self._next: tuple[list[bytes], bool] = ([], False)
 
     def _source(self) -> str:
         self.n += 1
@@ -53,6 +54,12 @@ class PairingPortTarget:
         """Press P (without waiting for its line) when the console last said closed."""
         if self.n % REOPEN_EVERY == 0 and not self.worker.pairing_open():
             self.worker.press("p")
+
+    def start(self, frames: list[bytes], raw: bool = False) -> None:
+        self._next = (frames, raw)  # each message is a connection of its own: sent whole
+
+    def finish(self) -> str | None:
+        return self.send(*self._next)
 
     def send(self, frames: list[bytes], raw: bool = False) -> str | None:
         self._keep_pairing_open()
