@@ -237,26 +237,21 @@ def test_unsupported_gguf_architecture(tiny_models, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def default_import(tmp_path_factory):
-    """The default model converted once per session into a session cache."""
-    import os
-
+def default_import(_session_env):
+    """The default model converted into the session's cache: the engine tests' CLI runs
+    import it there too, so a full run converts it once (a fresh import is checked by
+    test_default_model.py's fresh-cache run and by the tiny GGUF tests here)."""
     from core.model.default_model import default_gguf_path
 
-    old = os.environ.get("TPI_CHAT_CACHE")
-    os.environ["TPI_CHAT_CACHE"] = str(tmp_path_factory.mktemp("default_cache"))
-    try:
-        return default_gguf_path(), import_gguf(default_gguf_path())
-    finally:
-        if old is None:
-            os.environ.pop("TPI_CHAT_CACHE", None)
-        else:
-            os.environ["TPI_CHAT_CACHE"] = old
+    return default_gguf_path(), import_gguf(default_gguf_path())
 
 
 @pytest.mark.slow
-def test_default_model_matches_transformers_gguf_loader(default_import):
+def test_default_model_matches_transformers_gguf_loader(default_import, monkeypatch):
     """Same logits as transformers' own GGUF dequantization + un-permutation, and Paris."""
+    import functools
+
+    import gguf
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
@@ -265,6 +260,10 @@ def test_default_model_matches_transformers_gguf_loader(default_import):
     # needs `accelerate`, which we do not install; this is the same code underneath).
     cfg = AutoConfig.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
     ref = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    # transformers rebuilds gguf's name table (arch, layers) once per submodule (~400
+    # times, ~40% of this load's CPU); it is a pure function of its arguments and only
+    # read, so one build per argument pair gives the same mapping.
+    monkeypatch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
     tensors = load_gguf_checkpoint(str(gguf_file), return_tensors=True, model_to_load=ref)
     missing = ref.load_state_dict(tensors["tensors"], strict=False).missing_keys
     assert missing == ["lm_head.weight"]  # tied to the embedding
