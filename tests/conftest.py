@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,15 @@ def _session_env(tmp_path_factory):
     if "TPI_CHAT_CACHE" not in os.environ:
         os.environ["TPI_CHAT_CACHE"] = str(tmp_path_factory.mktemp("tpi-cache"))
     yield
+
+
+@pytest.fixture(scope="session")
+def built_kernels(_session_env) -> Path | None:
+    """The kernel library compiled once into the session cache (None without a compiler);
+    tests with caches of their own link it in: tests/fixtures/kernel_cache.py."""
+    from tests.fixtures.kernel_cache import build_once
+
+    return build_once(Path(os.environ["TPI_CHAT_CACHE"]))
 
 
 @pytest.fixture

@@ -10,10 +10,14 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _app_dirs(tmp_path, monkeypatch):
-    """Every test gets its own database and cache folder."""
+def _app_dirs(tmp_path, monkeypatch, built_kernels):
+    """Every test gets its own database and cache folder (holding the session's compiled
+    kernels, so rank processes started here do not compile them again)."""
+    from tests.fixtures.kernel_cache import seed_kernels
+
     monkeypatch.setenv("TPI_CHAT_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("TPI_CHAT_CACHE", str(tmp_path / "cache"))
+    seed_kernels(tmp_path / "cache", built_kernels)
     yield
 
 

@@ -10,6 +10,7 @@ from core.model.model_dir import resolve_model
 from core.model.tokenizer import ChatTokenizer
 from core.shard.plan import make_plan
 from tests.fixtures.cli import run_cli
+from tests.fixtures.kernel_cache import seed_kernels
 from tests.fixtures.thread_cluster import ThreadCluster
 from tests.fixtures.tiny_models import load_hf_model
 
@@ -53,12 +54,13 @@ def test_three_rank_greedy_equals_transformers_and_says_paris(default_model):
     assert "Paris" in out["text"]
 
 
-def test_kept_quantized_two_ranks_write_little_and_say_paris(tmp_path):
+def test_kept_quantized_two_ranks_write_little_and_say_paris(tmp_path, built_kernels):
     """The GGUF's own Q4_1/Q8_0 blocks go to the shards: a fresh cache holds about the
     file's size (it held 11x, fp32 model dir plus fp32 shards), and the answer holds."""
     from core.model.default_model import default_gguf_path
 
     cache = tmp_path / "cache"
+    seed_kernels(cache, built_kernels)  # fresh for the model; the kernels are not the point
     run = run_cli("generate", "--ranks", "2", "--temperature", "0", "--max-new-tokens", "16",
                   "--json", "--prompt", QUESTION[0]["content"], env={"TPI_CHAT_CACHE": str(cache)})
     assert run.code == 0, run.stderr

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from core.engine.rope import apply_rope
 from core.kernels import library
 from core.shard.quant import dequantize_int8, quantize_int8
+from tests.fixtures.kernel_cache import seed_kernels
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler here")
 
@@ -134,10 +135,12 @@ print(k.level)
 
 @needs_cc
 @pytest.mark.parametrize("isa,level", [("avx2", "AVX2"), ("plain", "plain C")])
-def test_each_int8_loop_is_right_where_the_cpu_has_it(isa, level, tmp_path):
+def test_each_int8_loop_is_right_where_the_cpu_has_it(isa, level, tmp_path, built_kernels):
     """The loops a CPU without AVX-512 (or without AVX2) runs, forced on this one."""
     if isa == "avx2" and "avx2" not in Path("/proc/cpuinfo").read_text():
         pytest.skip("this CPU has no AVX2")
+    # One library picks its loops at run time, so the session's build serves every ISA
+    seed_kernels(tmp_path, built_kernels)
     env = dict(os.environ, TPI_CHAT_KERNEL_ISA=isa, TPI_CHAT_CACHE=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", CHECK_EVERY_LOOP], env=env, text=True,
                          capture_output=True, timeout=120)

@@ -10,6 +10,7 @@ from core.errors import ModelError, TpiError
 from core.model.tokenizer import ChatTokenizer
 from core.ranks import draft
 from core.ranks.draft import draft_bytes, self_draft_dtype, start_speculator
+from tests.fixtures.kernel_cache import seed_kernels
 from tests.fixtures.tiny_models import make_tiny_model
 
 
@@ -47,13 +48,15 @@ def test_auto_self_draft_on_one_rank_loads_nothing(tiny):
     assert self_draft_dtype(tiny, "int8") == "int8"  # a quantized target keeps its own
 
 
-def test_auto_self_draft_with_every_rank_here_loads_nothing(tiny, tmp_path, monkeypatch):
+def test_auto_self_draft_with_every_rank_here_loads_nothing(tiny, tmp_path, monkeypatch,
+                                                            built_kernels):
     """Two ranks on this computer and no link latency: a self-draft cannot pay, and loading
     it would write a second set of shards (the default model's cache doubled)."""
     monkeypatch.setenv("TPI_CHAT_CACHE", str(tmp_path / "cache"))
     tok = ChatTokenizer(tiny)
     assert start_speculator(tiny, tok, RunOptions(speculate="auto"), 2) is None
     assert not (tmp_path / "cache").exists()
+    seed_kernels(tmp_path / "cache", built_kernels)  # the drafts below need not compile them
     for opts, devices in ((RunOptions(speculate="auto", link_delay_ms=2.0), False),
                           (RunOptions(speculate="auto"), True)):  # a link that costs
         spec = start_speculator(tiny, tok, opts, 2, devices=devices)
