@@ -52,24 +52,34 @@ def test_cli_three_ranks_greedy_equals_transformers(tiny):
         assert key in got
 
 
-@pytest.mark.slow
-def test_window_one_gives_the_same_tokens_as_all(tiny):
-    runs = [run_cli("generate", "--model", str(tiny), "--ranks", "2", "--window", w,
-                    "--temperature", "0", "--max-new-tokens", "12", "--raw", "--json",
-                    "--prompt", PROMPT) for w in ("all", "1")]
-    assert all(r.code == 0 for r in runs), runs[1].stderr
-    assert runs[0].json()["token_ids"] == runs[1].json()["token_ids"]
-    assert runs[1].json()["window"] == "1"
+def _two_ranks(tiny, *args: str):
+    return run_cli("generate", "--model", str(tiny), "--ranks", "2", "--temperature", "0",
+                   "--max-new-tokens", "12", "--raw", "--json", "--prompt", PROMPT, *args)
+
+
+@pytest.fixture(scope="module")
+def whole_model_run(tiny):
+    """Two ranks holding all their blocks: the tokens the streamed runs below must give
+    (one run for both tests; each started the same one of its own)."""
+    run = _two_ranks(tiny, "--window", "all")
+    assert run.code == 0, run.stderr
+    return run.json()
 
 
 @pytest.mark.slow
-def test_prefetch_depth_reaches_every_rank_and_keeps_the_tokens(tiny):
-    base = ("generate", "--model", str(tiny), "--ranks", "2", "--temperature", "0",
-            "--max-new-tokens", "8", "--raw", "--json", "--prompt", PROMPT)
-    full, limited = run_cli(*base), run_cli(*base, "--window", "3", "--prefetch", "1")
-    assert full.code == 0 and limited.code == 0, limited.stderr
-    assert full.json()["token_ids"] == limited.json()["token_ids"]
-    bad = run_cli(*base, "--window", "3", "--prefetch", "0")
+def test_window_one_gives_the_same_tokens_as_all(tiny, whole_model_run):
+    run = _two_ranks(tiny, "--window", "1")
+    assert run.code == 0, run.stderr
+    assert run.json()["token_ids"] == whole_model_run["token_ids"]
+    assert run.json()["window"] == "1" and whole_model_run["window"] == "all"
+
+
+@pytest.mark.slow
+def test_prefetch_depth_reaches_every_rank_and_keeps_the_tokens(tiny, whole_model_run):
+    limited = _two_ranks(tiny, "--window", "3", "--prefetch", "1")
+    assert limited.code == 0, limited.stderr
+    assert limited.json()["token_ids"] == whole_model_run["token_ids"]
+    bad = _two_ranks(tiny, "--window", "3", "--prefetch", "0")
     assert bad.code != 0 and "--prefetch must be at least 1 block" in bad.stderr
     assert "Traceback" not in bad.stderr
 
