@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.model.cache import cache_dir
 from core.model.config import load_config
 from core.model.model_dir import resolve_model
 from core.model.tokenizer import ChatTokenizer
@@ -31,9 +32,12 @@ def default_model():
 
 
 @pytest.mark.parametrize("shares", [[1], [1, 1], [3, 1], [1, 1, 1], [2, 1, 1, 1]], ids=str)
-def test_logits_equal_transformers(default_model, shares, tmp_path):
+def test_logits_equal_transformers(default_model, shares):
     model_dir, ids, want, _ = default_model
-    cluster = ThreadCluster(model_dir, make_plan(load_config(model_dir), shares), tmp_path)
+    # Split where the CLI splits (the session's cache; splits are keyed by model, plan and
+    # dtype, and only read): the 3-rank run below and test_weight_dtypes reuse these.
+    cluster = ThreadCluster(model_dir, make_plan(load_config(model_dir), shares),
+                            cache_dir() / "shards")
     try:
         got = cluster.step_all(ids, 0)
         assert (got - want).abs().max().item() < 1e-4
