@@ -14,7 +14,7 @@ once: two devices on one core each measure half of it):
 each at 0, 2 and 5 ms per send (alone: one run, it has no link), greedy, plain decoding
 (--speculate off), the default model. Medians over repetitions.
 
-    .venv/bin/python benchmarks/bench_planner.py [--reps 2] [--tokens 24] [--mbit 300]
+    .venv/bin/python benchmarks/bench_planner.py [--reps 5] [--tokens 16] [--mbit 300]
 
 Needs root (network namespaces); otherwise writes a JSON saying why it did not run.
 Writes benchmarks/out/planner.json.
@@ -135,7 +135,7 @@ def summarise(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--mbit", type=float, default=300.0, help="each device's link cap")
     args = ap.parse_args(argv)
