@@ -6,7 +6,9 @@ Engine: the model opened in this process as `tpi-chat generate` opens it (open_f
 start_for), one warm-up reply, then per repetition a fresh ChatSession's reply: the
 engine-measured time to first token and decode tokens/s, as `generate --json` reports
 them. API: one `tpi-chat serve` process, one warm-up reply, then the openai client
-streaming the same greedy request: time to first token from sending the request to the
+streaming the same greedy request (text at most every 50 ms, serve's default; a second
+server sending a chunk per token, --stream-interval-ms 0, is measured beside it for
+reference): time to first token from sending the request to the
 first chunk with text, streamed tokens/s from the first to the last text chunk
 (usage's completion_tokens - 1 intervals). Engine and API repetitions alternate, so both
 see the same load. Every repetition's system prompt differs at its start, so the
@@ -96,10 +98,12 @@ def cli_run(rep: int, args) -> dict:
 
 
 class Server:
-    def __init__(self, args):
+    def __init__(self, args, interval_ms: float | None = None):
         self.err = tempfile.NamedTemporaryFile("w+", suffix=".log")
+        interval = [] if interval_ms is None else ["--stream-interval-ms", str(interval_ms)]
         self.proc = subprocess.Popen(
-            [PY, "-m", "core.cli", "serve", "--port", "0", "--ranks", str(args.ranks)],
+            [PY, "-m", "core.cli", "serve", "--port", "0", "--ranks", str(args.ranks),
+             *interval],
             stdout=subprocess.PIPE, stderr=self.err, text=True, env=bench_env(), cwd=ROOT)
         found: list[str] = []
 
@@ -124,7 +128,7 @@ class Server:
 
 def api_run(client, rep: int, args) -> dict:
     t0 = time.perf_counter()
-    times, usage = [], None
+    times, usage = [], None  # times: when each chunk with text came
     for c in client.chat.completions.create(
             model=MODEL, temperature=0, max_tokens=args.new_tokens, stream=True,
             stream_options={"include_usage": True},
@@ -136,7 +140,7 @@ def api_run(client, rep: int, args) -> dict:
             usage = c.usage
     n = usage.completion_tokens
     span = times[-1] - times[0]
-    return {"ttft_ms": (times[0] - t0) * 1000, "tokens": n,
+    return {"ttft_ms": (times[0] - t0) * 1000, "tokens": n, "text_chunks": len(times),
             "tokens_per_s": (n - 1) / span if span > 0 else None}
 
 
@@ -160,25 +164,34 @@ def main() -> int:
     for rep in range(args.cli_reps):
         cli.append(cli_run(rep, args))
         log(f"cli {rep}: {cli[-1]}")
-    engine, server = Engine(args), Server(args)
+    # `serve` as it starts by default, and one sending every token as its own chunk
+    # (--stream-interval-ms 0) for reference: what each chunk costs on this machine
+    engine, server, each = Engine(args), Server(args), Server(args, 0)
     try:
         client = openai.OpenAI(base_url=server.api, api_key="none", max_retries=0)
+        client0 = openai.OpenAI(base_url=each.api, api_key="none", max_retries=0)
         engine.run(-1, args)  # warm-up: a process's first reply pays extra
         api_run(client, -1, args)
-        eng, api, loads = [], [], []
+        api_run(client0, -1, args)
+        eng, api, api0, loads = [], [], [], []
         for rep in range(args.reps):
             eng.append(engine.run(rep, args))
             api.append(api_run(client, rep, args))
+            api0.append(api_run(client0, rep, args))
             loads.append(round(os.getloadavg()[0], 2))
-            log(f"{rep}: engine {eng[-1]}  api {api[-1]}")
+            log(f"{rep}: engine {eng[-1]}  api {api[-1]}  api, a chunk a token {api0[-1]}")
     finally:
         server.close()
+        each.close()
         engine.cluster.close()
     keys = ("ttft_ms", "tokens_per_s")
     res = {"engine": {k: median([r[k] for r in eng]) for k in keys},
            "api": {k: median([r[k] for r in api]) for k in keys},
            "cli_fresh_process": {k: median([r[k] for r in cli]) for k in keys},
-           "runs": {"engine": eng, "api": api, "cli": cli}, "load_per_rep": loads,
+           "api_chunk_per_token": {k: median([r[k] for r in api0]) for k in keys},
+           "text_chunks": median([r["text_chunks"] for r in api]),
+           "runs": {"engine": eng, "api": api, "api_chunk_per_token": api0, "cli": cli},
+           "load_per_rep": loads,
            "reps": args.reps, "new_tokens": args.new_tokens, "ranks": args.ranks,
            "engine_thread": "another thread" if args.thread else "the loading thread",
            "machine": started, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}
@@ -188,6 +201,10 @@ def main() -> int:
           f"(target <= {t_lim:.1f} ms: {'met' if a['ttft_ms'] <= t_lim else 'MISSED'})")
     print(f"streamed tokens/s:   API {a['tokens_per_s']:.1f}, engine {e['tokens_per_s']:.1f} "
           f"(target >= {s_lim:.1f}: {'met' if a['tokens_per_s'] >= s_lim else 'MISSED'})")
+    a0 = res["api_chunk_per_token"]
+    print(f"  ({res['text_chunks']:.0f} text chunks a reply; with a chunk per token "
+          f"(--stream-interval-ms 0): {a0['tokens_per_s']:.1f} tokens/s, "
+          f"{a0['tokens_per_s'] / e['tokens_per_s']:.2f}x the engine's)")
     if cli:
         c = res["cli_fresh_process"]
         print(f"tpi-chat generate, fresh process: {c['ttft_ms']:.1f} ms to the first token, "

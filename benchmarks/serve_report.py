@@ -106,7 +106,7 @@ def serve_section(d: dict) -> list[str]:
         "within each repetition, each repetition with a system prompt of its own (the "
         "server's KV reuse cannot skip the prefill). Engine: the model opened in the "
         "benchmark's process as `tpi-chat generate` opens it, one warm-up reply, then a "
-        "fresh chat's reply on a thread of its own (as the server's model thread runs it); "
+        f"fresh chat's reply on {d.get('engine_thread', 'a thread of its own')}; "
         "TTFT and decode tokens/s as `generate --json` reports them. API: one `tpi-chat "
         "serve` process, one warm-up reply, then the openai client streaming the same "
         "request; TTFT from sending the request to the first chunk with text, tokens/s = "
@@ -133,6 +133,17 @@ def serve_section(d: dict) -> list[str]:
                  f"({_spread([r['tokens_per_s'] for r in runs['engine']])}) | "
                  f"{fmt(tps['api'])} ({_spread([r['tokens_per_s'] for r in runs['api']])}) "
                  "| | |")
+    each = d.get("api_chunk_per_token")
+    if each and tps["engine"]:
+        lines += ["", f"`serve` streams text at most every 50 ms by default (a few tokens a "
+                  f"chunk when they come faster; core/serve/text_batcher.py): "
+                  f"{fmt(d.get('text_chunks'))} text chunks a reply here. A second server "
+                  f"with `--stream-interval-ms 0` (every token its own chunk), in the same "
+                  f"repetitions: {fmt(each['tokens_per_s'])} tokens/s, "
+                  f"{each['tokens_per_s'] / tps['engine']:.2f}x the engine's, and "
+                  f"{fmt(each['ttft_ms'])} ms to the first token: each chunk costs the "
+                  "server's event loop and the openai client CPU taken from the decode on "
+                  "the same cores."]
     cli = d.get("cli_fresh_process") or {}
     if runs.get("cli"):
         lines += ["", f"For reference, `tpi-chat generate --json` as fresh processes "

@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int, default=16,
                     help="requests that may wait behind the running one (default 16); "
                          "more are refused with 503")
+    sv.add_argument("--stream-interval-ms", type=float, default=50.0,
+                    help="streamed text goes out at most this often, a few tokens a chunk "
+                         "when tokens come faster (default 50; 0: every token its own "
+                         "chunk)")
 
     s = sub.add_parser("split", help="pre-split a model into per-rank block files")
     s.add_argument("--model", default=None)

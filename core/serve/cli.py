@@ -21,8 +21,11 @@ def cmd_serve(args: Namespace) -> int:
     key = args.api_key or os.environ.get(KEY_ENV) or None
     if args.max_queue < 0 or not 0 <= args.port <= 65535:
         raise TpiError("--max-queue must be 0 or more and --port from 0 to 65535")
+    if not 0 <= args.stream_interval_ms <= 10_000:
+        raise TpiError("--stream-interval-ms must be from 0 to 10000")
     config = ServeConfig(host=args.host, port=args.port, api_key=key,
-                         max_queue=args.max_queue, context_overflow=args.context_overflow)
+                         max_queue=args.max_queue, context_overflow=args.context_overflow,
+                         stream_interval_ms=args.stream_interval_ms)
     check_exposure(config.host, key)
     sock = listen_socket(config.host, config.port)  # a taken port fails before the load
     cluster = spec = None

@@ -35,6 +35,7 @@ from core.serve.fair_lock import FairLock
 from core.serve.penalties import adjusted
 from core.serve.schemas import Sampling
 from core.serve.stop_text import StopText
+from core.serve.text_batcher import TextBatcher
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,10 @@ class ModelWorker:
 
     def __init__(self, tokenizer: ChatTokenizer, generator: Generator, queue: JobQueue,
                  model_lock: threading.Lock | FairLock | None = None,
-                 on_reply: Callable[[GenerationResult, bool], None] | None = None):
+                 on_reply: Callable[[GenerationResult, bool], None] | None = None,
+                 stream_interval_s: float = 0.05):
         self.tokenizer = tokenizer
+        self.stream_interval_s = stream_interval_s  # text_batcher.py
         self.generator = generator
         self.queue = queue
         self.model_lock = model_lock or threading.Lock()
@@ -213,15 +216,14 @@ class ModelWorker:
         eos = self.tokenizer.eos_ids
         stream = TextStream(self.tokenizer)
         text = StopText(job.sampling.stop)
+        out = TextBatcher(lambda chunk: job.emit(Text(chunk)), self.stream_interval_s)
         with adjusted(self.generator, job.sampling) as adjust:
             def on_token(tok: int) -> None:
                 if adjust is not None:
                     adjust.note(tok)
                 if tok in eos:
                     return
-                shown = text.feed(stream.push(tok))
-                if shown:
-                    job.emit(Text(shown))
+                out.push(text.feed(stream.push(tok)))
 
             def should_stop() -> bool:
                 return text.hit or job.cancelled.is_set()
@@ -230,15 +232,15 @@ class ModelWorker:
                 result = self.generator.generate(job.prompt_ids, job.params, on_token,
                                                  should_stop)
             except TpiError as e:  # a device dropped out: the next reply re-plans
+                out.flush()
                 job.emit(Failed(engine_failed(str(e))))
                 return
             except Exception as e:
                 log.exception("a reply failed")
+                out.flush()
                 job.emit(Failed(engine_failed(f"the model failed: {e}")))
                 return
-        shown = text.feed(stream.flush()) + text.finish()
-        if shown:
-            job.emit(Text(shown))
+        out.flush(text.feed(stream.flush()) + text.finish())
         finish = "stop" if text.hit or result.stop_reason == "eos" else "length"
         gone = job.cancelled.is_set()
         job.emit(Finished(finish, len(job.prompt_ids), len(result.token_ids), result))

@@ -45,6 +45,7 @@ class ServeConfig:
     max_queue: int = 16  # requests waiting behind the running one; more get a 503
     max_body: int = 1_000_000  # bytes of a request body; more get a 413 unparsed
     context_overflow: str = DROP_OLDEST  # a chat longer than the context (context_policy.py)
+    stream_interval_ms: float = 50.0  # streamed text at most this often (text_batcher.py)
 
 
 def check_exposure(host: str, api_key: str | None) -> None:
@@ -86,7 +87,8 @@ class ApiServer:
         self.config = config
         self.model_name = model_name
         self.queue = JobQueue(config.max_queue)
-        self.worker = ModelWorker(tokenizer, generator, self.queue, model_lock, on_reply)
+        self.worker = ModelWorker(tokenizer, generator, self.queue, model_lock, on_reply,
+                                  stream_interval_s=config.stream_interval_ms / 1000)
         self._desk_thread = ThreadPoolExecutor(1, thread_name_prefix="tpi-serve-desk")
         desk = FrontDesk(ChatTokenizer(tokenizer.model_dir),
                          lambda: generator.runner.max_seq, self.queue,
