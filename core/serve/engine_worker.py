@@ -15,6 +15,11 @@ parallel region, and once it manages more threads than there are cores it makes 
 team sleep between parallel regions instead of spinning. The loading thread's team and a
 second one for the model thread were 3 threads on a 2-core machine: ~190 futex sleeps
 per token and about half the decode speed of `tpi-chat generate` (50 vs 126 tokens/s).
+The app's chat steps the model on its engine thread, so the app passes `run_on`
+(hand_over.py): start()'s thread then only takes the jobs from the queue, one at a time,
+and hands each to the engine thread, waiting for it to end before taking the next; a
+reply of the app's chat asked for meanwhile runs first (the engine's own queue is first
+come, first served).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from core.errors import TpiError
 from core.model.tokenizer import ChatTokenizer, TextStream
 from core.serve.errors import ApiError, engine_failed, queue_full, shutting_down
 from core.serve.fair_lock import FairLock
+from core.serve.hand_over import RunOn, hand_over
 from core.serve.penalties import adjusted
 from core.serve.schemas import Sampling
 from core.serve.stop_text import StopText
@@ -146,18 +152,21 @@ class JobQueue:
 
 
 class ModelWorker:
-    """Runs the queue's jobs on `generator`, one at a time, on a thread of its own."""
+    """Runs the queue's jobs on `generator`, one at a time: on a thread of its own
+    (start), on the caller's (serve_here), or, with `run_on`, on the thread it posts to
+    (start)."""
 
     def __init__(self, tokenizer: ChatTokenizer, generator: Generator, queue: JobQueue,
                  model_lock: threading.Lock | FairLock | None = None,
                  on_reply: Callable[[GenerationResult, bool], None] | None = None,
-                 stream_interval_s: float = 0.05):
+                 stream_interval_s: float = 0.05, run_on: RunOn | None = None):
         self.tokenizer = tokenizer
         self.stream_interval_s = stream_interval_s  # text_batcher.py
         self.generator = generator
         self.queue = queue
         self.model_lock = model_lock or threading.Lock()
         self.on_reply = on_reply
+        self.run_on = run_on
         self._thread: threading.Thread | None = None
         self._current: Job | None = None
 
@@ -199,16 +208,35 @@ class ModelWorker:
 
     def _loop(self) -> None:
         while (job := self.queue.get()) is not None:
-            self._one(job)
+            if self.run_on is None:
+                self._one(job)
+            else:
+                self._hand_over(job)
 
     def _one(self, job: Job) -> None:
         self._current = job
         try:
-            with self.model_lock:
-                if not job.cancelled.is_set():
-                    self.run(job)
+            self._locked_run(job)
         finally:
             self._current = None
+
+    def _hand_over(self, job: Job) -> None:
+        """Run `job` on run_on's thread and wait for it. Withdrawn before it began there
+        (its client left, or stop()), it never runs, and its client (if still there) is
+        told the server is shutting down."""
+        self._current = job
+        try:
+            ran = hand_over(self.run_on, lambda: self._locked_run(job),
+                            lambda: job.cancelled.is_set() or self.queue.closed)
+        finally:
+            self._current = None
+        if not ran:
+            job.emit(Failed(shutting_down()))
+
+    def _locked_run(self, job: Job) -> None:
+        with self.model_lock:
+            if not job.cancelled.is_set():
+                self.run(job)
 
     def run(self, job: Job) -> None:
         """One reply, its events emitted as it goes; never raises."""

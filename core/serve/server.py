@@ -9,8 +9,10 @@ order) and the model worker (the only one that steps the runner; `tpi-chat serve
 jobs on the main thread, which loaded the model: start(model_thread=False) and
 worker.serve_here). The app can run one from its engine thread over the model it
 has loaded: pass its ChatSession's `generator` (so the KV bookkeeping of the app's chat and
-of the API stay one) and a `model_lock` it also holds around its own replies; start() and
-stop() return promptly and may be called from any thread but the server's own.
+of the API stay one) and `run_on`, which posts the replies to the engine thread (the model
+worker's thread then only hands them over, hand_over.py); start() and stop() return
+promptly and may be called from any thread but the server's own (stop() on the engine
+thread too: a reply posted there and not begun is withdrawn).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from core.serve.app import Service, build_app
 from core.serve.desk import FrontDesk
 from core.serve.engine_worker import JobQueue, ModelWorker
 from core.serve.fair_lock import FairLock
+from core.serve.hand_over import RunOn
 
 START_TIMEOUT_S = 30.0
 
@@ -78,7 +81,8 @@ class ApiServer:
     def __init__(self, tokenizer: ChatTokenizer, runner: StepRunner | None, model_name: str,
                  config: ServeConfig, *, generator: Generator | None = None,
                  model_lock: threading.Lock | FairLock | None = None,
-                 on_reply: Callable[[GenerationResult, bool], None] | None = None):
+                 on_reply: Callable[[GenerationResult, bool], None] | None = None,
+                 run_on: RunOn | None = None):
         check_exposure(config.host, config.api_key)
         if generator is None:
             if runner is None:
@@ -88,7 +92,8 @@ class ApiServer:
         self.model_name = model_name
         self.queue = JobQueue(config.max_queue)
         self.worker = ModelWorker(tokenizer, generator, self.queue, model_lock, on_reply,
-                                  stream_interval_s=config.stream_interval_ms / 1000)
+                                  stream_interval_s=config.stream_interval_ms / 1000,
+                                  run_on=run_on)
         self._desk_thread = ThreadPoolExecutor(1, thread_name_prefix="tpi-serve-desk")
         desk = FrontDesk(ChatTokenizer(tokenizer.model_dir),
                          lambda: generator.runner.max_seq, self.queue,

@@ -125,3 +125,85 @@ def test_serve_here_interrupted_tells_the_running_client_and_reraises(loop):
         worker.serve_here(lambda: False, poll_s=0.01)
     ev = _events(loop, job)
     assert isinstance(ev[-1], Failed) and ev[-1].error.status == 503
+
+
+class _Owner:
+    """A thread of the test's own that runs posted calls in order (the app's engine
+    thread, whose Qt event queue run_on posts to); `hold` keeps it busy meanwhile."""
+
+    def __init__(self):
+        import queue
+
+        self.calls: queue.Queue = queue.Queue()
+        self.posted = 0
+        self.hold = threading.Event()
+        self.hold.set()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def post(self, call) -> None:
+        self.posted += 1
+        self.calls.put(call)
+
+    def _run(self) -> None:
+        while (call := self.calls.get()) is not None:
+            self.hold.wait()
+            call()
+
+    def close(self) -> None:
+        self.hold.set()
+        self.calls.put(None)
+        self.thread.join(5)
+
+
+def test_with_run_on_the_replies_run_on_the_owners_thread_one_at_a_time(loop):
+    """The app's API replies run on its engine thread: one OpenMP team for both."""
+    import time
+
+    from core.serve.engine_worker import Finished, ModelWorker
+
+    q, gen, owner = JobQueue(4), _Generator(), _Owner()
+    owner.hold.clear()
+    worker = ModelWorker(_Tokenizer(), gen, q, run_on=owner.post).start()
+    a, b = _job(loop), _job(loop)
+    q.put(a)
+    q.put(b)
+    time.sleep(0.3)
+    # b waits in the server's queue, not in the owner's: a reply of the app's chat asked
+    # for now still goes before it
+    assert owner.posted == 1 and q.waiting() == 1
+    owner.hold.set()
+    for _ in range(500):
+        if len(gen.threads) == 2:
+            break
+        time.sleep(0.01)
+    worker.stop()
+    owner.close()
+    assert gen.threads == [owner.thread.ident] * 2
+    for job in (a, b):
+        assert isinstance(_events(loop, job)[-1], Finished)
+
+
+def test_with_run_on_a_reply_not_begun_is_withdrawn_by_stop_and_never_runs(loop):
+    """attach(None) stops the server on the engine thread itself: a reply posted there
+    and not begun must not keep stop() waiting, nor run later on a closed model."""
+    import time
+
+    from core.serve.engine_worker import Failed, ModelWorker
+
+    q, gen, owner = JobQueue(4), _Generator(), _Owner()
+    owner.hold.clear()  # the owner is busy (replying to the app's chat, say)
+    worker = ModelWorker(_Tokenizer(), gen, q, run_on=owner.post).start()
+    job = _job(loop)
+    q.put(job)
+    for _ in range(500):
+        if not owner.calls.empty():
+            break
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    worker.stop()
+    assert time.monotonic() - t0 < 2
+    owner.close()  # the owner gets to the posted call now: it does nothing
+    assert gen.threads == []
+    ev = _events(loop, job)
+    assert isinstance(ev[-1], Failed) and ev[-1].error.status == 503
