@@ -1,7 +1,8 @@
 """The app's local API server (Settings -> Local API server) over the model the engine has
-loaded: the same Generator as the app's chat and one lock around every reply, so the API
-and the chat share the model and never interleave (a request waits while the user's reply
-streams, and the other way round).
+loaded: the same Generator as the app's chat, and every reply run on the engine thread
+(`run_on`: EngineWorker.run_on_engine), so the API and the chat share the model, one
+OpenMP team steps it (worker.py says why that matters), and the two never interleave (a
+request waits while the user's reply streams, and the other way round).
 
 Two inputs, from two threads: `configure(settings)` from the GUI (on/off, port, key, LAN;
 the server is started or stopped on a thread of its own, so the GUI never waits), and
@@ -25,7 +26,7 @@ from PySide6.QtCore import QObject, Signal
 from core.engine.context_policy import DROP_OLDEST
 from core.engine.generate import GenerationResult, Generator
 from core.errors import TpiError
-from core.serve.fair_lock import FairLock
+from core.serve.hand_over import RunOn
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,9 @@ class ApiServerHost(QObject):
 
     changed = Signal(object)  # ApiState
 
-    def __init__(self, model_lock: FairLock, parent: QObject | None = None):
+    def __init__(self, run_on: RunOn, parent: QObject | None = None):
         super().__init__(parent)
-        self.model_lock = model_lock
+        self.run_on = run_on
         self._state_lock = threading.Lock()
         self._reconcile_lock = threading.Lock()  # one start/stop at a time
         self._settings: dict | None = None  # app.store.settings_keys.API_SERVER's value
@@ -129,8 +130,8 @@ class ApiServerHost(QObject):
                              context_overflow=wanted[2])
         try:
             server = ApiServer(model.tokenizer, None, model.name, config,
-                               generator=model.generator, model_lock=self.model_lock,
-                               on_reply=self._on_reply).start()
+                               generator=model.generator, on_reply=self._on_reply,
+                               run_on=self.run_on).start()
         except TpiError as e:
             log.warning("The API server did not start: %s", e)
             text = str(e)

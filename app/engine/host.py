@@ -19,7 +19,7 @@ class EngineHost(QObject):
     """Owns the engine QThread and its worker; the worker's signals are public."""
 
     _load_requested = Signal(int, object, object)
-    _send_requested = Signal(list, str, object)
+    _send_requested = Signal(int, list, str, object)
     _shutdown_requested = Signal()
 
     def __init__(self, loader: Loader = default_loader, parent: QObject | None = None):
@@ -28,7 +28,7 @@ class EngineHost(QObject):
         self.thread.setObjectName("tpi-engine")
         self.worker = EngineWorker(loader)
         #: the local API server over the loaded model (Settings -> Local API server)
-        self.api = ApiServerHost(self.worker.model_lock, self)
+        self.api = ApiServerHost(self.worker.run_on_engine, self)
         self.worker.api = self.api
         self.worker.moveToThread(self.thread)
         self.thread.started.connect(self.worker.start)
@@ -60,7 +60,7 @@ class EngineHost(QObject):
         self.api.set_context_overflow(overflow)
 
     def send(self, messages: list[dict], system: str, params: SamplingParams) -> None:
-        self._send_requested.emit(messages, system, params)
+        self._send_requested.emit(self.worker.reply_requested(), messages, system, params)
 
     def stop(self) -> None:
         self.worker.stop()

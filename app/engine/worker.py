@@ -7,6 +7,14 @@ tests can plug in another backend:
     loader(model: str | None, opts: RunOptions, progress(stage, done, total)) -> LoadedModel
     loader(..., devices=[WorkerSpec], on_status=rows_cb)  # when devices are enrolled
 
+Every torch and kernel call of the model runs on this one thread, the local API server's
+replies too (`run_on_engine`, given to core.serve through api_host.py): libgomp keeps one
+OpenMP team per thread that ran a parallel region, and with two teams on 2 cores every
+team sleeps between parallel regions, at about half the decode speed of both the chat and
+the API (core/serve/engine_worker.py). The thread's event queue is the line: a chat reply
+asked for while an API reply runs waits for it (`waiting_for_api`), and the other way
+round, first come, first served.
+
 `stop()` and `cancel_load()` are plain thread-safe methods meant to be called directly from
 the GUI thread (a queued slot could not run while the engine thread is busy generating).
 `set_remote_devices()` (same kind) hands over the enrolled devices
@@ -27,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import shiboken6
-from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, QTimer, Signal, Slot
 
 from core.cluster.device_status import DeviceStatus, local_rows
 from core.cluster.worker_spec import WorkerSpec
@@ -36,7 +44,6 @@ from core.engine.options import RunOptions
 from core.engine.sampler import SamplingParams
 from core.errors import TpiError
 from core.progress import DeviceStage, Progress
-from core.serve.fair_lock import FairLock
 
 STATS_INTERVAL_S = 1.0
 
@@ -184,13 +191,21 @@ class EngineWorker(QObject):
     world_size_changed = Signal(int)  # after a re-plan (a device left the cluster)
     waiting_for_api = Signal(bool)  # a reply waits for an API request to finish
     context_info = Signal(int, int)  # after a load: context in use, the model's maximum
+    _run_requested = Signal(object)  # a call for the engine thread (run_on_engine)
 
     def __init__(self, loader: Loader = default_loader):
         super().__init__()
         self._loader = loader
         self._model: LoadedModel | None = None
         self._session: SessionLike | None = None
-        self._stop = threading.Event()
+        # replies are numbered as asked for (reply_requested, GUI thread); stop() stops
+        # every one asked for so far, and answers at once one that has not begun
+        self._asked = 0  # the last reply asked for
+        self._begun = 0  # the last reply whose send began on the engine thread
+        self._stopped = 0  # replies up to this one are stopped
+        self._answered = 0  # replies up to this one were answered by stop() already
+        self._waiting = False  # the last reply asked for waits for an API reply
+        self._api_calls = 0  # API replies posted to the engine thread and not over
         self._cancelled_seq = -1
         self._lock = threading.Lock()
         self._busy = False
@@ -203,15 +218,43 @@ class EngineWorker(QObject):
         self._stats_error: str | None = None  # the last stats failure logged (not repeats)
         #: thread ids that ran generate / a forward step (tests assert the GUI thread is absent)
         self.torch_thread_ids: set[int] = set()
-        #: held around every reply; the API server (app/engine/api_host.py) takes it too,
-        #: in turn: a FairLock, so a busy API cannot keep the user waiting behind its queue
-        self.model_lock = FairLock()
         self.api = None  # an ApiServerHost, given the model after each load
+        self._run_requested.connect(self._run_call, Qt.ConnectionType.QueuedConnection)
 
     # thread-safe, called directly from the GUI thread ----------------------------------
+    def reply_requested(self) -> int:
+        """A reply is about to be asked for (before EngineHost's send signal): its number.
+        If an API reply holds the engine thread, the reply will wait: says so now, as the
+        engine thread cannot until the API reply is over."""
+        with self._lock:
+            self._asked += 1
+            self._waiting = self._api_calls > 0
+            n, waiting = self._asked, self._waiting
+        if waiting:
+            self.waiting_for_api.emit(True)
+        return n
+
     def stop(self) -> None:
-        """Ask the running reply to end after its current token."""
-        self._stop.set()
+        """Ask the running reply to end after its current token; a reply still waiting
+        for an API reply to end is answered at once (and never runs)."""
+        with self._lock:
+            self._stopped = self._asked
+            waiting = self._asked > max(self._begun, self._answered)
+            if waiting:
+                self._answered = self._asked
+            waited, self._waiting = self._waiting, False
+        if waiting:
+            if waited:
+                self.waiting_for_api.emit(False)
+            self.failed.emit("Stopped while an API request was using the model."
+                             if waited else "Stopped.")
+
+    def run_on_engine(self, call: Callable[[], None]) -> None:
+        """Run `call` on the engine thread after whatever was asked of it before (the
+        API's replies: core.serve's RunOn); returns at once."""
+        with self._lock:
+            self._api_calls += 1
+        self._run_requested.emit(call)
 
     def cancel_load(self, seq: int) -> None:
         """Discard the result of load number `seq` (and abort its import if still running)."""
@@ -310,9 +353,35 @@ class EngineWorker(QObject):
             self.context_info.emit(loaded.context, loaded.max_context or loaded.context)
         self._emit_stats(force=True)
 
-    @Slot(list, str, object)
-    def send(self, messages: list[dict], system: str, params: SamplingParams) -> None:
-        """Reply to `messages` (role/content dicts ending with the user's turn)."""
+    @Slot(object)
+    def _run_call(self, call: Callable[[], None]) -> None:
+        """An API reply (run_on_engine), between the chat's replies."""
+        try:
+            call()
+        except Exception:  # core.serve's run() never raises: a bug, but the app survives
+            log.exception("An API reply failed unexpectedly")
+        finally:
+            with self._lock:
+                self._api_calls -= 1
+
+    @Slot(int, list, str, object)
+    def send(self, n: int, messages: list[dict], system: str, params: SamplingParams
+             ) -> None:
+        """Reply to `messages` (role/content dicts ending with the user's turn); `n` is
+        reply_requested()'s number for it."""
+        with self._lock:
+            self._begun = max(self._begun, n)
+            if n <= self._answered:  # stopped while it waited: already answered
+                return
+            waited = self._waiting and n == self._asked
+            if waited:
+                self._waiting = False
+        if waited:
+            self.waiting_for_api.emit(False)
+
+        def stopped() -> bool:
+            return self._stopped >= n
+
         session = self._session
         if session is None:
             self.failed.emit("No model is loaded yet.")
@@ -320,7 +389,6 @@ class EngineWorker(QObject):
         if not messages or messages[-1].get("role") != "user":
             self.failed.emit("There is no user message to reply to.")
             return
-        self._stop.clear()
         # A conversation switch, regenerate or edit just rewrites the history: the
         # Generator reuses the KV cache of whatever prefix is unchanged.
         session.system = system or None
@@ -337,33 +405,26 @@ class EngineWorker(QObject):
             if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
                 self._emit_stats()
 
-        if not self._take_model():
+        try:
+            reply = session.send(messages[-1]["content"], params, on_text, stopped)
+        except ContextFull as e:  # the stop policy: nothing failed, the chat is full
             self._busy = False
-            self.failed.emit("Stopped while an API request was using the model.")
+            text = str(e)
+            self.failed.emit(text[:1].upper() + text[1:] + ".")
             return
-        try:  # the model lock is held until the reply (and any re-plan) is over
-            try:
-                reply = session.send(messages[-1]["content"], params, on_text, self._stop.is_set)
-            except ContextFull as e:  # the stop policy: nothing failed, the chat is full
-                self._busy = False
-                text = str(e)
-                self.failed.emit(text[:1].upper() + text[1:] + ".")
-                return
-            except TpiError as e:
-                log.warning("The reply failed: %s", e)
-                self._busy = False
-                text = str(e)
-                self.failed.emit(text[:1].upper() + text[1:])  # a sentence for the chat
-                self._recover()
-                self._emit_stats(force=True)  # e.g. the device that dropped out, now offline
-                return
-            except Exception as e:
-                log.exception("The reply failed unexpectedly")
-                self._busy = False
-                self.failed.emit(f"The reply failed: {e}")
-                return
-        finally:
-            self.model_lock.release()
+        except TpiError as e:
+            log.warning("The reply failed: %s", e)
+            self._busy = False
+            text = str(e)
+            self.failed.emit(text[:1].upper() + text[1:])  # a sentence for the chat
+            self._recover()
+            self._emit_stats(force=True)  # e.g. the device that dropped out, now offline
+            return
+        except Exception as e:
+            log.exception("The reply failed unexpectedly")
+            self._busy = False
+            self.failed.emit(f"The reply failed: {e}")
+            return
         self._busy = False
         r = reply.result
         self._last_tps = r.tokens_per_s
@@ -387,16 +448,6 @@ class EngineWorker(QObject):
         QThread.currentThread().quit()
 
     # internals -----------------------------------------------------------------------
-    def _take_model(self) -> bool:
-        """Take the model lock (an API request may hold it); False if stopped meanwhile."""
-        if self.model_lock.acquire(blocking=False):
-            return True
-        self.waiting_for_api.emit(True)
-        try:
-            return self.model_lock.acquire_unless(self._stop.is_set)
-        finally:
-            self.waiting_for_api.emit(False)
-
     def _serve(self, loaded: LoadedModel) -> None:
         """Hand a real engine's model to the API server (a test's fake session has none)."""
         session = self._session

@@ -81,6 +81,7 @@ def stream_api(url: str, out: dict, started: threading.Event | None = None) -> N
 
 def test_an_api_request_waits_for_the_users_reply(qtbot, tiny_model):
     w, url = serving_window(qtbot, tiny_model)
+    loaded_on = set(w.engine.worker.torch_thread_ids)  # the engine thread, which loaded it
     app_done: dict = {}
     w.engine.worker.finished.connect(lambda _s: app_done.setdefault("t", time.monotonic()))
     tokens: list[float] = []
@@ -94,6 +95,10 @@ def test_an_api_request_waits_for_the_users_reply(qtbot, tiny_model):
     qtbot.waitUntil(lambda: "t" in app_done, timeout=60000)
     qtbot.waitUntil(lambda: not t.is_alive(), timeout=60000)
     assert api["text"] and app_done["t"] <= api["first"]  # it waited, then got its answer
+    # the API's reply stepped the model on the engine thread too: a second thread would
+    # give libgomp a second OpenMP team, and both the API and the chat would decode at
+    # about half speed (core/serve/engine_worker.py)
+    assert len(loaded_on) == 1 and w.engine.worker.torch_thread_ids == loaded_on
     assert "1 answered" in w.settings.api_server.state.text()
     # the API and the chat share one Generator: its KV cache bookkeeping stays right, so
     # the same message in a new chat gets the same (greedy) reply after the API's turn
@@ -145,4 +150,29 @@ def test_the_users_reply_waits_for_an_api_request_then_off_and_port_taken(qtbot,
         assert "cannot listen" in w.engine.api.state.error.lower()
     w.settings.api_server.lan.setChecked(True)  # the network needs a key
     qtbot.waitUntil(lambda: "needs an API key" in w.engine.api.state.error, timeout=10000)
+    close_window(w)
+
+
+def test_esc_while_the_users_reply_waits_for_an_api_request(qtbot, tiny_model):
+    """The reply waits on the engine thread's queue behind the API's: Esc answers it at
+    once, the API's reply goes on, and the next message is answered."""
+    w, url = serving_window(qtbot, tiny_model)
+    slow_steps(w, 0.02)  # the API's reply lasts 3 s or more
+    api: dict = {}
+    started = threading.Event()
+    t = threading.Thread(target=stream_api, args=(url, api, started), daemon=True)
+    t.start()
+    qtbot.waitUntil(started.is_set, timeout=60000)
+    w.composer.editor.setPlainText("hello")
+    qtbot.keyClick(w.composer.editor, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: "Waiting for an API request" in w.status.stage.text(),
+                    timeout=10000)
+    qtbot.keyClick(w.composer.editor, Qt.Key.Key_Escape)
+    qtbot.waitUntil(lambda: not w.controller.busy, timeout=5000)
+    assert t.is_alive()  # answered before the API's reply ended
+    assert w.controller.last_error == "Stopped while an API request was using the model."
+    t.join(60)
+    assert api["text"]
+    send(qtbot, w, "hello again", timeout=60000)
+    assert w.chat_view.messages[-1].role == "assistant" and w.chat_view.messages[-1].text()
     close_window(w)
