@@ -3,9 +3,12 @@ real HTTP client (the openai package) share the model, each waiting for the othe
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
@@ -175,4 +178,55 @@ def test_esc_while_the_users_reply_waits_for_an_api_request(qtbot, tiny_model):
     assert api["text"]
     send(qtbot, w, "hello again", timeout=60000)
     assert w.chat_view.messages[-1].role == "assistant" and w.chat_view.messages[-1].text()
+    close_window(w)
+
+
+def thread_counts() -> dict[int, tuple[int, int]]:
+    """native thread id -> (CPU ns, voluntary context switches), for this process."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            ns = int((task / "schedstat").read_text().split()[0])
+            status = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        vol = re.search(r"^voluntary_ctxt_switches:\s*(\d+)", status, re.M)
+        out[int(task.name)] = (ns, int(vol.group(1)))
+    return out
+
+
+def test_after_an_api_reply_the_chats_openmp_threads_do_not_sleep_between_regions(
+        qtbot, tiny_model):
+    """Counts, not wall-clock (the machine may be loaded): libgomp makes every OpenMP
+    team sleep between parallel regions once more threads than cores ran them. On main,
+    where the API's replies ran on a thread of their own, an OpenMP worker of the chat's
+    reply after an API reply slept 36 times a token (a tiny model; ~190 with the default
+    one); on the engine thread alone, under 1."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: torch runs no OpenMP team")
+    w, url = serving_window(qtbot, tiny_model)
+    api: dict = {}
+    stream_api(url, api)  # a reply of the API first, then the app's chat
+    assert api["text"]
+    stats: list = []
+    w.engine.worker.finished.connect(stats.append)
+    engine: list[int] = []  # the engine thread's id for the OS
+    w.engine.worker.run_on_engine(lambda: engine.append(threading.get_native_id()))
+    qtbot.waitUntil(lambda: bool(engine), timeout=10000)
+    python_threads = {t.native_id for t in threading.enumerate()} - set(engine)
+    before = thread_counts()
+    send(qtbot, w, "hello", timeout=60000)
+    after = thread_counts()
+    n = stats[-1].new_tokens
+    assert n >= 20
+    # the threads that worked in this reply and that Python does not run (OpenMP's
+    # workers among them), and the engine thread, which leads its OpenMP team
+    rows = {}
+    for tid, (ns, vol) in after.items():
+        ns0, vol0 = before.get(tid, (0, 0))
+        if (ns - ns0) / n >= 50_000 and tid not in python_threads:
+            rows["engine" if tid == engine[0] else tid] = round((vol - vol0) / n, 1)
+    assert "engine" in rows and len(rows) >= 2, rows  # an OpenMP worker worked too
+    print("voluntary switches per token:", rows)
+    assert max(rows.values()) < 10, f"voluntary switches per token: {rows}"
     close_window(w)
