@@ -207,3 +207,37 @@ def test_with_run_on_a_reply_not_begun_is_withdrawn_by_stop_and_never_runs(loop)
     assert gen.threads == []
     ev = _events(loop, job)
     assert isinstance(ev[-1], Failed) and ev[-1].error.status == 503
+
+
+def test_with_run_on_a_reply_whose_client_left_before_it_began_never_runs(loop):
+    """The client went away while the engine thread was busy: the next request is handed
+    over without waiting for the engine to get to the withdrawn one."""
+    import time
+
+    from core.serve.engine_worker import Finished, ModelWorker
+
+    q, gen, owner = JobQueue(4), _Generator(), _Owner()
+    owner.hold.clear()
+    worker = ModelWorker(_Tokenizer(), gen, q, run_on=owner.post).start()
+    a, b = _job(loop), _job(loop)
+    q.put(a)
+    q.put(b)
+    for _ in range(500):
+        if owner.posted == 1:
+            break
+        time.sleep(0.01)
+    a.cancel()  # its client left
+    for _ in range(500):
+        if owner.posted == 2:
+            break
+        time.sleep(0.01)
+    assert owner.posted == 2 and gen.threads == []  # b handed over, the owner still busy
+    owner.hold.set()
+    for _ in range(500):
+        if gen.threads:
+            break
+        time.sleep(0.01)
+    worker.stop()
+    owner.close()
+    assert gen.threads == [owner.thread.ident]  # b's reply only
+    assert isinstance(_events(loop, b)[-1], Finished)
