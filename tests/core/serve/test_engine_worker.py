@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -156,10 +157,16 @@ class _Owner:
         self.thread.join(5)
 
 
+def _wait_for(cond, tries: int = 500) -> None:
+    """Poll `cond` every 10 ms, at most `tries` times (the asserts after say what failed)."""
+    for _ in range(tries):
+        if cond():
+            return
+        time.sleep(0.01)
+
+
 def test_with_run_on_the_replies_run_on_the_owners_thread_one_at_a_time(loop):
     """The app's API replies run on its engine thread: one OpenMP team for both."""
-    import time
-
     from core.serve.engine_worker import Finished, ModelWorker
 
     q, gen, owner = JobQueue(4), _Generator(), _Owner()
@@ -173,10 +180,7 @@ def test_with_run_on_the_replies_run_on_the_owners_thread_one_at_a_time(loop):
     # for now still goes before it
     assert owner.posted == 1 and q.waiting() == 1
     owner.hold.set()
-    for _ in range(500):
-        if len(gen.threads) == 2:
-            break
-        time.sleep(0.01)
+    _wait_for(lambda: len(gen.threads) == 2)
     worker.stop()
     owner.close()
     assert gen.threads == [owner.thread.ident] * 2
@@ -187,8 +191,6 @@ def test_with_run_on_the_replies_run_on_the_owners_thread_one_at_a_time(loop):
 def test_with_run_on_a_reply_not_begun_is_withdrawn_by_stop_and_never_runs(loop):
     """attach(None) stops the server on the engine thread itself: a reply posted there
     and not begun must not keep stop() waiting, nor run later on a closed model."""
-    import time
-
     from core.serve.engine_worker import Failed, ModelWorker
 
     q, gen, owner = JobQueue(4), _Generator(), _Owner()
@@ -196,10 +198,7 @@ def test_with_run_on_a_reply_not_begun_is_withdrawn_by_stop_and_never_runs(loop)
     worker = ModelWorker(_Tokenizer(), gen, q, run_on=owner.post).start()
     job = _job(loop)
     q.put(job)
-    for _ in range(500):
-        if not owner.calls.empty():
-            break
-        time.sleep(0.01)
+    _wait_for(lambda: not owner.calls.empty())
     t0 = time.monotonic()
     worker.stop()
     assert time.monotonic() - t0 < 2
@@ -212,8 +211,6 @@ def test_with_run_on_a_reply_not_begun_is_withdrawn_by_stop_and_never_runs(loop)
 def test_with_run_on_a_reply_whose_client_left_before_it_began_never_runs(loop):
     """The client went away while the engine thread was busy: the next request is handed
     over without waiting for the engine to get to the withdrawn one."""
-    import time
-
     from core.serve.engine_worker import Finished, ModelWorker
 
     q, gen, owner = JobQueue(4), _Generator(), _Owner()
@@ -222,21 +219,12 @@ def test_with_run_on_a_reply_whose_client_left_before_it_began_never_runs(loop):
     a, b = _job(loop), _job(loop)
     q.put(a)
     q.put(b)
-    for _ in range(500):
-        if owner.posted == 1:
-            break
-        time.sleep(0.01)
+    _wait_for(lambda: owner.posted == 1)
     a.cancel()  # its client left
-    for _ in range(500):
-        if owner.posted == 2:
-            break
-        time.sleep(0.01)
+    _wait_for(lambda: owner.posted == 2)
     assert owner.posted == 2 and gen.threads == []  # b handed over, the owner still busy
     owner.hold.set()
-    for _ in range(500):
-        if gen.threads:
-            break
-        time.sleep(0.01)
+    _wait_for(lambda: gen.threads)
     worker.stop()
     owner.close()
     assert gen.threads == [owner.thread.ident]  # b's reply only
