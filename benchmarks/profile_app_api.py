@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import sys
 import threading
@@ -32,22 +31,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from common import bench_env  # noqa: E402
+from thread_counts import per_token, thread_counts  # noqa: E402
 
 QUESTION = "Tell me a long story about a dragon who learns to cook."
-
-
-def threads() -> dict[int, tuple[int, int]]:
-    """native tid -> (CPU ns, voluntary switches) of every thread of this process."""
-    out = {}
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            ns = int((task / "schedstat").read_text().split()[0])
-            status = (task / "status").read_text()
-        except OSError:  # the thread ended meanwhile
-            continue
-        vol = int(re.search(r"^voluntary_ctxt_switches:\s*(\d+)", status, re.M).group(1))
-        out[int(task.name)] = (ns, vol)
-    return out
 
 
 def names() -> dict[int, str]:
@@ -56,10 +42,8 @@ def names() -> dict[int, str]:
 
 def rows(before: dict, after: dict, n: int) -> str:
     known = names()
-    per = sorted((((ns - before.get(tid, (0, 0))[0]) / n / 1e3,
-                   (vol - before.get(tid, (0, 0))[1]) / n, known.get(tid, "-"))
-                  for tid, (ns, vol) in after.items()), reverse=True)
-    return ", ".join(f"{name} {us:.0f}/{vol:.1f}" for us, vol, name in per if us >= 20)
+    return ", ".join(f"{known.get(tid, '-')} {us:.0f}/{vol:.1f}"
+                     for us, vol, tid in per_token(before, after, n) if us >= 20)
 
 
 def free_port() -> int:
@@ -137,12 +121,12 @@ def main() -> int:
     print("per generated token: thread CPU us/voluntary switches, busiest first")
     for rep in range(args.rounds):
         for what, fn in (("chat", chat), ("api", api)):
-            before = threads()
+            before = thread_counts()
             n = fn(rep)
-            print(f"{rep} {what:4} ({n} tokens): {rows(before, threads(), n)}")
-    before = threads()
+            print(f"{rep} {what:4} ({n} tokens): {rows(before, thread_counts(), n)}")
+    before = thread_counts()
     n = chat(args.rounds)
-    print(f"{args.rounds} chat ({n} tokens): {rows(before, threads(), n)}")
+    print(f"{args.rounds} chat ({n} tokens): {rows(before, thread_counts(), n)}")
     print("threads that stepped the model:",
           sorted(names().get(i, str(i)) for i in
                  {t.native_id for t in threading.enumerate()

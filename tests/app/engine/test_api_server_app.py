@@ -4,16 +4,15 @@ real HTTP client (the openai package) share the model, each waiting for the othe
 from __future__ import annotations
 
 import os
-import re
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
 
 from app.engine.worker import default_loader
+from benchmarks.thread_counts import per_token, thread_counts
 from tests.app.conftest import close_window, open_window, send
 
 pytestmark = pytest.mark.slow
@@ -181,20 +180,6 @@ def test_esc_while_the_users_reply_waits_for_an_api_request(qtbot, tiny_model):
     close_window(w)
 
 
-def thread_counts() -> dict[int, tuple[int, int]]:
-    """native thread id -> (CPU ns, voluntary context switches), for this process."""
-    out = {}
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            ns = int((task / "schedstat").read_text().split()[0])
-            status = (task / "status").read_text()
-        except OSError:  # the thread ended meanwhile
-            continue
-        vol = re.search(r"^voluntary_ctxt_switches:\s*(\d+)", status, re.M)
-        out[int(task.name)] = (ns, int(vol.group(1)))
-    return out
-
-
 def test_after_an_api_reply_the_chats_openmp_threads_do_not_sleep_between_regions(
         qtbot, tiny_model):
     """Counts, not wall-clock (the machine may be loaded): libgomp makes every OpenMP
@@ -221,11 +206,9 @@ def test_after_an_api_reply_the_chats_openmp_threads_do_not_sleep_between_region
     assert n >= 20
     # the threads that worked in this reply and that Python does not run (OpenMP's
     # workers among them), and the engine thread, which leads its OpenMP team
-    rows = {}
-    for tid, (ns, vol) in after.items():
-        ns0, vol0 = before.get(tid, (0, 0))
-        if (ns - ns0) / n >= 50_000 and tid not in python_threads:
-            rows["engine" if tid == engine[0] else tid] = round((vol - vol0) / n, 1)
+    rows = {"engine" if tid == engine[0] else tid: round(vol, 1)
+            for us, vol, tid in per_token(before, after, n)
+            if us >= 50 and tid not in python_threads}
     assert "engine" in rows and len(rows) >= 2, rows  # an OpenMP worker worked too
     print("voluntary switches per token:", rows)
     assert max(rows.values()) < 10, f"voluntary switches per token: {rows}"
