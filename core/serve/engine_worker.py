@@ -6,9 +6,6 @@ Finished or Failed) go back to the asyncio side through its event loop. A job ca
 while it waits is dropped from the queue; one cancelled while it runs (its client went
 away) ends after the token being computed: the engine checks between tokens.
 
-`model_lock` is held around each reply: whoever else steps the same model (the app's own
-chat) takes it too, so the two never interleave.
-
 `tpi-chat serve` runs the jobs on the thread that loaded the model (`serve_here`), not on
 a thread of their own (`start`): libgomp keeps one OpenMP team per thread that ever ran a
 parallel region, and once it manages more threads than there are cores it makes every
@@ -36,7 +33,6 @@ from core.engine.sampler import SamplingParams
 from core.errors import TpiError
 from core.model.tokenizer import ChatTokenizer, TextStream
 from core.serve.errors import ApiError, engine_failed, queue_full, shutting_down
-from core.serve.fair_lock import FairLock
 from core.serve.hand_over import RunOn, hand_over
 from core.serve.penalties import adjusted
 from core.serve.schemas import Sampling
@@ -157,14 +153,12 @@ class ModelWorker:
     (start)."""
 
     def __init__(self, tokenizer: ChatTokenizer, generator: Generator, queue: JobQueue,
-                 model_lock: threading.Lock | FairLock | None = None,
                  on_reply: Callable[[GenerationResult, bool], None] | None = None,
                  stream_interval_s: float = 0.05, run_on: RunOn | None = None):
         self.tokenizer = tokenizer
         self.stream_interval_s = stream_interval_s  # text_batcher.py
         self.generator = generator
         self.queue = queue
-        self.model_lock = model_lock or threading.Lock()
         self.on_reply = on_reply
         self.run_on = run_on
         self._thread: threading.Thread | None = None
@@ -216,7 +210,7 @@ class ModelWorker:
     def _one(self, job: Job) -> None:
         self._current = job
         try:
-            self._locked_run(job)
+            self._run_unless_cancelled(job)
         finally:
             self._current = None
 
@@ -226,17 +220,16 @@ class ModelWorker:
         told the server is shutting down."""
         self._current = job
         try:
-            ran = hand_over(self.run_on, lambda: self._locked_run(job),
+            ran = hand_over(self.run_on, lambda: self._run_unless_cancelled(job),
                             lambda: job.cancelled.is_set() or self.queue.closed)
         finally:
             self._current = None
         if not ran:
             job.emit(Failed(shutting_down()))
 
-    def _locked_run(self, job: Job) -> None:
-        with self.model_lock:
-            if not job.cancelled.is_set():
-                self.run(job)
+    def _run_unless_cancelled(self, job: Job) -> None:
+        if not job.cancelled.is_set():
+            self.run(job)
 
     def run(self, job: Job) -> None:
         """One reply, its events emitted as it goes; never raises."""

@@ -34,7 +34,6 @@ from core.model.tokenizer import ChatTokenizer
 from core.serve.app import Service, build_app
 from core.serve.desk import FrontDesk
 from core.serve.engine_worker import JobQueue, ModelWorker
-from core.serve.fair_lock import FairLock
 from core.serve.hand_over import RunOn
 
 START_TIMEOUT_S = 30.0
@@ -80,7 +79,6 @@ def listen_socket(host: str, port: int) -> socket.socket:
 class ApiServer:
     def __init__(self, tokenizer: ChatTokenizer, runner: StepRunner | None, model_name: str,
                  config: ServeConfig, *, generator: Generator | None = None,
-                 model_lock: threading.Lock | FairLock | None = None,
                  on_reply: Callable[[GenerationResult, bool], None] | None = None,
                  run_on: RunOn | None = None):
         check_exposure(config.host, config.api_key)
@@ -91,7 +89,7 @@ class ApiServer:
         self.config = config
         self.model_name = model_name
         self.queue = JobQueue(config.max_queue)
-        self.worker = ModelWorker(tokenizer, generator, self.queue, model_lock, on_reply,
+        self.worker = ModelWorker(tokenizer, generator, self.queue, on_reply,
                                   stream_interval_s=config.stream_interval_ms / 1000,
                                   run_on=run_on)
         self._desk_thread = ThreadPoolExecutor(1, thread_name_prefix="tpi-serve-desk")
