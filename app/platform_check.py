@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 # System libraries libQt6Gui.so.6 links (so every platform plugin needs them), from
@@ -247,6 +248,17 @@ def read_os_release() -> str:
 
 
 _XCB_ERRORS = {5: "is not a valid display name", 6: "has no such screen"}
+_XCB_CONN_ERROR = 1  # socket, pipe or stream error: a refused or dropped connection
+_X_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.0)  # ~0.4 s in all; the last try has no wait
+
+
+def _xcb_connect_error(xcb: ctypes.CDLL, display: str) -> int:
+    """libxcb's error code for one connect to `display` (0: it accepted)."""
+    conn = xcb.xcb_connect(display.encode(), None)
+    try:
+        return xcb.xcb_connection_has_error(conn)
+    finally:
+        xcb.xcb_disconnect(conn)  # a no-op on libxcb's static error connection
 
 
 def x_display_error(display: str | None) -> str | None:
@@ -263,11 +275,14 @@ def x_display_error(display: str | None) -> str | None:
     xcb.xcb_connection_has_error.restype = ctypes.c_int
     xcb.xcb_connection_has_error.argtypes = [ctypes.c_void_p]
     xcb.xcb_disconnect.argtypes = [ctypes.c_void_p]
-    conn = xcb.xcb_connect(display.encode(), None)
-    try:
-        code = xcb.xcb_connection_has_error(conn)
-    finally:
-        xcb.xcb_disconnect(conn)  # a no-op on libxcb's static error connection
+    # An X server with no clients left resets itself (Xvfb and xvfb-run do, without -noreset),
+    # and refuses connections for the few milliseconds that takes; our own connect-and-close
+    # is enough to trigger it. So a refusal is retried briefly before it counts.
+    for delay in _X_RETRY_DELAYS:
+        code = _xcb_connect_error(xcb, display)
+        if code != _XCB_CONN_ERROR:
+            break
+        time.sleep(delay)
     if code == 0:
         return None
     what = _XCB_ERRORS.get(code, "does not accept a connection (is DISPLAY right? is the "
