@@ -66,7 +66,11 @@ def repredict(data: dict, mb, msg_ms: float | None = None, frame_ms: float | Non
         others = [m for m in ms if m.link is not None]
         forced = {m.name for m in others} if FORCED[r["label"]] else set()
         emu = LinkEmulation(r["delay_ms"]) if r["delay_ms"] else None
-        c = choose(mb, me, others, forced, emu)
+        # what its workers added answering together, as its own plan probed it (0 before
+        # the planner probed groups)
+        together = (r.get("prediction") or {}).get("group_ms", 0.0)
+        groups = {frozenset(m.name for m in others): together} if len(others) > 1 else {}
+        c = choose(mb, me, others, forced, emu, groups=groups)
         p = c.prediction
         rows.append({"label": r["label"], "delay": r["delay_ms"], "rep": r["rep"],
                      "measured": r["decode_ms_per_token"],

@@ -12,7 +12,9 @@ A decode step, as the engine runs it (core/engine/rank.py, core/comm/allreduce.p
 - an allreduce is a star through rank 0: each worker sends its partial, rank 0 sends the
   sum to each worker in turn. With link emulation (core/comm/linkemu.py) every send first
   waits its cost, rank 0's sends one after another: N sends on the critical path, plus
-  the slowest link's round trip;
+  the slowest link's round trip, plus what two or more workers answering together add
+  (`group_ms`, probed at once: rank 0 handles their messages one by one, and devices that
+  share cores answer one by one);
 - once a step: rank 0 broadcasts the hidden state, and reads the head (final norm and
   lm_head) alone after the last layer.
 """
@@ -59,13 +61,14 @@ class Prediction:
     windows: tuple[int | None, ...]
     fits: bool  # every rank's share fits its memory budget with every block resident
     prompt_tokens: int = 64
+    group_ms: float = 0.0  # what the workers answering together add to a round trip
 
     def to_dict(self) -> dict:
         return {"ms_per_token": round(self.ms_per_token, 2), "ttft_ms": round(self.ttft_ms, 1),
                 "compute_ms": round(self.compute_ms, 2), "link_ms": round(self.link_ms, 2),
                 "stream_ms": round(self.stream_ms, 2), "fits": self.fits,
                 "windows": ["all" if w is None else w for w in self.windows],
-                "prompt_tokens": self.prompt_tokens}
+                "prompt_tokens": self.prompt_tokens, "group_ms": round(self.group_ms, 4)}
 
 
 def read_ms(b: Bytes, speed: DeviceSpeed) -> float:
@@ -102,7 +105,8 @@ def wire_ms(link: LinkSpeed | None, nbytes: int, here: DeviceSpeed, there: Devic
     return round_trip_ms(link, here, there) / 2 + rate
 
 
-def allreduce_ms(members: list[Member], emu: LinkEmulation | None, nbytes: int) -> float:
+def allreduce_ms(members: list[Member], emu: LinkEmulation | None, nbytes: int,
+                 group_ms: float = 0.0) -> float:
     """One star allreduce of `nbytes` per rank (see the module docstring)."""
     n = len(members)
     if n == 1:
@@ -110,7 +114,7 @@ def allreduce_ms(members: list[Member], emu: LinkEmulation | None, nbytes: int) 
     sent = send_ms(emu, nbytes + HEADER_BYTES)
     here = members[0].speed
     up = max(wire_ms(m.link, nbytes, here, m.speed) for m in members[1:])
-    return n * sent + 2 * up
+    return n * sent + 2 * up + (group_ms if n > 2 else 0.0)
 
 
 def stackable(model: ModelBytes) -> bool:
@@ -152,8 +156,10 @@ def _window(window: Window, budget: int, load: _RankLoad, layers: int, fixed: in
 
 def predict(model: ModelBytes, plan: Plan, members: list[Member],
             emu: LinkEmulation | None = None, window: Window = None,
-            prompt_tokens: int = 64) -> Prediction:
-    """The plan's decode ms/token and TTFT on `members` (rank order, [0] = this computer)."""
+            prompt_tokens: int = 64, group_ms: float = 0.0) -> Prediction:
+    """The plan's decode ms/token and TTFT on `members` (rank order, [0] = this computer);
+    `group_ms`: what its workers answering together add to a round trip (probed)."""
+    group_ms = group_ms if len(members) > 2 else 0.0
     cfg = model.config
     L, blocks = cfg.num_layers, 2 * cfg.num_layers
     loads = _loads(model, plan)
@@ -178,10 +184,10 @@ def predict(model: ModelBytes, plan: Plan, members: list[Member],
         att.append(a)
         mlp.append(f)
     hidden = cfg.hidden_size * 4
-    ar = allreduce_ms(members, emu, hidden)
+    ar = allreduce_ms(members, emu, hidden, group_ms)
     step = ((len(members) - 1) * send_ms(emu, hidden + STEP_HEADER_BYTES)
             + max((wire_ms(m.link, hidden, members[0].speed, m.speed) for m in members[1:]),
-                  default=0.0))
+                  default=0.0) + group_ms / 2)
     head = read_ms(model.head, members[0].speed)
     compute = L * (max(att) + max(mlp)) + head
     link = 2 * L * ar + step
@@ -190,7 +196,8 @@ def predict(model: ModelBytes, plan: Plan, members: list[Member],
     pre = [read_ms(ld.attn, m.speed) + read_ms(ld.mlp, m.speed)
            + 2 * ld.params * prompt_tokens / (m.speed.gflops * 1e6)
            + L * m.speed.layer_ms for m, ld in zip(members, loads, strict=True)]
-    ttft = (max(pre) + head + 2 * L * allreduce_ms(members, emu, hidden * prompt_tokens)
+    ttft = (max(pre) + head + 2 * L * allreduce_ms(members, emu, hidden * prompt_tokens,
+                                                   group_ms)
             + (len(members) - 1) * send_ms(emu, hidden * prompt_tokens))
     return Prediction(ms, ttft, compute, link, stream_extra, tuple(windows), fits,
-                      prompt_tokens)
+                      prompt_tokens, group_ms)

@@ -7,11 +7,13 @@
 Every device is measured at once (its own cached numbers, or a measurement it runs now),
 so devices that share cores, as emulated devices on one small machine do, measure the
 speed they will have while they all compute; then each link is probed, one after another,
-with nothing else running.
+with nothing else running, and then sets of two or more workers are probed at once
+(`measure_groups`): what answering together adds to a star's round trip.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,8 +22,8 @@ from pathlib import Path
 from core.cluster.cost_model import Member
 from core.cluster.measures import FORMATS, DeviceSpeed
 from core.cluster.model_bytes import ModelBytes
-from core.cluster.planner import Choice, choose
-from core.cluster.speeds import link_speed, local_speed, worker_speed
+from core.cluster.planner import Choice, Groups, choose
+from core.cluster.speeds import group_extra_ms, link_speed, local_speed, worker_speed
 from core.cluster.worker_link import WorkerLink
 from core.cluster.worker_spec import WorkerSpec
 from core.comm.linkemu import LinkEmulation
@@ -36,6 +38,7 @@ from core.shard.plan import make_plan
 from core.shard.splitter import split_model
 
 THIS_DEVICE = "This device"
+MAX_GROUP_PROBES = 4  # up to this many workers, every set of 2+ is probed (11 sets at 4)
 log = logging.getLogger(__name__)
 
 
@@ -100,6 +103,21 @@ def measure_members(master_budget: int, workers: list[tuple[WorkerSpec, WorkerLi
     return me, theirs
 
 
+def measure_groups(workers: list[tuple[WorkerSpec, WorkerLink]]) -> Groups:
+    """What each set of two or more workers adds to a round trip by answering together:
+    every such set up to MAX_GROUP_PROBES workers, past that only all of them (the planner
+    prices a set never probed as its smallest probed superset)."""
+    if len(workers) < 2:
+        return {}
+    if len(workers) <= MAX_GROUP_PROBES:
+        sets = [c for k in range(2, len(workers) + 1)
+                for c in itertools.combinations(workers, k)]
+    else:
+        sets = [tuple(workers)]
+    return {frozenset(spec.name for spec, _ in s): group_extra_ms([link for _, link in s])
+            for s in sets}
+
+
 def plan_devices(model_dir: Path, opts: RunOptions, master_budget: int,
                  workers: list[tuple[WorkerSpec, WorkerLink]], policy: PlanPolicy,
                  progress: Progress | None = None) -> Choice:
@@ -109,4 +127,5 @@ def plan_devices(model_dir: Path, opts: RunOptions, master_budget: int,
     me, others = measure_members(master_budget, workers, policy.fresh, progress, mb.formats,
                                  wait=policy.fresh or not everyone)
     forced = policy.forced & {m.name for m in others}
-    return choose(mb, me, others, forced, emulation(opts), opts.window)
+    groups = measure_groups(workers)
+    return choose(mb, me, others, forced, emulation(opts), opts.window, groups)

@@ -8,12 +8,15 @@ MAX_EXHAUSTIVE devices), each with a few share rules (by read speed, by read spe
 at each device's memory, by memory budget, equal), and priced by the cost model. Plans
 whose shares fit the memory budgets beat plans that do not; among equals the lowest
 predicted ms/token wins. So a device that only adds link latency is left out when the
-model fits without it, and `left_out` says what it would have cost.
+model fits without it, and `left_out` says what it would have cost. `groups` holds what
+sets of workers probed together add to a round trip (core/cluster/speeds.py,
+group_extra_ms); a set never probed is priced as its smallest probed superset.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from core.cluster.cost_model import Member, Prediction, predict
@@ -25,6 +28,7 @@ from core.errors import TpiError
 from core.shard.plan import Plan, make_plan
 
 MAX_EXHAUSTIVE = 10  # 2^10 subsets x 4 share rules: still well under a second
+Groups = Mapping[frozenset[str], float]  # worker names probed together -> ms added
 
 
 @dataclass(frozen=True)
@@ -88,13 +92,26 @@ def _water_fill(weights: list[float], caps: list[float]) -> list[float]:
     return share
 
 
+def group_ms(groups: Groups | None, members: list[Member]) -> float:
+    """What the workers among `members` add to a round trip by answering together."""
+    names = frozenset(m.name for m in members[1:])
+    if len(names) < 2 or not groups:
+        return 0.0
+    if names in groups:
+        return groups[names]
+    supersets = [ms for probed, ms in groups.items() if names <= probed]
+    return min(supersets) if supersets else max(groups.values())
+
+
 def best_for(model: ModelBytes, members: list[Member], emu: LinkEmulation | None,
-             window: Window) -> tuple[Plan, list[float], Prediction]:
+             window: Window, groups: Groups | None = None
+             ) -> tuple[Plan, list[float], Prediction]:
     """The best of the share rules for this set of members."""
     best = None
+    together = group_ms(groups, members)
     for shares in share_rules(model, members):
         plan = make_plan(model.config, shares)
-        pred = predict(model, plan, members, emu, window)
+        pred = predict(model, plan, members, emu, window, group_ms=together)
         if best is None or _rank_key(pred) < _rank_key(best[2]):
             best = (plan, shares, pred)
     assert best is not None
@@ -110,7 +127,8 @@ def _subsets(others: list[Member], forced: set[str]):
 
 
 def choose(model: ModelBytes, me: Member, others: list[Member], forced: set[str] = frozenset(),
-           emu: LinkEmulation | None = None, window: Window = None) -> Choice:
+           emu: LinkEmulation | None = None, window: Window = None,
+           groups: Groups | None = None) -> Choice:
     """The fastest predicted plan over this computer and a subset of `others` that holds
     every device named in `forced`; `left_out` says why each other device is not in it."""
     unknown = forced - {m.name for m in others}
@@ -118,22 +136,22 @@ def choose(model: ModelBytes, me: Member, others: list[Member], forced: set[str]
         raise TpiError(f"cannot force {', '.join(sorted(unknown))} into the plan: not among "
                        "the devices answering")
     if len(others) - len(forced) > MAX_EXHAUSTIVE:
-        return _greedy(model, me, others, forced, emu, window)
+        return _greedy(model, me, others, forced, emu, window, groups)
     best = None
     for subset in _subsets(others, forced):
         members = [me, *subset]
-        plan, shares, pred = best_for(model, members, emu, window)
+        plan, shares, pred = best_for(model, members, emu, window, groups)
         if best is None or _rank_key(pred) < _rank_key(best.prediction):
             best = Choice(tuple(members), tuple(shares), plan, pred)
     assert best is not None
-    return _explained(model, best, others, emu, window)
+    return _explained(model, best, others, emu, window, groups)
 
 
-def _greedy(model, me, others, forced, emu, window) -> Choice:
+def _greedy(model, me, others, forced, emu, window, groups) -> Choice:
     members = [me, *(m for m in others if m.name in forced)]
-    plan, shares, pred = best_for(model, members, emu, window)
+    plan, shares, pred = best_for(model, members, emu, window, groups)
     while True:
-        trials = [(best_for(model, members + [m], emu, window), m) for m in others
+        trials = [(best_for(model, members + [m], emu, window, groups), m) for m in others
                   if m not in members]
         if not trials:
             break
@@ -142,16 +160,17 @@ def _greedy(model, me, others, forced, emu, window) -> Choice:
             break
         members, plan, shares, pred = members + [m], p2, s2, pr2
     return _explained(model, Choice(tuple(members), tuple(shares), plan, pred), others, emu,
-                      window)
+                      window, groups)
 
 
-def _explained(model: ModelBytes, c: Choice, others: list[Member], emu, window) -> Choice:
+def _explained(model: ModelBytes, c: Choice, others: list[Member], emu, window,
+               groups: Groups | None = None) -> Choice:
     """`c` with a sentence per device left out: what it would cost, and why it is not needed."""
     why = {}
     for m in others:
         if m in c.members:
             continue
-        _, _, with_it = best_for(model, [*c.members, m], emu, window)
+        _, _, with_it = best_for(model, [*c.members, m], emu, window, groups)
         extra = with_it.ms_per_token - c.prediction.ms_per_token
         link = with_it.link_ms - c.prediction.link_ms
         cause = "of link latency" if link >= extra / 2 else "(it reads its share slowly)"

@@ -9,11 +9,12 @@ the pings go on, and the first pong after that clears it and calls `on_back`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,22 +73,25 @@ class WorkerLink:
                 timeout: float = 10.0, tensors: tuple = ()) -> Message:
         with self._lock:
             self._cmd.send(op, meta, tensors)
-            deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    msg = self._cmd.recv(timeout=left)
-                except BadMessage as e:
-                    raise ProtocolError(f"worker '{self.name}' sent a malformed answer: {e}"
-                                        ) from None
-                if msg is None:
-                    break
-                if msg.op == "refused":
-                    raise Refused(f"worker '{self.name}' refused {op}: "
-                                  f"{msg.meta.get('message')}", str(msg.meta.get("message")))
-                if msg.op in expect:
-                    return msg
-            raise PeerError(f"worker '{self.name}' did not answer {op} within {timeout:g} s; "
-                            "is it still running and paired with this device?")
+            return self._answer(op, expect, time.monotonic() + timeout, timeout)
+
+    def _answer(self, op: str, expect: set[str], deadline: float, timeout: float) -> Message:
+        """The first answer to `op` whose kind is in `expect` (the caller holds the lock)."""
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = self._cmd.recv(timeout=left)
+            except BadMessage as e:
+                raise ProtocolError(f"worker '{self.name}' sent a malformed answer: {e}"
+                                    ) from None
+            if msg is None:
+                break
+            if msg.op == "refused":
+                raise Refused(f"worker '{self.name}' refused {op}: "
+                              f"{msg.meta.get('message')}", str(msg.meta.get("message")))
+            if msg.op in expect:
+                return msg
+        raise PeerError(f"worker '{self.name}' did not answer {op} within {timeout:g} s; "
+                        "is it still running and paired with this device?")
 
     def ship(self, rank_dir: Path, split_id: str,
              progress: Callable[[ShipProgress], None] | None = None) -> None:
@@ -187,3 +191,17 @@ class WorkerLink:
         self._stop.set()
         self._thread.join(timeout=3)
         self._cmd.close()
+
+
+def request_all(links: Sequence[WorkerLink], op: str, meta: dict[str, Any], expect: set[str],
+                timeout: float = 10.0, tensors: tuple = ()) -> list[Message]:
+    """The same request sent to every link before any answer is awaited, then every answer
+    (in `links` order): a star of messages as rank 0 sends one, for the planner's group
+    probe (core/cluster/speeds.py)."""
+    with contextlib.ExitStack() as held:
+        for link in sorted(links, key=id):  # one order for every caller: no lock cycles
+            held.enter_context(link._lock)
+        for link in links:
+            link._cmd.send(op, meta, tensors)
+        deadline = time.monotonic() + timeout
+        return [link._answer(op, expect, deadline, timeout) for link in links]

@@ -47,3 +47,20 @@ def test_links_are_probed_after_every_measurement_and_one_at_a_time(monkeypatch)
     assert [s[0] for s in seen] == ["b", "c", "d"]
     assert all(busy == 0 for _, busy, _ in seen)  # no measurement ran during a probe
     assert all(n == 1 for _, _, n in seen)  # nor another probe
+
+
+def test_every_set_of_two_or_more_workers_is_probed_and_past_four_only_all_of_them(monkeypatch):
+    probed = []
+    monkeypatch.setattr(plan_devices, "group_extra_ms",
+                        lambda links: probed.append("".join(links)) or len(links) / 10)
+
+    def workers(names: str) -> list:
+        return [(WorkerSpec(n, "tcp://127.0.0.1:1", "k" * 40, 2**30), n) for n in names]
+
+    groups = plan_devices.measure_groups(workers("bcd"))
+    assert probed == ["bc", "bd", "cd", "bcd"]
+    assert groups[frozenset("bcd")] == 0.3 and groups[frozenset("bd")] == 0.2
+    probed.clear()
+    assert plan_devices.measure_groups(workers("bcdef")) == {frozenset("bcdef"): 0.5}
+    assert probed == ["bcdef"]
+    assert plan_devices.measure_groups(workers("b")) == {}

@@ -98,6 +98,38 @@ def test_emulated_latency_costs_two_allreduces_a_layer_of_n_sends_each():
     assert allreduce_ms(three, LinkEmulation(delay_ms=5.0), 2304) == pytest.approx(15, rel=0.01)
 
 
+def test_workers_answering_together_cost_every_allreduce_and_the_step():
+    three = [ME, member("b", rtt=0.3), member("c", rtt=0.3)]
+    plan3 = make_plan(CFG, [1.0, 1.0, 1.0])
+    base, together = predict(MODEL, plan3, three), predict(MODEL, plan3, three, group_ms=0.3)
+    assert together.link_ms - base.link_ms == pytest.approx(60 * 0.3 + 0.15)
+    assert together.group_ms == 0.3 and together.to_dict()["group_ms"] == 0.3
+    # one worker has no one to answer together with
+    two, plan2 = three[:2], make_plan(CFG, [1.0, 1.0])
+    assert predict(MODEL, plan2, two, group_ms=0.3).link_ms == predict(MODEL, plan2, two).link_ms
+
+
+def test_each_set_of_workers_is_priced_by_its_own_probe_or_its_smallest_probed_superset():
+    from core.cluster.planner import group_ms
+
+    b, c, d = member("b"), member("c"), member("d")
+    groups = {frozenset("bc"): 0.2, frozenset("bcd"): 0.5, frozenset("cd"): 0.3}
+    assert group_ms(groups, [ME, b, c]) == 0.2
+    assert group_ms(groups, [ME, b, d]) == 0.5  # not probed: as b, c and d together
+    assert group_ms(groups, [ME, b]) == 0.0 and group_ms(None, [ME, b, c]) == 0.0
+    assert group_ms({frozenset("cd"): 0.3}, [ME, b, c]) == 0.3  # no superset: the worst
+
+
+def test_two_fast_workers_that_slow_each_other_down_are_not_both_taken():
+    fast = [member("b", gbps=8.0, rtt=0.05), member("c", gbps=8.0, rtt=0.05)]
+    slow_me = Member("me", speed(gbps=0.5), None, 4 * GB)
+    assert choose(MODEL, slow_me, fast).names == ["me", "b", "c"]
+    c = choose(MODEL, slow_me, fast, groups={frozenset("bc"): 2.0})
+    assert len(c.names) == 2 and c.prediction.group_ms == 0.0
+    forced = choose(MODEL, slow_me, fast, forced={"b", "c"}, groups={frozenset("bc"): 2.0})
+    assert forced.prediction.group_ms == 2.0
+
+
 def test_a_window_smaller_than_the_share_adds_disk_reads():
     tight = Member("me", speed(disk=0.05), None, budget=420 * 2**20)  # ~36 MB for layers
     p = predict(MODEL, make_plan(CFG, [1.0]), [tight], window="auto")

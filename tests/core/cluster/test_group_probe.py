@@ -1,0 +1,90 @@
+"""The planner's group probe (core/cluster/speeds.py, group_extra_ms) against workers on
+real CURVE sockets: what answering together adds to a star's round trip.
+
+Each fake worker answers `echo` after `work_s` of work; two that share one worker thread
+(as two devices sharing a core answer one after the other) cost about one more `work_s`
+together than alone, two with threads of their own cost nothing more."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from core.cluster.identity import Identity
+from core.cluster.speeds import group_extra_ms
+from core.cluster.worker_link import WorkerLink, request_all
+from core.cluster.worker_protocol import TO_WORKER
+from core.comm.control import ControlServer
+from core.comm.curve import CurveServerConfig
+
+WORK_S = 0.004
+
+
+class EchoWorker:
+    """Answers each echo after `work_s` of work done holding `cpu` (a lock standing for
+    the core it runs on)."""
+
+    def __init__(self, master_key: str, cpu: threading.Lock, work_s: float = WORK_S):
+        self.identity = Identity.generate("echo-worker")
+        self.ctl = ControlServer("127.0.0.1", ops=TO_WORKER, curve=CurveServerConfig(
+            self.identity, lambda k: k == master_key))
+        self.cpu, self.work_s = cpu, work_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            got = self.ctl.recv(timeout=0.1)
+            if got is None:
+                continue
+            ident, msg = got
+            with self.cpu:
+                time.sleep(self.work_s)
+            self.ctl.send(ident, "echo", {"t": msg.meta["t"]}, msg.tensors)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.ctl.close()
+
+
+@pytest.fixture
+def star():
+    """star(shared) -> two links to two echo workers, on one `cpu` or on one each."""
+    master = Identity.generate("master")
+    made = []
+
+    def make(shared: bool) -> list[WorkerLink]:
+        one = threading.Lock()
+        workers = [EchoWorker(master.public_key, one if shared else threading.Lock())
+                   for _ in range(2)]
+        links = [WorkerLink(f"w{i}", w.ctl.endpoint, w.identity.public_key, master)
+                 for i, w in enumerate(workers)]
+        made.extend([*links, *workers])
+        return links
+
+    yield make
+    for thing in made:
+        thing.close()
+
+
+def test_every_link_answers_a_request_sent_to_all_at_once(star):
+    links = star(shared=False)
+    import torch
+
+    got = request_all(links, "echo", {"t": 1.5}, {"echo"}, timeout=5.0,
+                      tensors=(torch.arange(7, dtype=torch.uint8),))
+    assert [m.meta["t"] for m in got] == [1.5, 1.5]
+    assert all(m.tensors[0].tolist() == list(range(7)) for m in got)
+
+
+def test_workers_answering_one_after_the_other_cost_the_star_one_more_answer(star):
+    extra = group_extra_ms(star(shared=True), rounds=10)
+    assert WORK_S * 1e3 * 0.5 < extra < WORK_S * 1e3 * 3
+
+
+def test_workers_answering_side_by_side_cost_the_star_nothing_more(star):
+    assert group_extra_ms(star(shared=False), rounds=10) < WORK_S * 1e3 * 0.5
