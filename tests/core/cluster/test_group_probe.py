@@ -15,40 +15,27 @@ import pytest
 from core.cluster.identity import Identity
 from core.cluster.speeds import group_extra_ms
 from core.cluster.worker_link import WorkerLink, request_all
-from core.cluster.worker_protocol import TO_WORKER
-from core.comm.control import ControlServer
-from core.comm.curve import CurveServerConfig
+from tests.fixtures.fake_worker import FakeWorker
 
 WORK_S = 0.004
 
 
 class EchoWorker:
-    """Answers each echo after `work_s` of work done holding `cpu` (a lock standing for
-    the core it runs on)."""
+    """A fake worker answering each echo after `work_s` of work done holding `cpu` (a lock
+    standing for the core it runs on)."""
 
     def __init__(self, master_key: str, cpu: threading.Lock, work_s: float = WORK_S):
-        self.identity = Identity.generate("echo-worker")
-        self.ctl = ControlServer("127.0.0.1", ops=TO_WORKER, curve=CurveServerConfig(
-            self.identity, lambda k: k == master_key))
         self.cpu, self.work_s = cpu, work_s
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.fake = FakeWorker(master_key, self._answer)
+        self.identity, self.ctl = self.fake.identity, self.fake.ctl
 
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            got = self.ctl.recv(timeout=0.1)
-            if got is None:
-                continue
-            ident, msg = got
-            with self.cpu:
-                time.sleep(self.work_s)
-            self.ctl.send(ident, "echo", {"t": msg.meta["t"]}, msg.tensors)
+    def _answer(self, ident: bytes, msg) -> None:
+        with self.cpu:
+            time.sleep(self.work_s)
+        self.ctl.send(ident, "echo", {"t": msg.meta["t"]}, msg.tensors)
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.ctl.close()
+        self.fake.close()
 
 
 @pytest.fixture

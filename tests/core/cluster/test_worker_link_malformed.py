@@ -8,17 +8,14 @@ then never noticed the worker dying or coming back.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import msgpack
 
 from core.cluster.identity import Identity
 from core.cluster.worker_link import WorkerLink
-from core.cluster.worker_protocol import TO_WORKER
 from core.comm.codec import encode
-from core.comm.control import ControlServer
-from core.comm.curve import CurveServerConfig
+from tests.fixtures.fake_worker import FakeWorker
 
 BAD_PONGS = [
     [msgpack.packb({"v": 1, "op": "pong", "meta": {}, "tensors": [], "zz": 1, b"x": 1},
@@ -29,34 +26,24 @@ BAD_PONGS = [
 ]
 
 
-class FakeWorker:
-    """Answers each ping: the first len(bad) with bad[i], then good pongs (echoing t)."""
+class BadPongs:
+    """A fake worker answering each ping: the first len(bad) with bad[i], then good pongs
+    (echoing t)."""
 
     def __init__(self, master_key: str, bad: list[list[bytes]]):
-        self.identity = Identity.generate("fake-worker")
-        self.ctl = ControlServer("127.0.0.1", ops=TO_WORKER, curve=CurveServerConfig(
-            self.identity, lambda k: k == master_key))
         self.bad = list(bad)
         self.pings = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.fake = FakeWorker(master_key, self._answer)
+        self.identity, self.ctl = self.fake.identity, self.fake.ctl
 
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            got = self.ctl.recv(timeout=0.1)
-            if got is None:
-                continue
-            ident, msg = got
-            self.pings += 1
-            frames = self.bad.pop(0) if self.bad else encode(
-                "pong", {"t": msg.meta["t"], "ranks": {"1": -1}, "why": {}})
-            self.ctl.sock.send_multipart([ident, *frames])
+    def _answer(self, ident: bytes, msg) -> None:
+        self.pings += 1
+        frames = self.bad.pop(0) if self.bad else encode(
+            "pong", {"t": msg.meta["t"], "ranks": {"1": -1}, "why": {}})
+        self.ctl.sock.send_multipart([ident, *frames])
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.ctl.close()
+        self.fake.close()
 
 
 def _wait(cond, timeout: float) -> bool:
@@ -70,7 +57,7 @@ def _wait(cond, timeout: float) -> bool:
 
 def test_heartbeat_survives_malformed_pongs_and_hears_the_good_ones():
     master = Identity.generate("master")
-    worker = FakeWorker(master.public_key, BAD_PONGS)
+    worker = BadPongs(master.public_key, BAD_PONGS)
     link = WorkerLink("fake", worker.ctl.endpoint, worker.identity.public_key, master)
     try:
         assert _wait(lambda: worker.pings > len(BAD_PONGS) + 1, 15), worker.pings
@@ -84,7 +71,7 @@ def test_heartbeat_survives_malformed_pongs_and_hears_the_good_ones():
 
 def test_heartbeat_survives_a_listener_that_raises(caplog):
     master = Identity.generate("master")
-    worker = FakeWorker(master.public_key, [])
+    worker = BadPongs(master.public_key, [])
     calls = []
 
     def on_back(link):
