@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,9 +62,11 @@ class ApiServerHost(QObject):
 
     changed = Signal(object)  # ApiState
 
-    def __init__(self, run_on: RunOn, parent: QObject | None = None):
+    def __init__(self, run_on: RunOn, on_step: Callable[[], None] | None = None,
+                 parent: QObject | None = None):
         super().__init__(parent)
         self.run_on = run_on
+        self.on_step = on_step  # after each token of a reply, on the engine thread
         self._state_lock = threading.Lock()
         self._reconcile_lock = threading.Lock()  # one start/stop at a time
         self._settings: dict | None = None  # app.store.settings_keys.API_SERVER's value
@@ -131,7 +134,7 @@ class ApiServerHost(QObject):
         try:
             server = ApiServer(model.tokenizer, None, model.name, config,
                                generator=model.generator, on_reply=self._on_reply,
-                               run_on=self.run_on).start()
+                               run_on=self.run_on, on_step=self.on_step).start()
         except TpiError as e:
             log.warning("The API server did not start: %s", e)
             text = str(e)

@@ -28,7 +28,7 @@ class EngineHost(QObject):
         self.thread.setObjectName("tpi-engine")
         self.worker = EngineWorker(loader)
         #: the local API server over the loaded model (Settings -> Local API server)
-        self.api = ApiServerHost(self.worker.run_on_engine, self)
+        self.api = ApiServerHost(self.worker.run_on_engine, self.worker.api_step, self)
         self.worker.api = self.api
         self.worker.moveToThread(self.thread)
         self.thread.started.connect(self.worker.start)

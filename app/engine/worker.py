@@ -356,13 +356,22 @@ class EngineWorker(QObject):
     @Slot(object)
     def _run_call(self, call: Callable[[], None]) -> None:
         """An API reply (run_on_engine), between the chat's replies."""
+        self._busy = True
         try:
             call()
         except Exception:  # core.serve's run() never raises: a bug, but the app survives
             log.exception("An API reply failed unexpectedly")
         finally:
+            self._busy = False
             with self._lock:
                 self._api_calls -= 1
+        self._emit_stats(force=True)
+
+    def api_step(self) -> None:
+        """After each token of an API reply, on this thread: the 1 s timer cannot fire while
+        the reply runs, so the stats go out from here, as the chat's own replies do."""
+        if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
+            self._emit_stats()
 
     @Slot(int, list, str, object)
     def send(self, n: int, messages: list[dict], system: str, params: SamplingParams

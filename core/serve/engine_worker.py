@@ -154,8 +154,11 @@ class ModelWorker:
 
     def __init__(self, tokenizer: ChatTokenizer, generator: Generator, queue: JobQueue,
                  on_reply: Callable[[GenerationResult, bool], None] | None = None,
-                 stream_interval_s: float = 0.05, run_on: RunOn | None = None):
+                 stream_interval_s: float = 0.05, run_on: RunOn | None = None,
+                 on_step: Callable[[], None] | None = None):
         self.tokenizer = tokenizer
+        # after each token, on the thread running the reply: the app's stats go on there
+        self.on_step = on_step
         self.stream_interval_s = stream_interval_s  # text_batcher.py
         self.generator = generator
         self.queue = queue
@@ -242,6 +245,8 @@ class ModelWorker:
             def on_token(tok: int) -> None:
                 if adjust is not None:
                     adjust.note(tok)
+                if self.on_step is not None:
+                    self.on_step()
                 if tok in eos:
                     return
                 out.push(text.feed(stream.push(tok)))

@@ -80,7 +80,7 @@ class ApiServer:
     def __init__(self, tokenizer: ChatTokenizer, runner: StepRunner | None, model_name: str,
                  config: ServeConfig, *, generator: Generator | None = None,
                  on_reply: Callable[[GenerationResult, bool], None] | None = None,
-                 run_on: RunOn | None = None):
+                 run_on: RunOn | None = None, on_step: Callable[[], None] | None = None):
         check_exposure(config.host, config.api_key)
         if generator is None:
             if runner is None:
@@ -91,7 +91,7 @@ class ApiServer:
         self.queue = JobQueue(config.max_queue)
         self.worker = ModelWorker(tokenizer, generator, self.queue, on_reply,
                                   stream_interval_s=config.stream_interval_ms / 1000,
-                                  run_on=run_on)
+                                  run_on=run_on, on_step=on_step)
         self._desk_thread = ThreadPoolExecutor(1, thread_name_prefix="tpi-serve-desk")
         desk = FrontDesk(ChatTokenizer(tokenizer.model_dir),
                          lambda: generator.runner.max_seq, self.queue,

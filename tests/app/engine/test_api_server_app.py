@@ -213,3 +213,28 @@ def test_after_an_api_reply_the_chats_openmp_threads_do_not_sleep_between_region
     print("voluntary switches per token:", rows)
     assert max(rows.values()) < 10, f"voluntary switches per token: {rows}"
     close_window(w)
+
+
+def test_the_devices_panel_goes_on_updating_during_an_api_reply(qtbot, tiny_model,
+                                                                 monkeypatch):
+    """An API reply runs on the engine thread, where the panel's 1 s timer lives: it cannot
+    fire until the reply ends, and the panel froze. The reply's tokens now push the stats,
+    as the chat's own do, and the rows say the device is busy."""
+    import app.engine.worker as engine_worker
+
+    monkeypatch.setattr(engine_worker, "STATS_INTERVAL_S", 0.05)
+    w, url = serving_window(qtbot, tiny_model)
+    slow_steps(w, 0.01)  # 150 tokens: 1.5 s or more
+    rows: list = []
+    w.engine.worker.stats.connect(lambda r: rows.append((time.monotonic(), r)))
+    api: dict = {}
+    t = threading.Thread(target=stream_api, args=(url, api), daemon=True)
+    t.start()
+    qtbot.waitUntil(lambda: not t.is_alive(), timeout=60000)
+    assert api["text"]
+    during = [r for at, r in rows if api["first"] <= at <= api["last"]]
+    took = api["last"] - api["first"]
+    assert len(during) >= 3, f"{len(during)} stats updates in a {took:.1f} s reply"
+    assert all(r and r[0].state == "busy" for r in during)
+    qtbot.waitUntil(lambda: rows[-1][1][0].state == "ready", timeout=5000)
+    close_window(w)
