@@ -23,11 +23,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_planner import CONFIGS  # noqa: E402
+from bench_planner import CONFIGS, PAIRED  # noqa: E402
 from common import OUT, bench_env  # noqa: E402
 
-PHASE_OF = {label: phase for label, _, _, phase in CONFIGS}
-FORCED = {label: force == "all" for label, _, force, _ in CONFIGS}
+PHASE_OF = {label: phase for label, _, _, phase in (*CONFIGS, *PAIRED)}
+FORCED = {label: force == "all" for label, _, force, _ in (*CONFIGS, *PAIRED)}
 
 
 def members(measured: dict, msg_ms: float | None, frame_ms: float | None):
