@@ -10,20 +10,20 @@ each starting with `tpi-chat plan --fresh` over the devices of that phase (measu
 once: two devices on one core each measure half of it):
   1. alone, and dev-b: --devices none; dev-b forced; dev-b offered (the planner decides)
   2. dev-c forced
-  3. dev-b + dev-c forced; then, at each delay, three runs back to back: alone again,
-     dev-b offered again, and both offered (the planner decides)
+  3. dev-b + dev-c forced; then, at each delay, three runs back to back (--pairs times):
+     alone again, dev-b offered again, and both offered (the planner decides)
 each at 0, 2 and 5 ms per send (alone in phase 1: one run, it has no link), greedy, plain
 decoding (--speculate off), the default model. Medians over repetitions.
 
 The choice and adding-a-device checks compare runs that often end up as the same plan
 (this computer alone), whose speed drifts by 20-40% between minutes on this shared machine.
-So their verdict is paired: each repetition's ratio between runs made back to back in
-phase 3, then the median over repetitions (the ratio of medians is reported beside it).
+So their verdict is paired: each back-to-back set's ratio in phase 3, then the median over
+sets (--pairs per repetition; the ratio of medians is reported beside it).
 Runs over a delayed link decode --tokens new tokens (they take ~0.3-1 s each); the others,
 --fast-tokens, so that a 10 ms/token run still decodes for half a second.
 
-    .venv/bin/python benchmarks/bench_planner.py [--reps 5] [--tokens 16] [--fast-tokens 48]
-                                                 [--mbit 300]
+    .venv/bin/python benchmarks/bench_planner.py [--reps 5] [--pairs 3] [--tokens 16]
+                                                 [--fast-tokens 48] [--mbit 300]
 
 Needs root (network namespaces); otherwise writes a JSON saying why it did not run.
 Writes benchmarks/out/planner.json.
@@ -79,12 +79,14 @@ def last_json(r: subprocess.CompletedProcess) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def phase_runs(phase: int) -> list[tuple[str, str, str, float]]:
-    """(label, --devices, --force, delay) of each run of `phase`, in order."""
-    runs = [(label, devices, force, d) for label, devices, force, ph in CONFIGS if ph == phase
-            for d in (DELAYS if label != "alone" else (0.0,))]
+def phase_runs(phase: int, pairs: int = 1) -> list[tuple[str, str, str, float, int]]:
+    """(label, --devices, --force, delay, pair) of each run of `phase`, in order; phase 3's
+    back-to-back runs `pairs` times at each delay (pair 0, 1, ...)."""
+    runs = [(label, devices, force, d, 0) for label, devices, force, ph in CONFIGS
+            if ph == phase for d in (DELAYS if label != "alone" else (0.0,))]
     if phase == 3:
-        runs += [(label, devices, force, d) for d in DELAYS for label, devices, force, _ in PAIRED]
+        runs += [(label, devices, force, d, i) for d in DELAYS for i in range(pairs)
+                 for label, devices, force, _ in PAIRED]
     return runs
 
 
@@ -150,24 +152,61 @@ def summarise(runs: list[dict]) -> dict:
         for name, ratio in (("choice vs best subset", _choice),
                             ("adding dev-b", lambda ms: _adding(ms, 0)),
                             ("adding dev-c too", lambda ms: _adding(ms, 1))):
-            paired = [x for x in (ratio(_at(runs, rep, d)) for rep in _reps(runs)) if x]
+            paired = [x for x in (ratio(_at(runs, key, d)) for key in _pairs(runs)) if x]
             of_medians = ratio({label: [v] for label, v in _medians(out, k).items()})
             if paired and of_medians:
                 out["checks"][f"{name} {k}"] = {
                     "value": median(paired), "of_medians": of_medians,
-                    "paired": [round(x, 3) for x in paired], "pass": median(paired) <= 1.1}
+                    "paired": [round(x, 3) for x in paired], "pass": median(paired) <= 1.1,
+                    "same_plan": _same_plans(runs, d, name)}
     return out
 
 
-def _reps(runs: list[dict]) -> list[int]:
-    return sorted({r.get("rep", 0) for r in runs})
+def _same_plans(runs: list[dict], d: float, check: str) -> list[int]:
+    """[repetitions where the compared runs had the same devices, repetitions]: where they
+    did, the two ran the same plan and their ratio is run-to-run noise."""
+    if check.startswith("choice"):
+        pairs = [("b+c offered", x) for x in ("alone again", "b forced", "c forced",
+                                               "b+c forced")]
+    elif check.startswith("adding dev-b"):
+        pairs = [("b offered again", "alone again")]
+    else:
+        pairs = [("b+c offered", "b offered again")]
+    same = total = 0
+    for key in _pairs(runs):
+        got = {r["label"]: r for r in runs if _in(r, key, d)}
+        if not all(a in got and b in got for a, b in pairs):
+            continue
+        total += 1
+        if check.startswith("choice"):  # the pick against the fastest subset of that rep
+            best = min((got[b] for _, b in pairs), key=lambda r: r["decode_ms_per_token"])
+            same += got["b+c offered"].get("devices") == best.get("devices")
+        else:
+            a, b = pairs[0]
+            same += got[a].get("devices") == got[b].get("devices")
+    return [same, total]
 
 
-def _at(runs: list[dict], rep: int, d: float) -> dict[str, list[float]]:
-    """ms/token of each label's runs in repetition `rep` at delay `d`."""
+def _pairs(runs: list[dict]) -> list[tuple[int, int]]:
+    """(repetition, pair) of every back-to-back set of phase 3's runs."""
+    return sorted({(r.get("rep", 0), r.get("pair", 0)) for r in runs})
+
+
+_PAIRED_LABELS = {label for label, *_ in PAIRED}
+
+
+def _in(r: dict, key: tuple[int, int], d: float) -> bool:
+    """Whether run `r` belongs to back-to-back set `key` at delay `d` (the forced subsets
+    of the same repetition count for every set of it)."""
+    return (r.get("rep", 0) == key[0] and r["delay_ms"] == d
+            and (r["label"] not in _PAIRED_LABELS or r.get("pair", 0) == key[1]))
+
+
+def _at(runs: list[dict], key: tuple[int, int], d: float) -> dict[str, list[float]]:
+    """ms/token of each label's runs in back-to-back set `key` at delay `d`."""
     got: dict[str, list[float]] = {}
     for r in runs:
-        if r.get("rep", 0) == rep and r["delay_ms"] == d:
+        if _in(r, key, d):
             got.setdefault(r["label"], []).append(r["decode_ms_per_token"])
     return got
 
@@ -198,12 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=16, help="over a delayed link")
     ap.add_argument("--fast-tokens", type=int, default=48, help="every other run")
+    ap.add_argument("--pairs", type=int, default=3,
+                    help="phase 3's back-to-back runs, this many times at each delay")
     ap.add_argument("--mbit", type=float, default=300.0, help="each device's link cap")
     args = ap.parse_args(argv)
     from scripts import home_lan
 
     data = {"machine": machine(), "reps": args.reps, "tokens": args.tokens,
-            "fast_tokens": args.fast_tokens,
+            "fast_tokens": args.fast_tokens, "pairs": args.pairs,
             "mbit": args.mbit, "delays": list(DELAYS), "cores": os.cpu_count()}
     why = home_lan.available()
     if why is not None:
@@ -231,11 +272,11 @@ def main(argv: list[str] | None = None) -> int:
                                          PHASE_DEVICES[phase], "--force", "all"))
                     data.setdefault("measured", []).append(
                         {"rep": rep, "phase": phase, **plan["measured"]})
-                    for label, devices, force, d in phase_runs(phase):
+                    for label, devices, force, d, pair in phase_runs(phase, args.pairs):
                         log(f"planner rep {rep + 1}: {label} at {d:g} ms")
                         tokens = tokens_for(label, d, args.tokens, args.fast_tokens)
                         r = run_config(master, label, devices, force, d, tokens)
-                        runs.append({"rep": rep, "tokens": tokens, **r})
+                        runs.append({"rep": rep, "pair": pair, "tokens": tokens, **r})
                         if label == "alone":  # no link: the same run at every delay
                             runs += [{**runs[-1], "delay_ms": x} for x in DELAYS[1:]]
                         log(f"  -> {r['decode_ms_per_token']:.1f} ms/token measured, "

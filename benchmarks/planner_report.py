@@ -27,9 +27,9 @@ def planner_section(d: dict) -> list[str]:
         "core to itself and is measured alone. 'forced': `--force all`; 'offered': the "
         "devices are offered and the planner decides. 'alone' has no link: one run stands "
         "for every delay. The choice and adding-a-device checks are paired: the median over "
-        "repetitions of each one's ratio between phase 3's back-to-back runs ('alone again', "
-        "'b offered again', 'b+c offered' at each delay), since runs of one plan minutes "
-        "apart drift by 20-40% here; the ratio of medians is beside it.", "",
+        f"back-to-back sets ({_sets(d)} at each delay: 'alone again', 'b offered again', "
+        "'b+c offered') of each set's ratio, since runs of one plan minutes apart drift by "
+        "20-40% here; the ratio of medians is beside it.", "",
         *_load_note(d), "| check | value | ratio of medians | limit | result |",
         "|---|---|---|---|---|"]
     for name, c in (s.get("checks") or {}).items():
@@ -38,7 +38,7 @@ def planner_section(d: dict) -> list[str]:
                  else fmt(c["value"], 2))
         of_medians = fmt(c["of_medians"], 2) if "of_medians" in c else "-"
         lines.append(f"| {name} | {value} | {of_medians} | {limit} | "
-                     f"{'PASS' if c['pass'] else 'MISS'} |")
+                     f"{'PASS' if c['pass'] else 'MISS'}{_same_note(c)} |")
     lines += ["", "| configuration | delay ms | devices used | measured ms/token | predicted "
               "| error | runs |", "|---|---|---|---|---|---|---|"]
     rows = s.get("by_config") or {}
@@ -50,6 +50,19 @@ def planner_section(d: dict) -> list[str]:
                              f"{fmt(r['measured'])} | {fmt(r['predicted'])} | "
                              f"{r['error'] * 100:+.0f}% | {', '.join(map(str, r['runs']))} |")
     return lines + [""]
+
+
+def _sets(d: dict) -> str:
+    pairs = d.get("pairs", 1)
+    return f"{pairs} a repetition" if pairs > 1 else "one a repetition"
+
+
+def _same_note(c: dict) -> str:
+    same, total = c.get("same_plan") or (0, 0)
+    if not total or same != total:
+        return ""
+    return (f" (the same plan as the run it is compared with in {same}/{total} repetitions: "
+            "the ratio is run-to-run noise)")
 
 
 def _tokens(d: dict) -> str:

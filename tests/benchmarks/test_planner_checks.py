@@ -12,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import bench_planner  # noqa: E402
 
+DEVICES = {"b forced": ["This device", "dev-b"], "c forced": ["This device", "dev-c"],
+           "b+c forced": ["This device", "dev-b", "dev-c"]}
+
 
 def runs(alone: list[float], b_offered: list[float], bc_offered: list[float]) -> list[dict]:
     """Five repetitions at 0 ms: the subsets forced, then phase 3's three runs."""
@@ -20,7 +23,8 @@ def runs(alone: list[float], b_offered: list[float], bc_offered: list[float]) ->
         made = {"alone": a * 0.8, "b forced": 30.0, "c forced": 31.0, "b+c forced": 45.0,
                 "alone again": a, "b offered again": b, "b+c offered": bc}
         out += [{"rep": rep, "label": label, "delay_ms": 0.0, "decode_ms_per_token": ms,
-                 "predicted_ms_per_token": ms} for label, ms in made.items()]
+                 "predicted_ms_per_token": ms, "devices": DEVICES.get(label, ["This device"])}
+                for label, ms in made.items()]
     return out
 
 
@@ -40,3 +44,14 @@ def test_a_device_that_slows_every_pair_fails_the_adding_check():
     assert not checks["adding dev-c too @0"]["pass"]
     assert abs(checks["adding dev-c too @0"]["value"] - 13.0 / 10.5) < 1e-3
     assert not checks["choice vs best subset @0"]["pass"]
+
+
+def test_each_back_to_back_set_is_its_own_pair_and_the_forced_runs_count_for_all():
+    first = runs([10.0] * 5, [10.2] * 5, [10.3] * 5)
+    second = [{**r, "pair": 1, "decode_ms_per_token": r["decode_ms_per_token"] * 1.3}
+              for r in first if r["label"] in ("alone again", "b offered again", "b+c offered")]
+    checks = bench_planner.summarise(first + second)["checks"]
+    assert len(checks["adding dev-b @0"]["paired"]) == 10  # 5 repetitions x 2 sets
+    assert checks["adding dev-b @0"]["value"] < 1.03  # 30% slower together: no step slower
+    # the pick (this computer alone) is the fastest subset's plan in every set
+    assert checks["choice vs best subset @0"]["same_plan"] == [10, 10]
