@@ -145,11 +145,12 @@ def test_chat_goes_on_when_a_device_is_killed_mid_reply_and_it_rejoins(lan, tmp_
     master = tmp_path / "master"
     pair(master, w1)
     pair(master, w2)
-    # 10 ms per send (emulated link): slow enough to kill a device in the middle of a reply;
-    # plain decoding, so the reply line is "[... N ranks]" and a step is one token
+    # 5 ms per send (emulated link): a 3-rank token takes ~130 ms, so a 24-token reply is
+    # ~3 s, long enough to kill a device in the middle of it (each later turn costs as
+    # much); plain decoding, so the reply line is "[... N ranks]" and a step is one token
     chat = ChatProcess(master, "--model", str(tiny), "--devices", "all", "--force", "all",
-                       "--threads", "1", "--context", "4096", "--max-new-tokens", "40",
-                       "--link-delay-ms", "10", "--speculate", "off")
+                       "--threads", "1", "--context", "4096", "--max-new-tokens", "24",
+                       "--link-delay-ms", "5", "--speculate", "off")
     try:
         chat.wait_for(r"Empty line, /quit")
         chat.wait_for(r"3 ranks\]", chat.say("hello"))
