@@ -108,14 +108,7 @@ def link_speed(link: WorkerLink, nbytes: int = PROBE_BYTES) -> LinkSpeed:
 
 def _echo(link: WorkerLink, t: torch.Tensor) -> float | None:
     """One echo's round trip (ms); None if it failed or came back wrong."""
-    t0 = time.perf_counter()
-    try:
-        msg = link.request("echo", {"t": t0}, {"echo"}, timeout=5.0, tensors=(t,))
-    except (PeerError, ProtocolError, TpiError):
-        return None
-    ms = (time.perf_counter() - t0) * 1e3
-    ok = msg.meta.get("t") == t0 and len(msg.tensors) == 1 and msg.tensors[0].numel() == t.numel()
-    return ms if ok else None
+    return _echo_all([link], t)
 
 
 def group_extra_ms(links: list[WorkerLink], nbytes: int = PROBE_BYTES,
@@ -134,7 +127,8 @@ def group_extra_ms(links: list[WorkerLink], nbytes: int = PROBE_BYTES,
 
 
 def _echo_all(links: list[WorkerLink], t: torch.Tensor) -> float | None:
-    """One echo on every link at once: the round trip until the last answer (ms)."""
+    """One echo on every link at once: the round trip until the last answer (ms); None if
+    one failed or came back wrong."""
     t0 = time.perf_counter()
     try:
         msgs = request_all(links, "echo", {"t": t0}, {"echo"}, timeout=5.0, tensors=(t,))
