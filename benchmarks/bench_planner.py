@@ -149,11 +149,10 @@ def summarise(runs: list[dict]) -> dict:
             if row:
                 out["checks"][f"prediction {n} device{'s' if n > 1 else ''} {k}"] = {
                     "value": row["error"], "pass": abs(row["error"]) <= 0.25}
-        for name, ratio in (("choice vs best subset", _choice),
-                            ("adding dev-b", lambda ms: _adding(ms, 0)),
-                            ("adding dev-c too", lambda ms: _adding(ms, 1))):
-            paired = [x for x in (ratio(_at(runs, key, d)) for key in _pairs(runs)) if x]
-            of_medians = ratio({label: [v] for label, v in _medians(out, k).items()})
+        for name in COMPARED:
+            paired = [x for x in (_ratio(name, _at(runs, key, d)) for key in _pairs(runs))
+                      if x]
+            of_medians = _ratio(name, {label: [v] for label, v in _medians(out, k).items()})
             if paired and of_medians:
                 out["checks"][f"{name} {k}"] = {
                     "value": median(paired), "of_medians": of_medians,
@@ -163,27 +162,17 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def _same_plans(runs: list[dict], d: float, check: str) -> list[int]:
-    """[repetitions where the compared runs had the same devices, repetitions]: where they
-    did, the two ran the same plan and their ratio is run-to-run noise."""
-    if check.startswith("choice"):
-        pairs = [("b+c offered", x) for x in ("alone again", "b forced", "c forced",
-                                               "b+c forced")]
-    elif check.startswith("adding dev-b"):
-        pairs = [("b offered again", "alone again")]
-    else:
-        pairs = [("b+c offered", "b offered again")]
+    """[sets where the compared runs had the same devices, sets]: where they did, the two
+    ran the same plan and their ratio is run-to-run noise."""
+    num, dens = COMPARED[check]
     same = total = 0
     for key in _pairs(runs):
         got = {r["label"]: r for r in runs if _in(r, key, d)}
-        if not all(a in got and b in got for a, b in pairs):
+        if num not in got or not all(x in got for x in dens):
             continue
         total += 1
-        if check.startswith("choice"):  # the pick against the fastest subset of that rep
-            best = min((got[b] for _, b in pairs), key=lambda r: r["decode_ms_per_token"])
-            same += got["b+c offered"].get("devices") == best.get("devices")
-        else:
-            a, b = pairs[0]
-            same += got[a].get("devices") == got[b].get("devices")
+        best = min((got[x] for x in dens), key=lambda r: r["decode_ms_per_token"])
+        same += got[num].get("devices") == best.get("devices")
     return [same, total]
 
 
@@ -216,20 +205,21 @@ def _medians(out: dict, k: str) -> dict[str, float]:
             if key.endswith(f" {k}")}
 
 
-def _choice(ms: dict[str, list[float]]) -> float | None:
-    """The planner's pick over the fastest subset, alone measured beside the pick."""
-    subsets = ("alone again", "b forced", "c forced", "b+c forced")
-    if "b+c offered" not in ms or not all(ms.get(x) for x in subsets):
-        return None
-    return ms["b+c offered"][0] / min(ms[x][0] for x in subsets)
+# each paired check: the run it judges over the fastest of the runs it is compared with
+COMPARED = {
+    "choice vs best subset": ("b+c offered", ("alone again", "b forced", "c forced",
+                                              "b+c forced")),
+    "adding dev-b": ("b offered again", ("alone again",)),
+    "adding dev-c too": ("b+c offered", ("b offered again",)),
+}
 
 
-def _adding(ms: dict[str, list[float]], step: int) -> float | None:
-    """Offering dev-b over alone (step 0), then dev-c too over dev-b offered (step 1)."""
-    steps = ("alone again", "b offered again", "b+c offered")
-    if not (ms.get(steps[step]) and ms.get(steps[step + 1])):
+def _ratio(check: str, ms: dict[str, list[float]]) -> float | None:
+    """`check`'s ratio over one set's runs (None when one of them is missing)."""
+    num, dens = COMPARED[check]
+    if not ms.get(num) or not all(ms.get(x) for x in dens):
         return None
-    return ms[steps[step + 1]][0] / ms[steps[step]][0]
+    return ms[num][0] / min(ms[x][0] for x in dens)
 
 
 def main(argv: list[str] | None = None) -> int:
