@@ -109,9 +109,10 @@ def read_gbps(fmt: str) -> float:
     return total / _best_s(run, 5) / 1e9
 
 
-def layer_ms(layers: int = 8) -> float:
-    """One layer's fixed cost: attention + MLP of a sliver of a layer (1 KV head, 64
-    columns) over a 64-token context, through the engine's own functions."""
+def sliver_layers(layers: int = 8):
+    """(attention half, MLP half, input): the engine's own attention and MLP functions on
+    a sliver of a layer (1 KV head, 64 columns) over a 64-token context, so that running
+    one reads next to no weights. Each half is `half(h, i)` -> h after layer i's half."""
     import torch
 
     from core.engine.kv_cache import KVCache
@@ -126,17 +127,30 @@ def layer_ms(layers: int = 8) -> float:
                         "w_down": torch.randn(64, d) * .02})
     cache = KVCache(layers, 1, hd, 128)
     cos, sin = torch.ones(1, 1, hd), torch.zeros(1, 1, hd)
-    x = torch.randn(1, d)
     for i in range(layers):  # a context to attend over, as a short chat has
         for p in range(64):
             cache.k[i][:, p] = 0.1
             cache.v[i][:, p] = 0.1
 
+    def attn_half(h, i: int):
+        return h + attention(h, att, s, cache, i, 64, cos, sin)
+
+    def mlp_half(h, i: int):
+        return h + mlp(h, ff, s.eps)
+
+    return attn_half, mlp_half, torch.randn(1, d)
+
+
+def layer_ms(layers: int = 8) -> float:
+    """One layer's fixed cost: both halves of a sliver layer (`sliver_layers`)."""
+    import torch
+
+    attn_half, mlp_half, x = sliver_layers(layers)
+
     def run() -> None:
         h = x
         for i in range(layers):
-            h = h + attention(h, att, s, cache, i, 64, cos, sin)
-            h = h + mlp(h, ff, s.eps)
+            h = mlp_half(attn_half(h, i), i)
 
     with torch.inference_mode():
         run()
