@@ -69,6 +69,8 @@ def print_plan(model: str, c: Choice, silent: list[str], delay_ms: float,
     p = c.prediction
     print(f"Predicted: {p.ms_per_token:.1f} ms/token ({1000 / p.ms_per_token:.1f} tokens/s); "
           f"first token after ~{p.ttft_ms:.0f} ms for a {p.prompt_tokens}-token prompt", file=out)
-    print(f"  compute {p.compute_ms:.1f} ms, links {p.link_ms:.1f} ms, disk {p.stream_ms:.1f} "
+    waits = f" (+{p.idle_ms:.1f} ms resuming after them)" if p.idle_ms >= 0.05 else ""
+    print(f"  compute {p.compute_ms:.1f} ms, links {p.link_ms:.1f} ms{waits}, "
+          f"disk {p.stream_ms:.1f} "
           f"ms a token{'' if p.fits else '; the shares do not all fit their memory budgets'}",
           file=out)

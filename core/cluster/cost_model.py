@@ -16,7 +16,10 @@ A decode step, as the engine runs it (core/engine/rank.py, core/comm/allreduce.p
   (`group_ms`, probed at once: rank 0 handles their messages one by one, and devices that
   share cores answer one by one);
 - once a step: rank 0 broadcasts the hidden state, and reads the head (final norm and
-  lm_head) alone after the last layer.
+  lm_head) alone after the last layer;
+- every rank that waited on a link resumes slower than one that did not (cooled caches,
+  woken threads; measure_idle.py): each allreduce and the step pay the slowest member's
+  measured `resume_cost` for the time it kept the ranks waiting.
 """
 
 from __future__ import annotations
@@ -62,13 +65,15 @@ class Prediction:
     fits: bool  # every rank's share fits its memory budget with every block resident
     prompt_tokens: int = 64
     group_ms: float = 0.0  # what the workers answering together add to a round trip
+    idle_ms: float = 0.0  # what resuming after each wait on the links adds, per token
 
     def to_dict(self) -> dict:
         return {"ms_per_token": round(self.ms_per_token, 2), "ttft_ms": round(self.ttft_ms, 1),
                 "compute_ms": round(self.compute_ms, 2), "link_ms": round(self.link_ms, 2),
                 "stream_ms": round(self.stream_ms, 2), "fits": self.fits,
                 "windows": ["all" if w is None else w for w in self.windows],
-                "prompt_tokens": self.prompt_tokens, "group_ms": round(self.group_ms, 4)}
+                "prompt_tokens": self.prompt_tokens, "group_ms": round(self.group_ms, 4),
+                "idle_ms": round(self.idle_ms, 2)}
 
 
 def read_ms(b: Bytes, speed: DeviceSpeed) -> float:
@@ -115,6 +120,13 @@ def allreduce_ms(members: list[Member], emu: LinkEmulation | None, nbytes: int,
     here = members[0].speed
     up = max(wire_ms(m.link, nbytes, here, m.speed) for m in members[1:])
     return n * sent + 2 * up + (group_ms if n > 2 else 0.0)
+
+
+def resume_ms(members: list[Member], gap_ms: float) -> float:
+    """What the slowest member's resume after `gap_ms` of waiting adds (0 alone)."""
+    if len(members) < 2:
+        return 0.0
+    return max(m.speed.resume_cost(gap_ms) for m in members)
 
 
 def stackable(model: ModelBytes) -> bool:
@@ -191,13 +203,14 @@ def predict(model: ModelBytes, plan: Plan, members: list[Member],
     head = read_ms(model.head, members[0].speed)
     compute = L * (max(att) + max(mlp)) + head
     link = 2 * L * ar + step
-    ms = compute + link
+    idle = 2 * L * resume_ms(members, ar) + resume_ms(members, step + head)
+    ms = compute + link + idle
     # prefill: every weight once plus 2 FLOPs per weight and token at GEMM speed
     pre = [read_ms(ld.attn, m.speed) + read_ms(ld.mlp, m.speed)
            + 2 * ld.params * prompt_tokens / (m.speed.gflops * 1e6)
            + L * m.speed.layer_ms for m, ld in zip(members, loads, strict=True)]
-    ttft = (max(pre) + head + 2 * L * allreduce_ms(members, emu, hidden * prompt_tokens,
-                                                   group_ms)
+    ar_prompt = allreduce_ms(members, emu, hidden * prompt_tokens, group_ms)
+    ttft = (max(pre) + head + 2 * L * (ar_prompt + resume_ms(members, ar_prompt))
             + (len(members) - 1) * send_ms(emu, hidden * prompt_tokens))
     return Prediction(ms, ttft, compute, link, stream_extra, tuple(windows), fits,
-                      prompt_tokens, group_ms)
+                      prompt_tokens, group_ms, idle)

@@ -33,8 +33,10 @@ class DeviceStatus:
 def speed_note(s: DeviceSpeed) -> str:
     """A device's measured speeds in one line for its card."""
     reads = " · ".join(f"{v:.1f} GB/s {k}" for k, v in sorted(s.read_gbps.items()))
+    waits = f" · +{s.resume_cost(2.0):.2f} ms after a 2 ms wait" if s.resume_ms else ""
     return (f"reads {reads} · disk {s.disk_gbps:.1f} GB/s · "
-            f"{s.free_bytes / 2**30:.1f} GB free · {s.cores} core{'s' if s.cores != 1 else ''}")
+            f"{s.free_bytes / 2**30:.1f} GB free · {s.cores} core{'s' if s.cores != 1 else ''}"
+            f"{waits}")
 
 
 def link_note(link: LinkSpeed | None) -> str:

@@ -1,6 +1,7 @@
 """Measure this device for the planner: weight-read speed per format, layer overhead,
-GEMM speed, disk read speed of the shard folder, free memory, and what its control-port
-messages cost over data-plane ones (measure_messaging.py).
+GEMM speed, disk read speed of the shard folder, free memory, what its control-port
+messages cost over data-plane ones (measure_messaging.py) and what waiting on a link
+costs the next half-layer (measure_idle.py).
 
 Runs in a child process (`python -m core.cluster.measure_device FOLDER`, one JSON line
 out), so the worker daemon never imports torch or holds the test buffers, and the child
@@ -208,6 +209,7 @@ def run_child(folder: Path, formats: list[str]) -> dict:
     import psutil
     import torch
 
+    from core.cluster.measure_idle import resume_ms
     from core.cluster.measure_messaging import per_end_ms
     from core.cpu import usable_cores
 
@@ -218,7 +220,7 @@ def run_child(folder: Path, formats: list[str]) -> dict:
         read_gbps=read_speeds([f for f in formats if f in FORMATS]),
         layer_ms=layer_ms(), gflops=gflops(), disk_gbps=disk_gbps(folder),
         free_bytes=int(psutil.virtual_memory().available), cores=cores,
-        measured_at=time.time(), msg_ms=msg_ms, frame_ms=frame_ms)
+        measured_at=time.time(), msg_ms=msg_ms, frame_ms=frame_ms, resume_ms=resume_ms())
     return speed.to_dict()
 
 

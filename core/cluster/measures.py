@@ -21,6 +21,9 @@ MIN_GBPS = 1e-3
 MAX_MS = 60_000.0
 MAX_SAMPLES = 64
 MAX_MSG_MS = 5.0  # one end's control software per echo: ~0.07 ms measured on the test machine
+MAX_GAP_MS = 1000.0
+MAX_RESUME_MS = 50.0  # what waiting adds to one resume: ~0.4 ms after 2 ms on the test machine
+MAX_GAPS = 16
 PROBE_BYTES = 4096  # a link probe's echo: as big as a decode step's hidden state, about
 
 
@@ -46,6 +49,19 @@ class DeviceSpeed:
     # 0: not measured (an older device), then echoes are priced as they are
     msg_ms: float = 0.0
     frame_ms: float = 0.0
+    # ((idle gap ms, what one resume after it adds, ms), ...) by gap (measure_idle.py);
+    # (): not measured (an older device), then waiting is priced at nothing
+    resume_ms: tuple[tuple[float, float], ...] = ()
+
+    def resume_cost(self, gap_ms: float) -> float:
+        """What resuming after `gap_ms` of waiting adds (ms): the measured curve, straight
+        from (0, 0) to its first point and between points, flat past its last."""
+        prev_gap, prev = 0.0, 0.0
+        for gap, extra in self.resume_ms:
+            if gap_ms <= gap:
+                return prev + (extra - prev) * (gap_ms - prev_gap) / (gap - prev_gap)
+            prev_gap, prev = gap, extra
+        return prev
 
     def gbps(self, fmt: str) -> float:
         """Read speed of `fmt`, else of the slowest format measured (a cautious guess)."""
@@ -59,7 +75,8 @@ class DeviceSpeed:
                 "layer_ms": round(self.layer_ms, 4), "gflops": round(self.gflops, 2),
                 "disk_gbps": round(self.disk_gbps, 3), "free_bytes": int(self.free_bytes),
                 "cores": int(self.cores), "measured_at": round(self.measured_at, 1),
-                "msg_ms": round(self.msg_ms, 4), "frame_ms": round(self.frame_ms, 4)}
+                "msg_ms": round(self.msg_ms, 4), "frame_ms": round(self.frame_ms, 4),
+                "resume_ms": [[g, round(x, 4)] for g, x in self.resume_ms]}
 
     @classmethod
     def from_dict(cls, d: Any) -> DeviceSpeed:
@@ -77,7 +94,8 @@ class DeviceSpeed:
                    cores=int(_num(d.get("cores"), 1, 4096, 1)),
                    measured_at=_num(d.get("measured_at"), 0, 1e11, 0.0),
                    msg_ms=_num(d.get("msg_ms"), 0.0, MAX_MSG_MS, 0.0),
-                   frame_ms=_num(d.get("frame_ms"), 0.0, MAX_MSG_MS, 0.0))
+                   frame_ms=_num(d.get("frame_ms"), 0.0, MAX_MSG_MS, 0.0),
+                   resume_ms=resume_points(d.get("resume_ms")))
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,20 @@ class LinkSpeed:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rtt_ms": [round(x, 3) for x in self.rtt_ms], "mbps": self.mbps}
+
+
+def resume_points(values: Any) -> tuple[tuple[float, float], ...]:
+    """A bounded curve of sane (gap, extra) points, by gap, one per gap, from whatever
+    list was given; malformed points are dropped."""
+    if not isinstance(values, list | tuple):
+        return ()
+    points: dict[float, float] = {}
+    for v in values[:MAX_GAPS]:
+        if isinstance(v, list | tuple) and len(v) == 2:
+            gap = _num(v[0], 0.0, MAX_GAP_MS, 0.0)
+            if gap > 0:
+                points.setdefault(gap, _num(v[1], 0.0, MAX_RESUME_MS, 0.0))
+    return tuple(sorted(points.items()))
 
 
 def rtt_samples(values: Any) -> tuple[float, ...]:

@@ -172,7 +172,8 @@ def _explained(model: ModelBytes, c: Choice, others: list[Member], emu, window,
             continue
         _, _, with_it = best_for(model, [*c.members, m], emu, window, groups)
         extra = with_it.ms_per_token - c.prediction.ms_per_token
-        link = with_it.link_ms - c.prediction.link_ms
+        # resuming after each wait on a link is the link's cost too
+        link = with_it.link_ms + with_it.idle_ms - c.prediction.link_ms - c.prediction.idle_ms
         cause = "of link latency" if link >= extra / 2 else "(it reads its share slowly)"
         need = ("not needed: the model fits here" if c.prediction.fits else
                 "it would not make the model fit")

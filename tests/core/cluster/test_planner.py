@@ -5,15 +5,19 @@ a q8_0 head); devices read weights at a few GB/s and links have a given round tr
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from core.cluster.cost_model import Member, allreduce_ms, predict, round_trip_ms
+from core.cluster.device_status import speed_note
 from core.cluster.measures import DeviceSpeed, LinkSpeed
 from core.cluster.model_bytes import ModelBytes
 from core.cluster.planner import choose
 from core.comm.linkemu import LinkEmulation
 from core.errors import TpiError
 from core.model.config import ModelConfig
+from core.plan_cli import print_plan
 from core.shard.plan import make_plan
 
 GB = 2**30
@@ -96,6 +100,36 @@ def test_emulated_latency_costs_two_allreduces_a_layer_of_n_sends_each():
     assert slow - base == pytest.approx(60 * 2 * 5 + 5, rel=0.01)
     three = [ME, member("b", rtt=0.0), member("c", rtt=0.0)]
     assert allreduce_ms(three, LinkEmulation(delay_ms=5.0), 2304) == pytest.approx(15, rel=0.01)
+
+
+def test_resuming_after_each_wait_is_priced_from_the_slowest_members_curve():
+    curve = ((1.0, 0.2), (5.0, 0.6))
+    waits = DeviceSpeed(read_gbps={"q4_1": 2.0, "q8_0": 2.4}, layer_ms=0.1, gflops=50.0,
+                        disk_gbps=1.0, free_bytes=8 * GB, cores=1, resume_ms=curve)
+    assert [waits.resume_cost(g) for g in (0, 0.5, 1, 3, 5, 50)] == pytest.approx(
+        [0, 0.1, 0.2, 0.4, 0.6, 0.6])
+    assert speed().resume_cost(5.0) == 0  # not measured: priced at nothing, as before
+    plan = make_plan(CFG, [1.0, 1.0])
+    emu = LinkEmulation(delay_ms=2.0)
+    b = member("b", rtt=0.0)
+    base = predict(MODEL, plan, [ME, b], emu)
+    slow = predict(MODEL, plan, [ME, Member("b", waits, b.link, b.budget)], emu)
+    # 60 allreduces keep the ranks waiting 4 ms (two sends); the step, 2 ms and the head's
+    # 12.5 ms: past the curve's last point
+    assert slow.idle_ms == pytest.approx(60 * 0.5 + 0.6)
+    assert slow.ms_per_token - base.ms_per_token == pytest.approx(slow.idle_ms)
+    assert slow.link_ms == base.link_ms and slow.to_dict()["idle_ms"] == round(slow.idle_ms, 2)
+    assert slow.ttft_ms > base.ttft_ms
+    # alone, nobody waits on a link
+    alone = Member("me", waits, None, 4 * GB)
+    assert predict(MODEL, make_plan(CFG, [1.0]), [alone], emu).idle_ms == 0
+    # `tpi-chat plan` and the device card say it
+    c = choose(MODEL, alone, [Member("b", waits, b.link, b.budget)], {"b"}, emu)
+    out = io.StringIO()
+    print_plan("m", c, [], 2.0, out)
+    assert f"(+{c.prediction.idle_ms:.1f} ms resuming after them)" in out.getvalue()
+    assert "+0.30 ms after a 2 ms wait" in speed_note(waits)
+    assert "after a" not in speed_note(speed())
 
 
 def test_workers_answering_together_cost_every_allreduce_and_the_step():
@@ -204,5 +238,11 @@ def test_a_hostile_measurement_is_clipped_not_trusted():
     assert lying.msg_ms == 5.0 and lying.frame_ms == 0
     assert DeviceSpeed.from_dict({"msg_ms": "fast"}).msg_ms == 0
     assert DeviceSpeed.from_dict("not a dict").read_gbps == {}
+    curve = DeviceSpeed.from_dict({"resume_ms": [[2, 1e9], [-1, 3], [2, 7], "x", [1, "y"],
+                                                 [float("inf"), 1], [1e9, 4]]
+                                   + [[5, 1]] * 10**5})  # only the first 16 are read
+    assert curve.resume_ms == ((1.0, 0.0), (2.0, 50.0), (5.0, 1.0), (1000.0, 4.0))
+    assert DeviceSpeed.from_dict({"resume_ms": {"2": 1}}).resume_ms == ()
+    assert DeviceSpeed.from_dict(curve.to_dict()) == curve
     m = Member("x", d, LinkSpeed((0.1,)), GB)
     assert predict(MODEL, make_plan(CFG, [1.0, 1.0]), [ME, m]).ms_per_token > 0
