@@ -120,6 +120,11 @@ def test_resuming_after_each_wait_is_priced_from_the_slowest_members_curve():
     assert slow.ms_per_token - base.ms_per_token == pytest.approx(slow.idle_ms)
     assert slow.link_ms == base.link_ms and slow.to_dict()["idle_ms"] == round(slow.idle_ms, 2)
     assert slow.ttft_ms > base.ttft_ms
+    # a link whose echo took 1 ms already holds what a 1 ms wait costs: 0.6 - 0.2 beyond
+    far = LinkSpeed(rtt_ms=(1.0,) * 5, mbps=900.0)
+    one_ms = predict(MODEL, plan, [Member("me", waits, None, 4 * GB),
+                                   Member("b", waits, far, b.budget)], emu)
+    assert one_ms.idle_ms == pytest.approx(60 * 0.4 + 0.4)
     # alone, nobody waits on a link
     alone = Member("me", waits, None, 4 * GB)
     assert predict(MODEL, make_plan(CFG, [1.0]), [alone], emu).idle_ms == 0
