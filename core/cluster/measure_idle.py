@@ -9,7 +9,7 @@ milliseconds every one of a decode step's allreduces pays it: 2 devices at 2 ms 
 decoded 25% slower than a cost model that priced waiting at nothing (`make bench`).
 
 So each device measures, for a few idle gaps, the extra time of one resume: one half of
-the sliver layer (measure_device.sliver_layers) and one block read after sleeping the
+the sliver layer (measure_workloads.sliver_layers) and one block read after sleeping the
 gap, then an allreduce's two messages as the link emulation sends them: a data-plane
 frame on loopback TCP sent after waiting the gap and answered after waiting it again,
 each end on its own core where the device has two (a wake on another core is what a
@@ -40,11 +40,11 @@ def resume_ms(gaps_ms: tuple[float, ...] = GAPS_MS, rounds: int = ROUNDS
     paired differences (a cold run, then a warm one at once)."""
     import torch
 
-    from core.cluster.measure_device import _matrices, sliver_layers
+    from core.cluster.measure_workloads import matrices, sliver_layers
     from core.engine.linear import linear
 
     attn_half, _, x = sliver_layers(1)
-    blocks, _ = _matrices("q4_1")
+    blocks, _ = matrices("q4_1")
     xb = torch.randn(1, 2048)
     turn = iter(range(1 << 30))
 

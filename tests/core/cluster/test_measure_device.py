@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from core.cluster.measure_device import READ_BYTES, read_s, read_speeds, sliver_layers
+from core.cluster.measure_device import read_s, read_speeds
+from core.cluster.measure_workloads import READ_BYTES, sliver_layers
 
 
 def test_read_speeds_cover_each_format_asked_from_allocations_past_the_cache():
