@@ -20,10 +20,10 @@ Runs in the measurement child, ~1 s.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import statistics
-import struct
 import threading
 import time
 
@@ -46,7 +46,7 @@ def resume_ms(gaps_ms: tuple[float, ...] = GAPS_MS, rounds: int = ROUNDS
     attn_half, _, x = sliver_layers(1)
     blocks, _ = matrices("q4_1")
     xb = torch.randn(1, 2048)
-    turn = iter(range(1 << 30))
+    turn = itertools.count()
 
     def half() -> float:
         t0 = time.perf_counter()
@@ -90,17 +90,17 @@ class _FrameEcho:
         import zmq
 
         self._cores = _usable_cores()
+        self._hold = 0.0  # what the server waits before it answers (set by round_trip)
         self._stop = threading.Event()
         self._port: queue.Queue[int] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="measure-idle", daemon=True)
         self._thread.start()
-        port = self._port.get(timeout=10)
+        self.port = self._port.get(timeout=10)
         _pin(self._cores, 0)  # back to every core on exit
         self._ctx = zmq.Context()
         self._dealer = self._ctx.socket(zmq.DEALER)
-        self._dealer.connect(f"tcp://127.0.0.1:{port}")
+        self._dealer.connect(f"tcp://127.0.0.1:{self.port}")
         self._buf = bytearray(FRAME_BYTES)
-        self._more = zmq.SNDMORE
         return self
 
     def _serve(self) -> None:
@@ -109,15 +109,18 @@ class _FrameEcho:
         _pin(self._cores, 1)
         ctx = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
+        # any local process can reach a loopback port: a bigger message only drops its
+        # sender, and nothing read from the socket says how long to hold (self._hold)
+        router.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES)
         self._port.put(router.bind_to_random_port("tcp://127.0.0.1"))
-        hold, buf = bytearray(8), bytearray(FRAME_BYTES)
+        buf = bytearray(FRAME_BYTES)
         try:
             while not self._stop.is_set():
                 if router.poll(50):
                     ident = router.recv()
-                    router.recv_into(hold)
-                    router.recv_into(buf)
-                    precise_sleep(struct.unpack("<d", hold)[0])
+                    while router.getsockopt(zmq.RCVMORE):  # one frame or several: ours is one
+                        router.recv_into(buf)
+                    precise_sleep(self._hold)
                     router.send(ident, zmq.SNDMORE)
                     router.send(buf)
         finally:
@@ -126,9 +129,9 @@ class _FrameEcho:
 
     def round_trip(self, hold_s: float) -> float:
         """Seconds of a round trip beyond its two holds of `hold_s`."""
+        self._hold = hold_s
         precise_sleep(hold_s)
         t0 = time.perf_counter()
-        self._dealer.send(struct.pack("<d", hold_s), self._more)
         self._dealer.send(self._buf)
         if not self._dealer.poll(5000):
             raise TimeoutError("the loopback frame echo did not come back")
