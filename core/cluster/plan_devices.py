@@ -23,7 +23,7 @@ from core.cluster.cost_model import Member
 from core.cluster.measures import FORMATS, DeviceSpeed
 from core.cluster.model_bytes import ModelBytes
 from core.cluster.planner import Choice, Groups, choose
-from core.cluster.speeds import group_extra_ms, link_speed, local_speed, worker_speed
+from core.cluster.speeds import group_extra_ms, link_speeds, local_speed, worker_speed
 from core.cluster.worker_link import WorkerLink
 from core.cluster.worker_spec import WorkerSpec
 from core.comm.linkemu import LinkEmulation
@@ -97,8 +97,9 @@ def measure_members(master_budget: int, workers: list[tuple[WorkerSpec, WorkerLi
     # waits behind a measurement child hogging a core (or behind the other probes'
     # threads in this process) measures that wait, not the link; on the 2-core test
     # machine such medians reached 1.1 ms against ~0.5 ms quiet
-    theirs = [Member(spec.name, speed, link_speed(link), int(spec.memory_budget))
-              for (spec, link), speed in zip(workers, speeds, strict=True)]
+    links = link_speeds([link for _, link in workers])
+    theirs = [Member(spec.name, speed, probed, int(spec.memory_budget))
+              for (spec, _), speed, probed in zip(workers, speeds, links, strict=True)]
     report("measuring devices", 1 + len(workers), 1 + len(workers))
     return me, theirs
 

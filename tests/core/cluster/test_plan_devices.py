@@ -26,20 +26,23 @@ def test_links_are_probed_after_every_measurement_and_one_at_a_time(monkeypatch)
             measuring[0] -= 1
         return DeviceSpeed.from_dict({"read_gbps": {"q4_1": 5.0}})
 
-    def probe(link) -> LinkSpeed:
-        with lock:
-            probing[0] += 1
-            seen.append((link, measuring[0], probing[0]))
-        time.sleep(0.05)
-        with lock:
-            probing[0] -= 1
-        return LinkSpeed((0.4,))
+    def probe(links) -> list[LinkSpeed]:
+        out = []
+        for link in links:
+            with lock:
+                probing[0] += 1
+                seen.append((link, measuring[0], probing[0]))
+            time.sleep(0.05)
+            with lock:
+                probing[0] -= 1
+            out.append(LinkSpeed((0.4,)))
+        return out
 
     monkeypatch.setattr(plan_devices, "local_speed",
                         lambda fresh, formats, wait: slow_measure("me", 0.4))
     monkeypatch.setattr(plan_devices, "worker_speed",
                         lambda link, fresh, formats, wait: slow_measure(link, 0.1))
-    monkeypatch.setattr(plan_devices, "link_speed", probe)
+    monkeypatch.setattr(plan_devices, "link_speeds", probe)
     workers = [(WorkerSpec(n, "tcp://127.0.0.1:1", "k" * 40, 2**30), n) for n in "bcd"]
     me, theirs = plan_devices.measure_members(2**30, workers, fresh=True)
     assert [m.name for m in theirs] == ["b", "c", "d"]

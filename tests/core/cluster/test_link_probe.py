@@ -1,0 +1,90 @@
+"""The planner's link probe (core/cluster/speeds.py, link_speeds) against fake workers on
+real CURVE sockets: a burst that meets a passing slowdown is not what the link is priced
+at, a link that is slow all along is, and the first echoes of a burst are left out.
+
+Each fake worker answers an echo after a delay it picks by the echo's number, standing for
+a machine whose answers slow down for a while (host contention on the test VM) and then
+recover."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from core.cluster import speeds
+from core.cluster.identity import Identity
+from core.cluster.worker_link import WorkerLink
+from tests.fixtures.fake_worker import FakeWorker
+
+SLOW_S = 0.006
+PER_BURST = speeds.WARM_ECHOES + speeds.RTT_SAMPLES
+
+
+class DelayedEcho:
+    """A fake worker answering its n-th echo (from 0) after delay(n) seconds."""
+
+    def __init__(self, master_key: str, delay: Callable[[int], float]):
+        self.delay, self.count = delay, itertools.count()
+        self.fake = FakeWorker(master_key, self._answer)
+        self.identity, self.ctl = self.fake.identity, self.fake.ctl
+
+    def _answer(self, ident: bytes, msg) -> None:
+        if msg.op == "ping":  # the link's heartbeat: answered at once, not counted
+            self.ctl.send(ident, "pong", {"t": msg.meta["t"]})
+            return
+        time.sleep(self.delay(next(self.count)))
+        self.ctl.send(ident, "echo", {"t": msg.meta["t"]}, msg.tensors)
+
+    def close(self) -> None:
+        self.fake.close()
+
+
+@pytest.fixture
+def links():
+    """links(*delays) -> a link to a DelayedEcho worker for each delay function."""
+    master = Identity.generate("master")
+    made = []
+
+    def make(*delays: Callable[[int], float]) -> list[WorkerLink]:
+        workers = [DelayedEcho(master.public_key, d) for d in delays]
+        out = [WorkerLink(f"w{i}", w.ctl.endpoint, w.identity.public_key, master)
+               for i, w in enumerate(workers)]
+        made.extend([*out, *workers])
+        return out
+
+    yield make
+    closing = [threading.Thread(target=thing.close) for thing in made]
+    for t in closing:
+        t.start()
+    for t in closing:
+        t.join()
+
+
+def test_a_burst_that_meets_a_passing_slowdown_is_not_what_the_link_is_priced_at(links):
+    # the whole first burst (and its warm-up) is slow, the later ones are not
+    got = speeds.link_speeds(links(lambda n: SLOW_S if n < PER_BURST else 0.0))
+    assert len(got[0].rtt_ms) == speeds.RTT_SAMPLES
+    assert got[0].median_ms < SLOW_S * 1e3 / 2
+
+
+def test_a_link_slow_all_along_is_priced_slow(links):
+    got = speeds.link_speeds(links(lambda n: SLOW_S, lambda n: 0.0))
+    assert got[0].median_ms > SLOW_S * 1e3
+    assert got[1].median_ms < SLOW_S * 1e3 / 2
+    assert got[0].mbps is not None and got[0].mbps > 0
+
+
+def test_the_first_echoes_of_a_burst_are_left_out(links):
+    # each burst starts slow for its warm-up echoes only: a machine waking up
+    got = speeds.link_speeds(links(lambda n: SLOW_S if n % PER_BURST < speeds.WARM_ECHOES
+                                   else 0.0), bursts=1)
+    assert max(got[0].rtt_ms) < SLOW_S * 1e3
+
+
+def test_a_link_that_never_answers_has_no_round_trips(links, monkeypatch):
+    monkeypatch.setattr(speeds, "_echo", lambda link, t: None)
+    assert speeds.link_speeds(links(lambda n: 0.0), bursts=2)[0].rtt_ms == ()
