@@ -12,10 +12,9 @@ import time
 
 import pytest
 
-from core.cluster.identity import Identity
 from core.cluster.speeds import group_extra_ms
 from core.cluster.worker_link import WorkerLink, request_all
-from tests.fixtures.fake_worker import FakeWorker
+from tests.fixtures.fake_worker import FakeStar, FakeWorker
 
 WORK_S = 0.004
 
@@ -41,25 +40,16 @@ class EchoWorker:
 @pytest.fixture
 def star():
     """star(shared) -> two links to two echo workers, on one `cpu` or on one each."""
-    master = Identity.generate("master")
-    made = []
+    fakes = FakeStar()
 
     def make(shared: bool) -> list[WorkerLink]:
         one = threading.Lock()
-        workers = [EchoWorker(master.public_key, one if shared else threading.Lock())
-                   for _ in range(2)]
-        links = [WorkerLink(f"w{i}", w.ctl.endpoint, w.identity.public_key, master)
-                 for i, w in enumerate(workers)]
-        made.extend([*links, *workers])
-        return links
+        return [fakes.link(EchoWorker(fakes.master.public_key,
+                                      one if shared else threading.Lock()))
+                for _ in range(2)]
 
     yield make
-    # at once: a link's close waits out its heartbeat's pending ping (up to 1 s)
-    closing = [threading.Thread(target=thing.close) for thing in made]
-    for t in closing:
-        t.start()
-    for t in closing:
-        t.join()
+    fakes.close()
 
 
 def test_every_link_answers_a_request_sent_to_all_at_once(star):

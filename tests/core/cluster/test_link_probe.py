@@ -9,16 +9,13 @@ recover."""
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
 from core.cluster import speeds
-from core.cluster.identity import Identity
-from core.cluster.worker_link import WorkerLink
-from tests.fixtures.fake_worker import FakeWorker
+from tests.fixtures.fake_worker import FakeStar, FakeWorker
 
 SLOW_S = 0.006
 PER_BURST = speeds.WARM_ECHOES + speeds.RTT_SAMPLES
@@ -46,22 +43,10 @@ class DelayedEcho:
 @pytest.fixture
 def links():
     """links(*delays) -> a link to a DelayedEcho worker for each delay function."""
-    master = Identity.generate("master")
-    made = []
-
-    def make(*delays: Callable[[int], float]) -> list[WorkerLink]:
-        workers = [DelayedEcho(master.public_key, d) for d in delays]
-        out = [WorkerLink(f"w{i}", w.ctl.endpoint, w.identity.public_key, master)
-               for i, w in enumerate(workers)]
-        made.extend([*out, *workers])
-        return out
-
-    yield make
-    closing = [threading.Thread(target=thing.close) for thing in made]
-    for t in closing:
-        t.start()
-    for t in closing:
-        t.join()
+    fakes = FakeStar()
+    yield lambda *delays: [fakes.link(DelayedEcho(fakes.master.public_key, d))
+                           for d in delays]
+    fakes.close()
 
 
 def test_a_burst_that_meets_a_passing_slowdown_is_not_what_the_link_is_priced_at(links):
