@@ -47,10 +47,14 @@ def loopback_ms(rounds: int = ROUNDS) -> tuple[list[float], list[float]]:
     )
 
     keys, client_keys = Keys.generate(), Keys.generate()
+
+    def only_ours(key: str) -> bool:  # the ports are on loopback, open to any local user
+        return key == client_keys.public_key
+
     ctx = zmq.Context.instance()  # the control sockets' own: one CURVE authenticator
-    ctl = ControlServer("127.0.0.1", ops={"echo"}, curve=CurveServerConfig(keys, lambda k: True))
+    ctl = ControlServer("127.0.0.1", ops={"echo"}, curve=CurveServerConfig(keys, only_ours))
     raw = ctx.socket(zmq.ROUTER)
-    guard = make_curve_server(raw, keys, lambda k: True)
+    guard = make_curve_server(raw, keys, only_ours)
     raw_ep = f"tcp://127.0.0.1:{raw.bind_to_random_port('tcp://127.0.0.1')}"
     stop = threading.Event()
 
