@@ -55,9 +55,14 @@ class DeviceSpeed:
 
     def resume_cost(self, gap_ms: float) -> float:
         """What resuming after `gap_ms` of waiting adds (ms): the measured curve, straight
-        from (0, 0) to its first point and between points, flat past its last."""
+        from (0, 0) to its first point and between points, flat past its last.
+
+        A longer wait never cools a machine less, so a point above a later one is noise
+        (on the test VM one device's 0.5 ms point read 0.64 ms between 0.17 and 0.35 at
+        1 ms, and alone added 10 ms/token to a 3-device plan): each point counts as at
+        most the lowest at or past its gap."""
         prev_gap, prev = 0.0, 0.0
-        for gap, extra in self.resume_ms:
+        for gap, extra in _rising(self.resume_ms):
             if gap_ms <= gap:
                 return prev + (extra - prev) * (gap_ms - prev_gap) / (gap - prev_gap)
             prev_gap, prev = gap, extra
@@ -140,3 +145,12 @@ def rtt_samples(values: Any) -> tuple[float, ...]:
     if not isinstance(values, list | tuple):
         return ()
     return tuple(_num(v, 0.0, MAX_MS, 0.0) for v in values[:MAX_SAMPLES])
+
+
+def _rising(points: tuple[tuple[float, float], ...]) -> list[tuple[float, float]]:
+    """`points` (by gap) with each extra lowered to the lowest at or past its gap."""
+    out, low = [], float("inf")
+    for gap, extra in reversed(points):
+        low = min(low, extra)
+        out.append((gap, low))
+    return out[::-1]

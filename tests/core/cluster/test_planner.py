@@ -102,6 +102,15 @@ def test_emulated_latency_costs_two_allreduces_a_layer_of_n_sends_each():
     assert allreduce_ms(three, LinkEmulation(delay_ms=5.0), 2304) == pytest.approx(15, rel=0.01)
 
 
+def test_a_resume_point_above_a_later_one_counts_as_the_later_one():
+    # a longer wait never cools a machine less: 0.64 at 0.5 ms before 0.35 at 1 ms is noise
+    noisy = DeviceSpeed(read_gbps={"q4_1": 2.0}, layer_ms=0.1, gflops=50.0, disk_gbps=1.0,
+                        free_bytes=8 * GB, cores=1,
+                        resume_ms=((0.5, 0.64), (1.0, 0.35), (2.0, 0.5), (5.0, 0.45)))
+    assert [noisy.resume_cost(g) for g in (0.25, 0.5, 1.0, 2.0, 5.0, 9.0)] == pytest.approx(
+        [0.175, 0.35, 0.35, 0.45, 0.45, 0.45])
+
+
 def test_resuming_after_each_wait_is_priced_from_the_slowest_members_curve():
     curve = ((1.0, 0.2), (5.0, 0.6))
     waits = DeviceSpeed(read_gbps={"q4_1": 2.0, "q8_0": 2.4}, layer_ms=0.1, gflops=50.0,
