@@ -113,6 +113,15 @@ def run_config(master: Path, label: str, devices: str, force: str, delay: float,
     return {"label": label, "delay_ms": delay, **out}
 
 
+def unmeasured(measured: dict) -> None:
+    """Stop the run if a device's fresh measurement failed: the planner then prices it with
+    cautious defaults (no read speeds), and every prediction after would judge those."""
+    failed = sorted(name for name, m in measured.items() if not m["device"].get("read_gbps"))
+    if failed:
+        raise RuntimeError(f"measuring {', '.join(failed)} failed (cautious defaults); "
+                           "see the devices' logs")
+
+
 def setup_devices(lan, tmp: Path, mbit: float, master: Path) -> list:
     from scripts.home_lan import assign_cores
     from tests.fixtures.home_lan import RemoteWorkers
@@ -262,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                     measured_at.update({n: time.monotonic() for n in names})
                     plan = last_json(tpi(master, "plan", "--json", "--fresh", "--devices",
                                          PHASE_DEVICES[phase], "--force", "all"))
+                    unmeasured(plan["measured"])
                     data.setdefault("measured", []).append(
                         {"rep": rep, "phase": phase, **plan["measured"]})
                     for label, devices, force, d, pair in phase_runs(phase, args.pairs):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import bench_planner  # noqa: E402
@@ -55,3 +57,11 @@ def test_each_back_to_back_set_is_its_own_pair_and_the_forced_runs_count_for_all
     assert checks["adding dev-b @0"]["value"] < 1.03  # 30% slower together: no step slower
     # the pick (this computer alone) is the fastest subset's plan in every set
     assert checks["choice vs best subset @0"]["same_plan"] == [10, 10]
+
+
+def test_a_device_whose_fresh_measurement_failed_stops_the_run():
+    good = {"device": {"read_gbps": {"q4_1": 8.0}}}
+    bench_planner.unmeasured({"This device": good, "dev-b": good})
+    with pytest.raises(RuntimeError, match="dev-c") as got:
+        bench_planner.unmeasured({"This device": good, "dev-c": {"device": {"read_gbps": {}}}})
+    assert "This device" not in str(got.value)
