@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -74,3 +76,29 @@ def send(qtbot, window, text: str, timeout: int = 10000) -> None:
     qtbot.keyClick(window.composer.editor, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: not window.controller.busy and not window.controller.queued,
                     timeout=timeout)
+
+
+@contextmanager
+def caught(qtbot, signal, timeout: int = 5000, check=None):
+    """Like qtbot.waitSignal, for a signal emitted on a worker thread: yields an object
+    whose `args` are the first emission's (the first `check(*args)` accepts, if given),
+    once the block has run and the signal came (pytest-qt's TimeoutError after `timeout`
+    ms if it never does).
+
+    qtbot.waitSignal can hang forever there: an emission landing between its timer's
+    start and its event loop's quits a loop not yet running and stops the timer from
+    the wrong thread (pytest-qt PR #649); it hung a CI run on the engine's `finished`."""
+    got: list[tuple] = []
+
+    def keep(*args) -> None:
+        if check is None or check(*args):
+            got.append(args)
+
+    signal.connect(keep)
+    catch = SimpleNamespace(args=None)
+    try:
+        yield catch
+        qtbot.waitUntil(lambda: bool(got), timeout=timeout)
+        catch.args = list(got[0])
+    finally:
+        signal.disconnect(keep)

@@ -9,7 +9,7 @@ from PySide6.QtGui import QGuiApplication
 
 from app.chat.code_block import CodeBlock
 from core.progress import DeviceStage
-from tests.app.conftest import close_window, open_window, send
+from tests.app.conftest import caught, close_window, open_window, send
 from tests.app.fake_engine import FakeLoader
 
 
@@ -45,7 +45,7 @@ def test_stop_ends_reply_and_keeps_partial_text(qtbot):
     # the streaming reply is saved to the database before it ends
     qtbot.waitUntil(lambda: len(next(m for m in w.store.messages(conv)
                                      if m.id == msg_id).content) > 0, timeout=3000)
-    with qtbot.waitSignal(w.engine.worker.finished, timeout=5000) as blocker:
+    with caught(qtbot, w.engine.worker.finished, timeout=5000) as blocker:
         qtbot.keyClick(w.composer.editor, Qt.Key.Key_Escape)
     stats = blocker.args[0]
     assert stats.stop_reason == "stopped" and 0 < stats.new_tokens < 2000
@@ -156,7 +156,7 @@ def test_cancel_loading_discards_the_model(qtbot):
     loader = FakeLoader(load_s=1.0)
     w = open_window(qtbot, loader, wait_ready=False)
     qtbot.waitUntil(lambda: w.status.progress.isVisible())
-    with qtbot.waitSignal(w.engine.worker.load_cancelled, timeout=5000):
+    with caught(qtbot, w.engine.worker.load_cancelled, timeout=5000):
         w.status.cancel.click()
     assert not w.status.progress.isVisible() and not w.controller.ready
     close_window(w)

@@ -9,7 +9,7 @@ import pytest
 
 from app.engine.worker import default_loader
 from app.store.settings_keys import CONTEXT, CONTEXT_OVERFLOW
-from tests.app.conftest import close_window, open_window, send
+from tests.app.conftest import caught, close_window, open_window, send
 from tests.fixtures import long_chat as lc
 
 
@@ -111,8 +111,8 @@ def test_the_apps_api_server_fits_chats_by_the_apps_setting(qtbot, tmp_path_fact
         client.chat.completions.create(**ask)
     assert e.value.status_code == 413
     box = w.settings.context
-    with qtbot.waitSignal(w.engine.api.changed, timeout=30000,
-                          check_params_cb=lambda state: bool(state.url)):  # restarted
+    with caught(qtbot, w.engine.api.changed, timeout=30000,
+                check=lambda state: bool(state.url)):  # restarted
         box.overflow.setCurrentIndex(box.overflow.findData("drop-oldest"))
     raw = client.chat.completions.with_raw_response.create(**ask)
     assert int(raw.headers["x-messages-out-of-view"]) > 0

@@ -18,7 +18,7 @@ from PySide6.QtCore import Qt
 from app.devices.roster import GB, DeviceRoster
 from app.engine.worker import default_loader as app_loader
 from app.store.db import Store, data_dir
-from tests.app.conftest import close_window, open_window, send
+from tests.app.conftest import caught, close_window, open_window, send
 from tests.app.thread_guard import GuiThreadGuard
 from tests.app.worker_process import enroll_in_app
 
@@ -80,7 +80,7 @@ def test_session_devices_panel_and_a_worker_dropping_out(qtbot, themed, tiny_mod
         w.engine.worker.device_progress.connect(lambda *a: shipped.append(a))
 
         # Cancel while shards go to the worker: the load ends, nothing is left half-loaded
-        with qtbot.waitSignal(w.engine.worker.load_cancelled, timeout=LOAD_MS):
+        with caught(qtbot, w.engine.worker.load_cancelled, timeout=LOAD_MS):
             qtbot.waitUntil(lambda: bool(shipped) or w.controller.ready or bool(warnings),
                             timeout=LOAD_MS)
             assert shipped, (warnings, w.devices.state_of(name), w.status.cluster.text())
@@ -203,7 +203,7 @@ def test_a_device_whose_rank_cannot_start_never_takes_the_model_away(
         assert not w.controller.last_error and w.chat_view.messages[-1].text()
 
         # Retry: the model reloads with it, and it is left out again for the same reason
-        with qtbot.waitSignal(w.engine.worker.ready, timeout=LOAD_MS):
+        with caught(qtbot, w.engine.worker.ready, timeout=LOAD_MS):
             qtbot.mouseClick(card.retry_button, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: w.devices.state_of(name) == "failed", timeout=10_000)
         assert not warnings

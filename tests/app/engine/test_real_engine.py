@@ -8,7 +8,7 @@ import psutil
 import pytest
 
 from app.engine.worker import default_loader
-from tests.app.conftest import close_window, open_window, send
+from tests.app.conftest import caught, close_window, open_window, send
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_real_engine_streams_reply_off_the_gui_thread(qtbot, tiny_model, ranks):
     assert w.status.cluster.text() == f"{ranks} rank" + ("s" if ranks > 1 else "")
     tokens: list[str] = []
     w.engine.worker.token.connect(tokens.append)
-    with qtbot.waitSignal(w.engine.worker.finished, timeout=60000) as done:
+    with caught(qtbot, w.engine.worker.finished, timeout=60000) as done:
         send(qtbot, w, "What is the capital of France?", timeout=60000)
     stats = done.args[0]
     assert stats.new_tokens >= 1 and stats.prompt_tokens > 5 and tokens

@@ -11,7 +11,7 @@ from core.library.catalog import load_catalog
 from core.library.download import PARTIAL
 from core.library.fit import Resources
 from core.model.default_model import default_gguf_path
-from tests.app.conftest import close_window, open_window, send
+from tests.app.conftest import caught, close_window, open_window, send
 from tests.app.fake_engine import FakeLoader
 from tests.fixtures.fake_hub import FakeHub
 
@@ -86,7 +86,7 @@ def test_cancel_keeps_what_arrived_and_download_resumes(qtbot, hub, tmp_path):
     d.select(DEFAULT_ID)
     qtbot.mouseClick(d.primary, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: d.progress.value() > 100, timeout=20000)
-    with qtbot.waitSignal(d.job.cancelled, timeout=10000):
+    with caught(qtbot, d.job.cancelled, timeout=10000):
         qtbot.mouseClick(d.cancel_button, Qt.MouseButton.LeftButton)
     assert "resumes" in d.progress_label.text()
     part = next((tmp_path / DEFAULT_ID / PARTIAL).glob("*.part"))
