@@ -1,8 +1,8 @@
 """The planner's group probe (core/cluster/speeds.py, group_extra_ms) against workers on
 real CURVE sockets: what answering together adds to a star's round trip.
 
-Each fake worker answers `echo` after `work_s` of work; two that share one worker thread
-(as two devices sharing a core answer one after the other) cost about one more `work_s`
+Each fake worker answers `echo` after WORK_S of work; two that share one worker thread
+(as two devices sharing a core answer one after the other) cost about one more WORK_S
 together than alone, two with threads of their own cost nothing more."""
 
 from __future__ import annotations
@@ -14,27 +14,20 @@ import pytest
 
 from core.cluster.speeds import group_extra_ms
 from core.cluster.worker_link import WorkerLink, request_all
-from tests.fixtures.fake_worker import FakeStar, FakeWorker
+from tests.fixtures.fake_worker import EchoWorker, FakeStar
 
 WORK_S = 0.004
 
 
-class EchoWorker:
-    """A fake worker answering each echo after `work_s` of work done holding `cpu` (a lock
-    standing for the core it runs on)."""
+def on_cpu(master_key: str, cpu: threading.Lock) -> EchoWorker:
+    """An echo worker answering after WORK_S of work done holding `cpu` (a lock standing
+    for the core it runs on)."""
 
-    def __init__(self, master_key: str, cpu: threading.Lock, work_s: float = WORK_S):
-        self.cpu, self.work_s = cpu, work_s
-        self.fake = FakeWorker(master_key, self._answer)
-        self.identity, self.ctl = self.fake.identity, self.fake.ctl
+    def work() -> None:
+        with cpu:
+            time.sleep(WORK_S)
 
-    def _answer(self, ident: bytes, msg) -> None:
-        with self.cpu:
-            time.sleep(self.work_s)
-        self.ctl.send(ident, "echo", {"t": msg.meta["t"]}, msg.tensors)
-
-    def close(self) -> None:
-        self.fake.close()
+    return EchoWorker(master_key, work)
 
 
 @pytest.fixture
@@ -44,8 +37,7 @@ def star():
 
     def make(shared: bool) -> list[WorkerLink]:
         one = threading.Lock()
-        return [fakes.link(EchoWorker(fakes.master.public_key,
-                                      one if shared else threading.Lock()))
+        return [fakes.link(on_cpu(fakes.master.public_key, one if shared else threading.Lock()))
                 for _ in range(2)]
 
     yield make

@@ -15,36 +15,23 @@ from collections.abc import Callable
 import pytest
 
 from core.cluster import speeds
-from tests.fixtures.fake_worker import FakeStar, FakeWorker
+from tests.fixtures.fake_worker import EchoWorker, FakeStar
 
 SLOW_S = 0.006
 PER_BURST = speeds.WARM_ECHOES + speeds.RTT_SAMPLES
 
 
-class DelayedEcho:
-    """A fake worker answering its n-th echo (from 0) after delay(n) seconds."""
-
-    def __init__(self, master_key: str, delay: Callable[[int], float]):
-        self.delay, self.count = delay, itertools.count()
-        self.fake = FakeWorker(master_key, self._answer)
-        self.identity, self.ctl = self.fake.identity, self.fake.ctl
-
-    def _answer(self, ident: bytes, msg) -> None:
-        if msg.op == "ping":  # the link's heartbeat: answered at once, not counted
-            self.ctl.send(ident, "pong", {"t": msg.meta["t"]})
-            return
-        time.sleep(self.delay(next(self.count)))
-        self.ctl.send(ident, "echo", {"t": msg.meta["t"]}, msg.tensors)
-
-    def close(self) -> None:
-        self.fake.close()
+def delayed(master_key: str, delay: Callable[[int], float]) -> EchoWorker:
+    """An echo worker answering its n-th echo (from 0) after delay(n) seconds."""
+    count = itertools.count()
+    return EchoWorker(master_key, lambda: time.sleep(delay(next(count))))
 
 
 @pytest.fixture
 def links():
-    """links(*delays) -> a link to a DelayedEcho worker for each delay function."""
+    """links(*delays) -> a link to a `delayed` echo worker for each delay function."""
     fakes = FakeStar()
-    yield lambda *delays: [fakes.link(DelayedEcho(fakes.master.public_key, d))
+    yield lambda *delays: [fakes.link(delayed(fakes.master.public_key, d))
                            for d in delays]
     fakes.close()
 
