@@ -105,25 +105,38 @@ def link_speeds(links: list[WorkerLink], nbytes: int = PROBE_BYTES,
                 bursts: int = RTT_BURSTS) -> list[LinkSpeed]:
     """Each link's round trips of `nbytes` echoes: its burst with the lowest median out of
     `bursts`, taken one link at a time in turns; then its bandwidth from a few big echoes.
-    A link none of whose echoes came back has no round trips (LinkSpeed())."""
+    A link is asked no more once an echo fails (each waits up to 5 s: a device that stops
+    answering, or a hostile one, must not hold the start for minutes) and keeps its best
+    burst before that; one none of whose echoes came back has no round trips."""
     small = torch.zeros(nbytes, dtype=torch.uint8)
     best: list[list[float]] = [[] for _ in links]
+    failed: set[int] = set()
     for turn in range(bursts):
         started = time.monotonic()
         for i, link in enumerate(links):
-            got = _burst(link, small)
-            if got and (not best[i] or statistics.median(got) < statistics.median(best[i])):
+            got = _burst(link, small) if i not in failed else None
+            if got is None:
+                failed.add(i)
+            elif got and (not best[i] or statistics.median(got) < statistics.median(best[i])):
                 best[i] = got
         if turn + 1 < bursts:
             time.sleep(max(0.0, BURST_PAUSE_S - (time.monotonic() - started)))
-    return [_with_bandwidth(link, rtts, nbytes) for link, rtts in zip(links, best, strict=True)]
+    # a link that failed keeps what it answered before, and is asked no big echoes
+    return [_with_bandwidth(link, rtts, nbytes) if i not in failed else LinkSpeed(tuple(rtts))
+            for i, (link, rtts) in enumerate(zip(links, best, strict=True))]
 
 
-def _burst(link: WorkerLink, small: torch.Tensor) -> list[float]:
-    """RTT_SAMPLES back-to-back echoes after WARM_ECHOES left out (ms; failed ones dropped)."""
-    for _ in range(WARM_ECHOES):
-        _echo(link, small)
-    return [r for r in (_echo(link, small) for _ in range(RTT_SAMPLES)) if r is not None]
+def _burst(link: WorkerLink, small: torch.Tensor) -> list[float] | None:
+    """RTT_SAMPLES back-to-back echoes (ms) after WARM_ECHOES left out; None at the first
+    that fails or comes back wrong."""
+    rtts = []
+    for n in range(WARM_ECHOES + RTT_SAMPLES):
+        got = _echo(link, small)
+        if got is None:
+            return None
+        if n >= WARM_ECHOES:
+            rtts.append(got)
+    return rtts
 
 
 def _with_bandwidth(link: WorkerLink, rtts: list[float], nbytes: int) -> LinkSpeed:

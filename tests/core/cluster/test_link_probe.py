@@ -60,3 +60,19 @@ def test_the_first_echoes_of_a_burst_are_left_out(links):
 def test_a_link_that_never_answers_has_no_round_trips(links, monkeypatch):
     monkeypatch.setattr(speeds, "_echo", lambda link, t: None)
     assert speeds.link_speeds(links(lambda n: 0.0), bursts=2)[0].rtt_ms == ()
+
+
+def test_a_worker_that_stops_answering_is_asked_one_echo_not_seventy_five(links):
+    # each echo waits 5 s for its answer: asked every echo of every burst, a device that
+    # went silent (or a hostile one) would hold the session's start for over six minutes
+    asked = itertools.count()
+
+    def never(n: int) -> float:
+        next(asked)
+        return 3600.0  # the fake's serving thread sleeps: no echo is answered
+
+    ok = lambda n: 0.0  # noqa: E731
+    got = speeds.link_speeds(links(never, ok))
+    assert next(asked) == 1  # the one echo it got before the probe gave up on it
+    assert got[0].rtt_ms == () and got[0].mbps is None
+    assert len(got[1].rtt_ms) == speeds.RTT_SAMPLES  # the other link is probed as usual
