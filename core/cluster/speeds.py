@@ -160,14 +160,15 @@ def group_extra_ms(links: list[WorkerLink], nbytes: int = PROBE_BYTES,
                    rounds: int = GROUP_ROUNDS) -> float:
     """What answering together adds to a round trip over `links` (ms, median): each round
     echoes on every link alone, then on all at once, and takes the difference between the
-    together round trip and the slowest alone, so that drift between rounds cancels."""
+    together round trip and the slowest alone, so that drift between rounds cancels. It
+    stops at the first echo that fails (each waits up to 5 s, see link_speeds)."""
     small = torch.zeros(nbytes, dtype=torch.uint8)
     extras = []
     for _ in range(rounds):
         alone = [_echo(link, small) for link in links]
-        together = _echo_all(links, small)
-        if together is not None and None not in alone:
-            extras.append(together - max(alone))
+        if None in alone or (together := _echo_all(links, small)) is None:
+            break
+        extras.append(together - max(alone))
     return max(0.0, statistics.median(extras)) if extras else 0.0
 
 

@@ -61,3 +61,17 @@ def test_workers_answering_one_after_the_other_cost_the_star_one_more_answer(sta
 
 def test_workers_answering_side_by_side_cost_the_star_nothing_more(star):
     assert group_extra_ms(star(shared=False), rounds=10) < WORK_S * 1e3 * 0.5
+
+
+
+def test_a_worker_that_stops_answering_is_asked_one_echo_not_twenty():
+    # each echo waits 5 s for its answer: 20 rounds of them would hold the start 100 s
+    asked, fakes = [], FakeStar()
+    try:
+        ok = fakes.link(EchoWorker(fakes.master.public_key, lambda: None))
+        silent = fakes.link(EchoWorker(fakes.master.public_key,
+                                       lambda: asked.append(1) or time.sleep(3600)))
+        assert group_extra_ms([ok, silent], rounds=20) == 0.0
+        assert len(asked) == 1
+    finally:
+        fakes.close()
